@@ -1,0 +1,3 @@
+from kelpie.cli import main
+
+main()

@@ -1,0 +1,138 @@
+-- Snapshot of the kelpie schema after migration 0001 (postgresql). Not applied by kelpie:
+-- the migrations are. tests/integration/test_migrations.py proves both agree.
+
+-- Applied migrations, written by the migration runner.
+CREATE TABLE schema_migrations (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL
+);
+
+CREATE TABLE users (
+    id             text PRIMARY KEY,
+    username       text NOT NULL UNIQUE,
+    created        timestamptz NOT NULL,
+    is_admin       boolean NOT NULL DEFAULT false,
+    webhook_secret text NOT NULL,
+    webhook_token  text NOT NULL
+);
+
+-- Keys are stored only as hashes.
+CREATE TABLE api_keys (
+    key_hash     text PRIMARY KEY,
+    user_id      text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    org_name     text,
+    project_name text,
+    created      timestamptz NOT NULL,
+    revoked      boolean NOT NULL DEFAULT false
+);
+CREATE INDEX api_keys_user ON api_keys (user_id);
+
+-- Jobs outlive their user (they stay until purged): no foreign key on user_id.
+-- seq orders jobs created at the same instant, one batch, as submitted.
+CREATE TABLE jobs (
+    id                 text PRIMARY KEY,
+    seq                bigint NOT NULL GENERATED ALWAYS AS IDENTITY,
+    user_id            text NOT NULL,
+    status             text NOT NULL
+                       CHECK (status IN ('pending', 'running', 'completed', 'canceled', 'failed')),
+    container_group_id text NOT NULL,
+    created            timestamptz NOT NULL,
+    started            timestamptz,
+    completed          timestamptz,
+    canceled           timestamptz,
+    failed             timestamptz,
+    heartbeat          timestamptz,
+    lease_expires      timestamptz,
+    num_failures       integer NOT NULL DEFAULT 0,
+    num_heartbeats     integer NOT NULL DEFAULT 0,
+    machine_id         text,
+    last_exit_code     integer,
+    last_error         text,
+    max_failures       integer NOT NULL CHECK (max_failures >= 1),
+    heartbeat_interval integer NOT NULL CHECK (heartbeat_interval >= 1),
+    webhook            text,
+    spec               jsonb NOT NULL,
+    org_name           text,
+    project_name       text
+);
+-- claim_job: the oldest pending job of a group, the stalled running jobs of a group
+-- (lease_expires: heartbeat + 2 x heartbeat_interval, kept while running)
+CREATE INDEX jobs_pending_by_group ON jobs (container_group_id, created, seq)
+    WHERE status = 'pending';
+CREATE INDEX jobs_running_by_group ON jobs (container_group_id, lease_expires)
+    WHERE status = 'running';
+-- list_jobs pages, count_active_jobs, purge_group
+CREATE INDEX jobs_by_user ON jobs (user_id, created, seq);
+CREATE INDEX jobs_by_user_status ON jobs (user_id, status, created, seq);
+CREATE INDEX jobs_by_user_group ON jobs (user_id, container_group_id, created, seq);
+CREATE INDEX jobs_by_created ON jobs (created, seq);
+
+-- Every hold of a job by a machine; at most one 'running' attempt per job.
+CREATE TABLE attempts (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id     text NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    machine_id text NOT NULL,
+    started    timestamptz NOT NULL,
+    ended      timestamptz,
+    outcome    text NOT NULL
+               CHECK (outcome IN ('running', 'completed', 'failed', 'interrupted', 'canceled', 'lost')),
+    exit_code  integer
+);
+CREATE INDEX attempts_by_job ON attempts (job_id);
+
+-- A machine that failed a job never receives it again.
+CREATE TABLE job_blocks (
+    job_id     text NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    machine_id text NOT NULL,
+    blocked_at timestamptz NOT NULL,
+    PRIMARY KEY (job_id, machine_id)
+);
+CREATE INDEX job_blocks_by_machine ON job_blocks (machine_id, blocked_at);
+
+-- Machines already handed to the fleet provider for replacement (at most once each).
+CREATE TABLE machine_reallocations (
+    machine_id text PRIMARY KEY,
+    at         timestamptz NOT NULL
+);
+
+-- Durable webhook outbox, written in the transaction of the state change it reports.
+CREATE TABLE webhook_outbox (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id         text NOT NULL,
+    url             text NOT NULL,
+    payload         jsonb NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL,
+    leased_until    timestamptz,
+    delivered_at    timestamptz,
+    dead_at         timestamptz,
+    last_error      text,
+    created         timestamptz NOT NULL
+);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at)
+    WHERE delivered_at IS NULL AND dead_at IS NULL;
+-- The claim walks undelivered events in id order; without this it would step over every
+-- delivered row on the primary key.
+CREATE INDEX webhook_outbox_undelivered ON webhook_outbox (id)
+    WHERE delivered_at IS NULL AND dead_at IS NULL;
+
+-- Rules outlive their user, like jobs: no foreign key on user_id.
+CREATE TABLE scaling_rules (
+    user_id                text NOT NULL,
+    container_group_id     text NOT NULL,
+    min_replicas           integer NOT NULL CHECK (min_replicas >= 0),
+    max_replicas           integer NOT NULL CHECK (max_replicas >= 0),
+    idle_threshold_seconds integer NOT NULL CHECK (idle_threshold_seconds >= 0),
+    created                timestamptz NOT NULL,
+    updated                timestamptz NOT NULL,
+    org_name               text,
+    project_name           text,
+    PRIMARY KEY (user_id, container_group_id)
+);
+
+-- Named leases for leader election of periodic tasks.
+CREATE TABLE leases (
+    name       text PRIMARY KEY,
+    holder     text NOT NULL,
+    expires_at timestamptz NOT NULL
+);

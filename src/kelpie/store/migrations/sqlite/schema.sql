@@ -1,0 +1,137 @@
+-- Snapshot of the kelpie schema after migration 0001 (sqlite). Not applied by kelpie:
+-- the migrations are. tests/integration/test_migrations.py proves both agree.
+
+-- Applied migrations, written by the migration runner.
+CREATE TABLE schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    applied_at REAL NOT NULL
+);
+
+-- Times are REAL unix epoch seconds (UTC), taken from the server process at each call.
+
+CREATE TABLE users (
+    id             TEXT PRIMARY KEY,
+    username       TEXT NOT NULL UNIQUE,
+    created        REAL NOT NULL,
+    is_admin       INTEGER NOT NULL DEFAULT 0 CHECK (is_admin IN (0, 1)),
+    webhook_secret TEXT NOT NULL,
+    webhook_token  TEXT NOT NULL
+);
+
+-- Keys are stored only as hashes.
+CREATE TABLE api_keys (
+    key_hash     TEXT PRIMARY KEY,
+    user_id      TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    org_name     TEXT,
+    project_name TEXT,
+    created      REAL NOT NULL,
+    revoked      INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1))
+) WITHOUT ROWID;
+CREATE INDEX api_keys_user ON api_keys (user_id);
+
+-- Jobs outlive their user (they stay until purged): no foreign key on user_id.
+-- seq (the rowid) orders jobs created at the same instant, one batch, as submitted; being
+-- the rowid, it is the implicit last column of every index below.
+CREATE TABLE jobs (
+    seq                INTEGER PRIMARY KEY,
+    id                 TEXT NOT NULL UNIQUE,
+    user_id            TEXT NOT NULL,
+    status             TEXT NOT NULL
+                       CHECK (status IN ('pending', 'running', 'completed', 'canceled', 'failed')),
+    container_group_id TEXT NOT NULL,
+    created            REAL NOT NULL,
+    started            REAL,
+    completed          REAL,
+    canceled           REAL,
+    failed             REAL,
+    heartbeat          REAL,
+    lease_expires      REAL,
+    num_failures       INTEGER NOT NULL DEFAULT 0,
+    num_heartbeats     INTEGER NOT NULL DEFAULT 0,
+    machine_id         TEXT,
+    last_exit_code     INTEGER,
+    last_error         TEXT,
+    max_failures       INTEGER NOT NULL CHECK (max_failures >= 1),
+    heartbeat_interval INTEGER NOT NULL CHECK (heartbeat_interval >= 1),
+    webhook            TEXT,
+    spec               TEXT NOT NULL,
+    org_name           TEXT,
+    project_name       TEXT
+);
+-- claim_job: the oldest pending job of a group, the stalled running jobs of a group
+-- (lease_expires: heartbeat + 2 x heartbeat_interval, kept while running)
+CREATE INDEX jobs_pending_by_group ON jobs (container_group_id, created) WHERE status = 'pending';
+CREATE INDEX jobs_running_by_group ON jobs (container_group_id, lease_expires)
+    WHERE status = 'running';
+-- list_jobs pages, count_active_jobs, purge_group
+CREATE INDEX jobs_by_user ON jobs (user_id, created);
+CREATE INDEX jobs_by_user_status ON jobs (user_id, status, created);
+CREATE INDEX jobs_by_user_group ON jobs (user_id, container_group_id, created);
+CREATE INDEX jobs_by_created ON jobs (created);
+
+-- Every hold of a job by a machine; at most one 'running' attempt per job.
+CREATE TABLE attempts (
+    id         INTEGER PRIMARY KEY,
+    job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    machine_id TEXT NOT NULL,
+    started    REAL NOT NULL,
+    ended      REAL,
+    outcome    TEXT NOT NULL
+               CHECK (outcome IN ('running', 'completed', 'failed', 'interrupted', 'canceled', 'lost')),
+    exit_code  INTEGER
+);
+CREATE INDEX attempts_by_job ON attempts (job_id);
+
+-- A machine that failed a job never receives it again.
+CREATE TABLE job_blocks (
+    job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    machine_id TEXT NOT NULL,
+    blocked_at REAL NOT NULL,
+    PRIMARY KEY (job_id, machine_id)
+) WITHOUT ROWID;
+CREATE INDEX job_blocks_by_machine ON job_blocks (machine_id, blocked_at);
+
+-- Machines already handed to the fleet provider for replacement (at most once each).
+CREATE TABLE machine_reallocations (
+    machine_id TEXT PRIMARY KEY,
+    at         REAL NOT NULL
+) WITHOUT ROWID;
+
+-- Durable webhook outbox, written in the transaction of the state change it reports.
+-- AUTOINCREMENT: an id is never reused, receivers deduplicate on it.
+CREATE TABLE webhook_outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id         TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    leased_until    REAL,
+    delivered_at    REAL,
+    dead_at         REAL,
+    last_error      TEXT,
+    created         REAL NOT NULL
+);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at)
+    WHERE delivered_at IS NULL AND dead_at IS NULL;
+
+-- Rules outlive their user, like jobs: no foreign key on user_id.
+CREATE TABLE scaling_rules (
+    user_id                TEXT NOT NULL,
+    container_group_id     TEXT NOT NULL,
+    min_replicas           INTEGER NOT NULL CHECK (min_replicas >= 0),
+    max_replicas           INTEGER NOT NULL CHECK (max_replicas >= 0),
+    idle_threshold_seconds INTEGER NOT NULL CHECK (idle_threshold_seconds >= 0),
+    created                REAL NOT NULL,
+    updated                REAL NOT NULL,
+    org_name               TEXT,
+    project_name           TEXT,
+    PRIMARY KEY (user_id, container_group_id)
+) WITHOUT ROWID;
+
+-- Named leases for leader election of periodic tasks.
+CREATE TABLE leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;

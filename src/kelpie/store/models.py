@@ -1,0 +1,156 @@
+"""What the store hands out: frozen records, independent of any database dialect."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kelpie.schemas import AttemptOutcome, JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    username: str
+    created: datetime
+    is_admin: bool
+    webhook_secret: str
+    webhook_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the user behind an API key, and the SaladCloud org/project the key
+    acts for."""
+
+    user: User
+    org_name: str | None
+    project_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated submission. `spec` holds the fields the store only keeps and returns
+    (command, arguments, environment, storage fields, sync, compression)."""
+
+    container_group_id: str
+    max_failures: int
+    heartbeat_interval: int
+    webhook: str | None
+    spec: Mapping[str, Any]
+    org_name: str | None = None
+    project_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    user_id: str
+    status: JobStatus
+    container_group_id: str
+    created: datetime
+    started: datetime | None
+    completed: datetime | None
+    canceled: datetime | None
+    failed: datetime | None
+    heartbeat: datetime | None
+    num_failures: int
+    num_heartbeats: int
+    machine_id: str | None
+    last_exit_code: int | None
+    last_error: str | None
+    max_failures: int
+    heartbeat_interval: int
+    webhook: str | None
+    spec: Mapping[str, Any]
+    org_name: str | None = None
+    project_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    job_id: str
+    machine_id: str
+    started: datetime
+    ended: datetime | None
+    outcome: AttemptOutcome
+    exit_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    user_id: str | None  # None: every user's jobs (admin)
+    status: JobStatus | None = None
+    container_group_id: str | None = None
+    page: int = 1
+    page_size: int = 100
+    ascending: bool = False
+
+
+class CancelOutcome(enum.Enum):
+    CANCELED = "canceled"
+    ALREADY_CANCELED = "already_canceled"
+    ALREADY_ENDED = "already_ended"  # completed or failed: 409
+    NOT_FOUND = "not_found"
+
+
+class HeldOutcome(enum.Enum):
+    """Answer of a fenced state change by the machine that claims to hold a job."""
+
+    DONE = "done"
+    NOT_HOLDER = "not_holder"  # another machine holds it, or it is no longer running: 409
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class FailureResult:
+    outcome: HeldOutcome
+    job: Job | None = None
+    # jobs the reporting machine is now blocked from, to decide on reallocation
+    machine_blocked_jobs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """One delivery waiting in the outbox."""
+
+    id: int
+    user_id: str
+    url: str
+    payload: Mapping[str, Any]
+    attempts: int
+    created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingRule:
+    user_id: str
+    container_group_id: str
+    min_replicas: int
+    max_replicas: int
+    idle_threshold_seconds: int
+    created: datetime
+    updated: datetime
+    org_name: str | None = None
+    project_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingRulePatch:
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    idle_threshold_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """A machine blocked from enough jobs to be replaced, with where it runs."""
+
+    machine_id: str
+    container_group_id: str
+    org_name: str | None
+    project_name: str | None
+    blocked_jobs: int = field(default=0)

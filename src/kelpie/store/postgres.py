@@ -1,0 +1,832 @@
+"""PostgreSQL store: asyncpg, a connection pool, plain SQL.
+
+Every worker-side state change is one statement: the fenced `UPDATE … RETURNING` of the job,
+with the attempt, block and webhook outbox writes as data-modifying CTEs of the same
+statement, so they commit or vanish together in one round trip. Submissions are one
+statement too; they are announced to the other API processes (LISTEN/NOTIFY) right after
+they commit. Times come from the database clock (`now()`: the start of the statement's
+transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import asyncpg
+
+from kelpie.schemas import JobStatus
+from kelpie.store._common import (
+    NEW_JOBS_CHANNEL,
+    RowDecoder,
+    as_job_status,
+    new_id,
+    new_webhook_secret,
+    new_webhook_token,
+    page_offset,
+)
+from kelpie.store._connection_pool import ConnectionPool
+from kelpie.store.migrations import load_migrations
+from kelpie.store.models import (
+    Attempt,
+    Blocked,
+    CancelOutcome,
+    FailureResult,
+    HeldOutcome,
+    Job,
+    JobQuery,
+    NewJob,
+    Principal,
+    ScalingRule,
+    ScalingRulePatch,
+    User,
+    WebhookEvent,
+)
+from kelpie.store.protocol import AlreadyExists, NotFound, StoreError
+
+logger = logging.getLogger(__name__)
+_decode = RowDecoder(time=lambda value: value, json=lambda value: value)
+
+# pg_advisory_xact_lock key serializing migrations of one database across processes
+_MIGRATION_LOCK = int.from_bytes(b"kelpie:m", "big")
+_LISTEN_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+_JOB_FIELDS = (
+    "id",
+    "user_id",
+    "status",
+    "container_group_id",
+    "created",
+    "started",
+    "completed",
+    "canceled",
+    "failed",
+    "heartbeat",
+    "num_failures",
+    "num_heartbeats",
+    "machine_id",
+    "last_exit_code",
+    "last_error",
+    "max_failures",
+    "heartbeat_interval",
+    "webhook",
+    "spec",
+    "org_name",
+    "project_name",
+)
+_JOB_COLUMNS = ", ".join(_JOB_FIELDS)
+_USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
+_RULE_COLUMNS = (
+    "user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,"
+    " created, updated, org_name, project_name"
+)
+# $1 job id, $2 machine id, $3 user id or NULL for any user
+_HELD = "id = $1 AND status = 'running' AND machine_id = $2 AND ($3::text IS NULL OR user_id = $3)"
+
+_SCHEMA_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL
+)"""
+
+
+def _queue_event(source: str, condition: str = "TRUE") -> str:
+    """INSERT of the webhook event reporting each job `source` returns (its new status,
+    its holder), for jobs that have a webhook."""
+    return f"""
+        INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)
+        SELECT user_id, webhook,
+               jsonb_build_object('status', status, 'job_id', id, 'machine_id', machine_id,
+                                  'container_group_id', container_group_id),
+               now(), now()
+        FROM {source} WHERE webhook IS NOT NULL AND {condition}"""
+
+
+def _end_running_attempt(source: str, outcome: str, exit_code: str = "NULL") -> str:
+    """UPDATE ending the running attempt of each job `source` returns."""
+    return f"""
+        UPDATE attempts SET outcome = '{outcome}', ended = now(), exit_code = {exit_code}
+        FROM {source} WHERE attempts.job_id = {source}.id AND attempts.outcome = 'running'"""
+
+
+def _claimable(status: Literal["running", "pending"], priority: int) -> str:
+    """The oldest job of the group in `status` (stalled, when running) that the machine may
+    take, locked, as (id, priority). $1 machine, $2 group, $3 user or NULL."""
+    stalled = "AND j.lease_expires < now()" if status == "running" else ""
+    return f"""
+        SELECT id, {priority} AS priority FROM (
+            SELECT j.id FROM jobs AS j
+            WHERE j.status = '{status}' AND j.container_group_id = $2 {stalled}
+              AND ($3::text IS NULL OR j.user_id = $3)
+              AND NOT EXISTS (
+                  SELECT 1 FROM job_blocks AS b WHERE b.job_id = j.id AND b.machine_id = $1)
+            ORDER BY j.created, j.seq
+            LIMIT 1
+            FOR UPDATE OF j SKIP LOCKED
+        ) AS {status}_job"""
+
+
+_CLAIM = f"""
+WITH chosen AS (
+    SELECT id FROM ({_claimable("running", 0)} UNION ALL {_claimable("pending", 1)}) AS candidate
+    ORDER BY priority
+    LIMIT 1
+), claimed AS (
+    UPDATE jobs AS j
+    SET status = 'running', machine_id = $1, heartbeat = now(),
+        lease_expires = now() + j.heartbeat_interval * interval '2 s',
+        started = coalesce(j.started, now())
+    FROM chosen WHERE j.id = chosen.id
+    RETURNING {", ".join("j." + field for field in _JOB_FIELDS)}
+), lost_attempt AS ({_end_running_attempt("claimed", "lost")}
+), new_attempt AS (
+    INSERT INTO attempts (job_id, machine_id, started, outcome)
+    SELECT id, machine_id, now(), 'running' FROM claimed
+), event AS ({_queue_event("claimed")})
+SELECT * FROM claimed"""
+
+_COMPLETE = f"""
+WITH completed_job AS (
+    UPDATE jobs SET status = 'completed', completed = now() WHERE {_HELD}
+    RETURNING id, user_id, status, machine_id, container_group_id, webhook
+), ended_attempt AS ({_end_running_attempt("completed_job", "completed")}
+), event AS ({_queue_event("completed_job")})
+SELECT id FROM completed_job"""
+
+# $4 exit code, $5 error
+_FAIL = f"""
+WITH failed_job AS (
+    UPDATE jobs SET
+        num_failures = num_failures + 1,
+        last_exit_code = $4, last_error = $5,
+        status = CASE WHEN num_failures + 1 >= max_failures THEN 'failed' ELSE 'pending' END,
+        failed = CASE WHEN num_failures + 1 >= max_failures THEN now() ELSE failed END
+    WHERE {_HELD}
+    RETURNING {_JOB_COLUMNS}
+), block AS (
+    INSERT INTO job_blocks (job_id, machine_id, blocked_at)
+    SELECT id, machine_id, now() FROM failed_job
+    ON CONFLICT DO NOTHING
+    RETURNING job_id
+), ended_attempt AS ({_end_running_attempt("failed_job", "failed", exit_code="$4::integer")}
+), event AS ({_queue_event("failed_job", "status = 'failed'")})
+SELECT failed_job.*,
+       (SELECT count(*) FROM job_blocks WHERE machine_id = $2)
+       + (SELECT count(*) FROM block) AS machine_blocked_jobs
+FROM failed_job"""
+
+_INTERRUPT = f"""
+WITH interrupted_job AS (
+    UPDATE jobs SET status = 'pending' WHERE {_HELD} RETURNING id
+), ended_attempt AS ({_end_running_attempt("interrupted_job", "interrupted")})
+SELECT id FROM interrupted_job"""
+
+_CANCEL = f"""
+WITH canceled_job AS (
+    UPDATE jobs SET status = 'canceled', canceled = now()
+    WHERE id = $1 AND status IN ('pending', 'running') AND ($2::text IS NULL OR user_id = $2)
+    RETURNING id
+), ended_attempt AS ({_end_running_attempt("canceled_job", "canceled")})
+SELECT id FROM canceled_job"""
+
+# $1 user, $2 group; the group's pending and running jobs are locked first (see purge_group)
+_PURGE = f"""
+WITH canceled_job AS (
+    UPDATE jobs SET status = 'canceled', canceled = now()
+    WHERE user_id = $1 AND container_group_id = $2 AND status = 'running'
+    RETURNING id
+), ended_attempt AS ({_end_running_attempt("canceled_job", "canceled")}
+), deleted_job AS (
+    DELETE FROM jobs WHERE user_id = $1 AND container_group_id = $2 AND status = 'pending'
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM canceled_job) + (SELECT count(*) FROM deleted_job)"""
+
+# $1 user, $2.. one array per column: all jobs or none, in order (seq follows `position`).
+_CREATE_JOBS = f"""
+INSERT INTO jobs (id, user_id, status, container_group_id, created,
+                  max_failures, heartbeat_interval, webhook, spec, org_name, project_name)
+SELECT id, $1, 'pending', grp, now(), mf, hi, wh, sp::jsonb, org, prj
+FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::text[],
+            $7::text[], $8::text[], $9::text[])
+     WITH ORDINALITY AS t(id, grp, mf, hi, wh, sp, org, prj, position)
+ORDER BY position
+RETURNING {_JOB_COLUMNS}"""
+
+# $1 channel, $2 groups. A transaction that writes nothing but notifications commits
+# without waiting for a WAL flush.
+_ANNOUNCE_NEW_JOBS = "SELECT pg_notify($1, grp) FROM unnest($2::text[]) AS grp"
+
+_CLAIM_REALLOCATION = """
+WITH blocked AS (
+    SELECT count(*) AS jobs FROM job_blocks WHERE machine_id = $1
+), marked AS (
+    INSERT INTO machine_reallocations (machine_id, at)
+    SELECT $1, now() FROM blocked WHERE blocked.jobs >= $2 AND blocked.jobs > 0
+    ON CONFLICT DO NOTHING
+    RETURNING machine_id
+)
+SELECT blocked.jobs, latest.container_group_id, latest.org_name, latest.project_name
+FROM marked, blocked, LATERAL (
+    SELECT j.container_group_id, j.org_name, j.project_name
+    FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+    WHERE b.machine_id = $1
+    ORDER BY b.blocked_at DESC
+    LIMIT 1
+) AS latest"""
+
+_CLAIM_WEBHOOK_EVENTS = """
+WITH due AS (
+    SELECT id FROM webhook_outbox
+    WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= now()
+      AND (leased_until IS NULL OR leased_until <= now())
+    ORDER BY id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE webhook_outbox AS o SET leased_until = now() + $2::float8 * interval '1 s'
+FROM due WHERE o.id = due.id
+RETURNING o.id, o.user_id, o.url, o.payload, o.attempts, o.created"""
+
+
+async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
+    )
+
+
+class PostgresStore:
+    """The Store on one PostgreSQL database; any number of processes may share it."""
+
+    def __init__(self, url: str, *, min_connections: int = 2, max_connections: int = 10) -> None:
+        self._url = url
+        self._min_connections = min_connections
+        self._max_connections = max_connections
+        self._pool: ConnectionPool | None = None
+        self._listen_conn: asyncpg.Connection[asyncpg.Record] | None = None
+        self._new_job_listeners: list[Callable[[str], None]] = []
+        self._relisten_task: asyncio.Task[None] | None = None
+        self._unannounced: set[str] = set()
+        self._announcing: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._pool is not None:
+            raise StoreError("store is already open")
+        self._closing = False
+        self._pool = ConnectionPool(self._connect, self._max_connections)
+        try:
+            await self._pool.open(self._min_connections)
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._announcing is not None:
+            await asyncio.gather(self._announcing, return_exceptions=True)
+            self._announcing = None
+        if self._relisten_task is not None:
+            self._relisten_task.cancel()
+            await asyncio.gather(self._relisten_task, return_exceptions=True)
+            self._relisten_task = None
+        if self._listen_conn is not None:
+            await self._listen_conn.close()
+            self._listen_conn = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _connect(self) -> asyncpg.Connection[asyncpg.Record]:
+        conn = await asyncpg.connect(self._url, server_settings={"application_name": "kelpie"})
+        try:
+            await _init_connection(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    def _connected(self) -> ConnectionPool:
+        if self._pool is None:
+            raise StoreError("store is not open: call open() first")
+        return self._pool
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection[asyncpg.Record]]:
+        async with self._connected().acquire() as conn, conn.transaction():
+            yield conn
+
+    async def _migrate(self) -> None:
+        migrations = load_migrations("postgresql")
+        newest_known = max((m.version for m in migrations), default=0)
+        async with self._transaction() as conn:
+            # several processes may start at once against a fresh database
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(_SCHEMA_MIGRATIONS)
+            applied = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            if applied and max(applied) > newest_known:
+                raise StoreError(
+                    f"database schema version {max(applied)} is newer than this kelpie"
+                    f" ({newest_known}): upgrade kelpie"
+                )
+            for migration in migrations:
+                if migration.version in applied:
+                    continue
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, now())",
+                    migration.version,
+                )
+                logger.info("applied migration %s", migration.name)
+
+    async def listen_for_new_jobs(self, on_new_jobs: Callable[[str], None]) -> None:
+        """One dedicated connection LISTENs for every caller; `create_jobs` NOTIFYs."""
+        self._new_job_listeners.append(on_new_jobs)
+        if self._listen_conn is None and self._relisten_task is None:
+            await self._listen()
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(self._url, server_settings={"application_name": "kelpie"})
+        conn.add_termination_listener(self._on_listen_connection_lost)
+        await conn.add_listener(NEW_JOBS_CHANNEL, self._on_notification)
+        self._listen_conn = conn
+
+    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        for listener in self._new_job_listeners:
+            try:
+                listener(str(payload))
+            except Exception:
+                logger.exception("new-jobs listener failed")
+
+    def _on_listen_connection_lost(self, _conn: object) -> None:
+        self._listen_conn = None
+        if not self._closing:
+            logger.warning("lost the connection listening for new jobs; reconnecting")
+            self._relisten_task = asyncio.get_running_loop().create_task(
+                self._relisten(), name="kelpie-store-relisten"
+            )
+
+    async def _relisten(self) -> None:
+        attempt = 0
+        while not self._closing:
+            delay = _LISTEN_RETRY_DELAYS_S[min(attempt, len(_LISTEN_RETRY_DELAYS_S) - 1)]
+            await asyncio.sleep(delay)
+            try:
+                await self._listen()
+            except (OSError, asyncpg.PostgresError) as exc:
+                attempt += 1
+                logger.warning("cannot listen for new jobs yet (%s); retrying", exc)
+                continue
+            logger.info("listening for new jobs again")
+            self._relisten_task = None
+            return
+
+    # -- users and keys ----------------------------------------------------------------
+    async def ensure_admin(self, username: str, key_hash: str) -> User:
+        async with self._transaction() as conn:
+            await conn.execute(
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, now(), true, $3, $4)"
+                " ON CONFLICT (username) DO NOTHING",
+                new_id(),
+                username,
+                new_webhook_secret(),
+                new_webhook_token(),
+            )
+            row = await conn.fetchrow(
+                f"UPDATE users SET is_admin = true WHERE username = $1 RETURNING {_USER_COLUMNS}",
+                username,
+            )
+            assert row is not None  # inserted or already there, inside this transaction
+            await conn.execute(
+                "INSERT INTO api_keys (key_hash, user_id, created) VALUES ($1, $2, now())"
+                " ON CONFLICT (key_hash) DO UPDATE"
+                " SET user_id = excluded.user_id, revoked = false",
+                key_hash,
+                row["id"],
+            )
+        return _decode.user(row)
+
+    async def create_user(self, username: str, *, is_admin: bool = False) -> User:
+        try:
+            row = await self._connected().fetchrow(
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, now(), $3, $4, $5)"
+                f" RETURNING {_USER_COLUMNS}",
+                new_id(),
+                username,
+                is_admin,
+                new_webhook_secret(),
+                new_webhook_token(),
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise AlreadyExists(f"username {username!r} is taken") from exc
+        assert row is not None
+        return _decode.user(row)
+
+    async def get_user(self, user_id: str) -> User | None:
+        row = await self._connected().fetchrow(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id
+        )
+        return None if row is None else _decode.user(row)
+
+    async def add_api_key(
+        self, user_id: str, key_hash: str, org_name: str | None, project_name: str | None
+    ) -> None:
+        try:
+            await self._connected().execute(
+                "INSERT INTO api_keys (key_hash, user_id, org_name, project_name, created)"
+                " VALUES ($1, $2, $3, $4, now())",
+                key_hash,
+                user_id,
+                org_name,
+                project_name,
+            )
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise NotFound(f"no user {user_id}") from exc
+        except asyncpg.UniqueViolationError as exc:
+            raise AlreadyExists("an API key with this hash exists") from exc
+
+    async def revoke_api_key(self, key_hash: str) -> bool:
+        row = await self._connected().fetchrow(
+            "UPDATE api_keys SET revoked = true WHERE key_hash = $1 AND NOT revoked RETURNING 1",
+            key_hash,
+        )
+        return row is not None
+
+    async def principal_for_key(self, key_hash: str) -> Principal | None:
+        row = await self._connected().fetchrow(
+            "SELECT k.org_name, k.project_name,"
+            " u.id, u.username, u.created, u.is_admin, u.webhook_secret, u.webhook_token"
+            " FROM api_keys AS k JOIN users AS u ON u.id = k.user_id"
+            " WHERE k.key_hash = $1 AND NOT k.revoked",
+            key_hash,
+        )
+        if row is None:
+            return None
+        return Principal(
+            user=_decode.user(row), org_name=row["org_name"], project_name=row["project_name"]
+        )
+
+    async def delete_non_admin_users(self) -> None:
+        await self._connected().execute("DELETE FROM users WHERE NOT is_admin")
+
+    # -- jobs, user side ---------------------------------------------------------------
+    async def create_jobs(self, user_id: str, jobs: Sequence[NewJob]) -> list[Job]:
+        ids = [new_id() for _ in jobs]
+        columns = (
+            ids,
+            [job.container_group_id for job in jobs],
+            [job.max_failures for job in jobs],
+            [job.heartbeat_interval for job in jobs],
+            [job.webhook for job in jobs],
+            [json.dumps(dict(job.spec)) for job in jobs],
+            [job.org_name for job in jobs],
+            [job.project_name for job in jobs],
+        )
+        try:
+            rows = await self._connected().fetch(_CREATE_JOBS, user_id, *columns)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise StoreError(f"batch rejected, no job stored: {exc}") from exc
+        self._announce_new_jobs(columns[1])
+        by_id = {row["id"]: _decode.job(row) for row in rows}
+        return [by_id[job_id] for job_id in ids]
+
+    def _announce_new_jobs(self, groups: Iterable[str]) -> None:
+        """Wakes long polls in every API process (`listen_for_new_jobs`) for these groups.
+
+        Not a NOTIFY inside the submitting transaction: PostgreSQL serializes the commits of
+        notifying transactions behind one database-wide lock held through their WAL flush,
+        which capped submissions at one fsync each. Instead, after the commit, one
+        announcement at a time carries every group submitted meanwhile. Best effort, as
+        notifications always are: a long poll also re-checks the queue on a timer."""
+        self._unannounced.update(groups)
+        if self._announcing is None or self._announcing.done():
+            self._announcing = asyncio.get_running_loop().create_task(
+                self._send_announcements(), name="kelpie-store-announce"
+            )
+
+    async def _send_announcements(self) -> None:
+        while self._unannounced and self._pool is not None:
+            groups = sorted(self._unannounced)
+            self._unannounced.clear()
+            try:
+                await self._pool.execute(_ANNOUNCE_NEW_JOBS, NEW_JOBS_CHANNEL, groups)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning("could not announce new jobs in %s: %s", groups, exc)
+
+    async def get_job(self, job_id: str, user_id: str | None) -> Job | None:
+        row = await self._connected().fetchrow(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
+            job_id,
+            user_id,
+        )
+        return None if row is None else _decode.job(row)
+
+    async def list_jobs(self, query: JobQuery) -> list[Job]:
+        # only the filters given, so that the planner picks the index that fits them
+        conditions: list[str] = []
+        args: list[Any] = []
+        for column, value in (
+            ("user_id", query.user_id),
+            ("status", query.status),
+            ("container_group_id", query.container_group_id),
+        ):
+            if value is not None:
+                args.append(value)
+                conditions.append(f"{column} = ${len(args)}")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        order = "ASC" if query.ascending else "DESC"
+        args += [query.page_size, page_offset(query.page, query.page_size)]
+        rows = await self._connected().fetch(
+            f"SELECT {_JOB_COLUMNS} FROM jobs {where}"
+            f" ORDER BY created {order}, seq {order} LIMIT ${len(args) - 1} OFFSET ${len(args)}",
+            *args,
+        )
+        return [_decode.job(row) for row in rows]
+
+    async def cancel_job(self, job_id: str, user_id: str | None) -> CancelOutcome:
+        pool = self._connected()
+        if await pool.fetchrow(_CANCEL, job_id, user_id) is not None:
+            return CancelOutcome.CANCELED
+        status = await pool.fetchval(
+            "SELECT status FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
+            job_id,
+            user_id,
+        )
+        if status is None:
+            return CancelOutcome.NOT_FOUND
+        # _CANCEL takes every pending or running job, so this one has ended for good
+        if status == "canceled":
+            return CancelOutcome.ALREADY_CANCELED
+        return CancelOutcome.ALREADY_ENDED
+
+    async def purge_group(self, user_id: str, container_group_id: str) -> int:
+        async with self._transaction() as conn:
+            # Lock the group's live jobs first: claims skip them and workers' reports wait,
+            # so no job slips from pending to running (or back) between delete and cancel.
+            await conn.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE user_id = $1"
+                " AND container_group_id = $2 AND status IN ('pending', 'running')"
+                " FOR UPDATE) AS live",
+                user_id,
+                container_group_id,
+            )
+            touched = await conn.fetchval(_PURGE, user_id, container_group_id)
+        return int(touched)
+
+    async def delete_all_jobs(self) -> None:
+        await self._connected().execute("DELETE FROM jobs")
+
+    async def list_attempts(self, job_id: str, user_id: str | None) -> list[Attempt] | None:
+        pool = self._connected()
+        visible = await pool.fetchval(
+            "SELECT true FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
+            job_id,
+            user_id,
+        )
+        if not visible:
+            return None
+        rows = await pool.fetch(
+            "SELECT job_id, machine_id, started, ended, outcome, exit_code FROM attempts"
+            " WHERE job_id = $1 ORDER BY id",
+            job_id,
+        )
+        return [_decode.attempt(row) for row in rows]
+
+    # -- jobs, worker side -------------------------------------------------------------
+    async def claim_job(
+        self, machine_id: str, container_group_id: str, user_id: str | None
+    ) -> Job | None:
+        row = await self._connected().fetchrow(_CLAIM, machine_id, container_group_id, user_id)
+        return None if row is None else _decode.job(row)
+
+    async def heartbeat(
+        self, job_id: str, machine_id: str, user_id: str | None
+    ) -> JobStatus | None:
+        pool = self._connected()
+        beat = await pool.fetchval(
+            "UPDATE jobs SET heartbeat = now(), num_heartbeats = num_heartbeats + 1,"
+            f" lease_expires = now() + heartbeat_interval * interval '2 s' WHERE {_HELD}"
+            " RETURNING true",
+            job_id,
+            machine_id,
+            user_id,
+        )
+        if beat:
+            return "running"
+        status = await pool.fetchval(
+            "SELECT status FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
+            job_id,
+            user_id,
+        )
+        if status is None:
+            return None
+        # still running means another machine holds it now: this one must drop the job
+        return "canceled" if status == "running" else as_job_status(status)
+
+    async def complete_if_held(
+        self, job_id: str, machine_id: str, user_id: str | None
+    ) -> HeldOutcome:
+        if await self._connected().fetchrow(_COMPLETE, job_id, machine_id, user_id) is not None:
+            return HeldOutcome.DONE
+        return await self._why_not_held(job_id, user_id)
+
+    async def fail_if_held(
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        exit_code: int | None,
+        error: str | None,
+    ) -> FailureResult:
+        row = await self._connected().fetchrow(_FAIL, job_id, machine_id, user_id, exit_code, error)
+        if row is None:
+            return FailureResult(await self._why_not_held(job_id, user_id))
+        return FailureResult(
+            HeldOutcome.DONE, _decode.job(row), machine_blocked_jobs=row["machine_blocked_jobs"]
+        )
+
+    async def interrupt_if_held(
+        self, job_id: str, machine_id: str, user_id: str | None
+    ) -> HeldOutcome:
+        if await self._connected().fetchrow(_INTERRUPT, job_id, machine_id, user_id) is not None:
+            return HeldOutcome.DONE
+        return await self._why_not_held(job_id, user_id)
+
+    async def _why_not_held(self, job_id: str, user_id: str | None) -> HeldOutcome:
+        exists = await self._connected().fetchval(
+            "SELECT true FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
+            job_id,
+            user_id,
+        )
+        return HeldOutcome.NOT_HOLDER if exists else HeldOutcome.NOT_FOUND
+
+    async def claim_reallocation(self, machine_id: str, threshold: int) -> Blocked | None:
+        row = await self._connected().fetchrow(_CLAIM_REALLOCATION, machine_id, threshold)
+        if row is None:
+            return None
+        return Blocked(
+            machine_id=machine_id,
+            container_group_id=row["container_group_id"],
+            org_name=row["org_name"],
+            project_name=row["project_name"],
+            blocked_jobs=row["jobs"],
+        )
+
+    # -- webhook outbox ----------------------------------------------------------------
+    async def claim_webhook_events(self, limit: int, lease_seconds: float) -> list[WebhookEvent]:
+        rows = await self._connected().fetch(_CLAIM_WEBHOOK_EVENTS, limit, lease_seconds)
+        events = [
+            WebhookEvent(
+                id=row["id"],
+                user_id=row["user_id"],
+                url=row["url"],
+                payload=row["payload"],
+                attempts=row["attempts"],
+                created=row["created"],
+            )
+            for row in rows
+        ]
+        return sorted(events, key=lambda event: event.id)
+
+    async def webhook_delivered(self, event_id: int) -> None:
+        await self._connected().execute(
+            "UPDATE webhook_outbox SET delivered_at = now(), leased_until = NULL,"
+            " attempts = attempts + 1 WHERE id = $1",
+            event_id,
+        )
+
+    async def webhook_retry_later(self, event_id: int, delay_seconds: float, error: str) -> None:
+        await self._connected().execute(
+            "UPDATE webhook_outbox SET attempts = attempts + 1,"
+            " next_attempt_at = now() + $2::float8 * interval '1 s',"
+            " leased_until = NULL, last_error = $3 WHERE id = $1",
+            event_id,
+            delay_seconds,
+            error,
+        )
+
+    async def webhook_give_up(self, event_id: int, error: str) -> None:
+        await self._connected().execute(
+            "UPDATE webhook_outbox SET attempts = attempts + 1, dead_at = now(),"
+            " leased_until = NULL, last_error = $2 WHERE id = $1",
+            event_id,
+            error,
+        )
+
+    async def purge_finished_webhooks(self, older_than_seconds: float) -> int:
+        status: str = await self._connected().execute(
+            "DELETE FROM webhook_outbox"
+            " WHERE coalesce(delivered_at, dead_at) < now() - $1::float8 * interval '1 s'",
+            older_than_seconds,
+        )
+        return int(status.rsplit(" ", 1)[1])
+
+    async def pending_webhook_count(self) -> int:
+        count = await self._connected().fetchval(
+            "SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
+        )
+        return int(count)
+
+    # -- scaling rules -----------------------------------------------------------------
+    async def create_scaling_rule(self, rule: ScalingRule) -> ScalingRule:
+        try:
+            row = await self._connected().fetchrow(
+                f"INSERT INTO scaling_rules ({_RULE_COLUMNS})"
+                f" VALUES ($1, $2, $3, $4, $5, now(), now(), $6, $7) RETURNING {_RULE_COLUMNS}",
+                rule.user_id,
+                rule.container_group_id,
+                rule.min_replicas,
+                rule.max_replicas,
+                rule.idle_threshold_seconds,
+                rule.org_name,
+                rule.project_name,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise AlreadyExists(f"a scaling rule for {rule.container_group_id!r} exists") from exc
+        assert row is not None
+        return _decode.rule(row)
+
+    async def list_scaling_rules(self, user_id: str | None) -> list[ScalingRule]:
+        rows = await self._connected().fetch(
+            f"SELECT {_RULE_COLUMNS} FROM scaling_rules WHERE ($1::text IS NULL OR user_id = $1)"
+            " ORDER BY created, user_id, container_group_id",
+            user_id,
+        )
+        return [_decode.rule(row) for row in rows]
+
+    async def get_scaling_rule(
+        self, user_id: str | None, container_group_id: str
+    ) -> ScalingRule | None:
+        row = await self._connected().fetchrow(
+            f"SELECT {_RULE_COLUMNS} FROM scaling_rules"
+            " WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1)"
+            " ORDER BY created, user_id LIMIT 1",
+            user_id,
+            container_group_id,
+        )
+        return None if row is None else _decode.rule(row)
+
+    async def update_scaling_rule(
+        self, user_id: str | None, container_group_id: str, patch: ScalingRulePatch
+    ) -> ScalingRule | None:
+        rows = await self._connected().fetch(
+            "UPDATE scaling_rules SET"
+            " min_replicas = coalesce($3, min_replicas),"
+            " max_replicas = coalesce($4, max_replicas),"
+            " idle_threshold_seconds = coalesce($5, idle_threshold_seconds),"
+            " updated = now()"
+            " WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1)"
+            f" RETURNING {_RULE_COLUMNS}",
+            user_id,
+            container_group_id,
+            patch.min_replicas,
+            patch.max_replicas,
+            patch.idle_threshold_seconds,
+        )
+        rules = sorted((_decode.rule(row) for row in rows), key=lambda r: (r.created, r.user_id))
+        return rules[0] if rules else None
+
+    async def delete_scaling_rule(self, user_id: str | None, container_group_id: str) -> bool:
+        rows = await self._connected().fetch(
+            "DELETE FROM scaling_rules"
+            " WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1) RETURNING 1",
+            user_id,
+            container_group_id,
+        )
+        return bool(rows)
+
+    async def delete_all_scaling_rules(self) -> None:
+        await self._connected().execute("DELETE FROM scaling_rules")
+
+    async def count_active_jobs(
+        self, user_id: str, container_group_id: str, idle_threshold_seconds: int
+    ) -> int:
+        count = await self._connected().fetchval(
+            "SELECT count(*) FROM jobs WHERE user_id = $1 AND container_group_id = $2"
+            " AND (status IN ('pending', 'running')"
+            "  OR coalesce(completed, failed, canceled) >= now() - $3::float8 * interval '1 s')",
+            user_id,
+            container_group_id,
+            idle_threshold_seconds,
+        )
+        return int(count)
+
+    async def try_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
+        row = await self._connected().fetchrow(
+            "INSERT INTO leases (name, holder, expires_at)"
+            " VALUES ($1, $2, now() + $3::float8 * interval '1 s')"
+            " ON CONFLICT (name) DO UPDATE"
+            " SET holder = excluded.holder, expires_at = excluded.expires_at"
+            " WHERE leases.expires_at <= now() OR leases.holder = excluded.holder"
+            " RETURNING holder",
+            name,
+            holder,
+            ttl_seconds,
+        )
+        return row is not None

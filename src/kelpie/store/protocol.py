@@ -1,0 +1,200 @@
+"""The Store protocol: every read and state change kelpie makes, named for its intention.
+
+Implementations: `SqliteStore` (embedded default) and `PostgresStore`. Both pass one
+conformance suite (tests/integration/test_store_conformance.py). Rules every implementation
+keeps:
+
+- A claim is one atomic statement, never select-then-update: one job is never handed to two
+  machines, whatever the number of pollers or processes.
+- Every state change a worker asks for is fenced by state and holder
+  (`WHERE status = 'running' AND machine_id = :m`), so a machine whose lease expired cannot
+  overwrite the newer holder.
+- A webhook event is written to the outbox in the same transaction as the state change it
+  reports, so an acknowledged change never loses its event.
+- `user_id=None` in a scoped call means "any user" (admin callers); otherwise a job of
+  another user behaves exactly as a job that does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from kelpie.schemas import JobStatus
+from kelpie.store.models import (
+    Attempt,
+    Blocked,
+    CancelOutcome,
+    FailureResult,
+    HeldOutcome,
+    Job,
+    JobQuery,
+    NewJob,
+    Principal,
+    ScalingRule,
+    ScalingRulePatch,
+    User,
+    WebhookEvent,
+)
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises on purpose."""
+
+
+class AlreadyExists(StoreError):
+    """A unique name (username, scaling rule's group) is taken."""
+
+
+class NotFound(StoreError):
+    """The record a write refers to does not exist."""
+
+
+class Store(Protocol):
+    # -- lifecycle ---------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect and bring the schema to the newest migration (safe when several
+        processes start at once)."""
+
+    async def close(self) -> None: ...
+
+    async def listen_for_new_jobs(self, on_new_jobs: Callable[[str], None]) -> None:
+        """Call `on_new_jobs(container_group_id)` whenever any process submits jobs.
+
+        Lets a long-polling `/work` call in one API process wake up for a job submitted
+        through another. A store without cross-process notification may do nothing: the
+        API re-checks periodically as well."""
+
+    # -- users and keys ----------------------------------------------------------------
+    async def ensure_admin(self, username: str, key_hash: str) -> User:
+        """An admin user named `username` exists and holds the key with this hash."""
+
+    async def create_user(self, username: str, *, is_admin: bool = False) -> User:
+        """Raises AlreadyExists for a taken username."""
+
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    async def add_api_key(
+        self, user_id: str, key_hash: str, org_name: str | None, project_name: str | None
+    ) -> None:
+        """Raises NotFound if the user does not exist."""
+
+    async def revoke_api_key(self, key_hash: str) -> bool:
+        """The key stops working; False if there was no live key with this hash."""
+
+    async def principal_for_key(self, key_hash: str) -> Principal | None:
+        """The caller behind a key, or None for an unknown or revoked key."""
+
+    async def delete_non_admin_users(self) -> None:
+        """Removes every non-admin user and their keys (their jobs stay until purged)."""
+
+    # -- jobs, user side ---------------------------------------------------------------
+    async def create_jobs(self, user_id: str, jobs: Sequence[NewJob]) -> list[Job]:
+        """Stores all jobs in one transaction (all or nothing), in order, as `pending`."""
+
+    async def get_job(self, job_id: str, user_id: str | None) -> Job | None: ...
+
+    async def list_jobs(self, query: JobQuery) -> list[Job]:
+        """One page, ordered by `created` (then submission order), newest first unless
+        ascending."""
+
+    async def cancel_job(self, job_id: str, user_id: str | None) -> CancelOutcome:
+        """pending/running → canceled; a running job's attempt ends as `canceled`."""
+
+    async def purge_group(self, user_id: str, container_group_id: str) -> int:
+        """Deletes the user's pending jobs in the group and cancels its running ones;
+        returns how many jobs were touched."""
+
+    async def delete_all_jobs(self) -> None: ...
+
+    async def list_attempts(self, job_id: str, user_id: str | None) -> list[Attempt] | None:
+        """Every hold of the job, oldest first; None when the job is not visible."""
+
+    # -- jobs, worker side -------------------------------------------------------------
+    async def claim_job(
+        self, machine_id: str, container_group_id: str, user_id: str | None
+    ) -> Job | None:
+        """Atomically hand one job of the group to the machine, or None.
+
+        First a stalled running job (heartbeat, or start if it never beat, older than
+        twice its heartbeat_interval: the previous holder's attempt ends as `lost`), oldest
+        `created` first; else the oldest pending job. Jobs the machine is blocked from are
+        skipped. The job becomes running, held by the machine, heartbeat = now, `started`
+        set on first start; a new attempt is recorded and a `running` webhook event
+        queued."""
+
+    async def heartbeat(
+        self, job_id: str, machine_id: str, user_id: str | None
+    ) -> JobStatus | None:
+        """While the machine holds the job: refresh heartbeat, count it, answer running.
+        Another machine holds it: answer canceled. Else the job's status; None if unknown."""
+
+    async def complete_if_held(
+        self, job_id: str, machine_id: str, user_id: str | None
+    ) -> HeldOutcome:
+        """running → completed, only for the holder; queues a `completed` event."""
+
+    async def fail_if_held(
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        exit_code: int | None,
+        error: str | None,
+    ) -> FailureResult:
+        """Only the holder: counts the failure, blocks the machine from the job for good,
+        records exit code and error. At max_failures the job is `failed` (event queued);
+        otherwise it is pending again at once."""
+
+    async def interrupt_if_held(
+        self, job_id: str, machine_id: str, user_id: str | None
+    ) -> HeldOutcome:
+        """The holder is going away: back to pending at once, no failure counted."""
+
+    async def claim_reallocation(self, machine_id: str, threshold: int) -> Blocked | None:
+        """If the machine is blocked from at least `threshold` jobs and was never
+        reallocated, mark it reallocated and say where it runs; else None. At most once
+        per machine, across processes."""
+
+    # -- webhook outbox ----------------------------------------------------------------
+    async def claim_webhook_events(self, limit: int, lease_seconds: float) -> list[WebhookEvent]:
+        """Events due for delivery, leased for `lease_seconds` so that no other process
+        delivers the same attempt at the same time."""
+
+    async def webhook_delivered(self, event_id: int) -> None: ...
+
+    async def webhook_retry_later(self, event_id: int, delay_seconds: float, error: str) -> None:
+        """Counts the attempt and makes the event due again after the delay."""
+
+    async def webhook_give_up(self, event_id: int, error: str) -> None: ...
+
+    async def pending_webhook_count(self) -> int: ...
+
+    async def purge_finished_webhooks(self, older_than_seconds: float) -> int:
+        """Deletes delivered and given-up events older than this; returns how many."""
+
+    # -- scaling rules -----------------------------------------------------------------
+    async def create_scaling_rule(self, rule: ScalingRule) -> ScalingRule:
+        """Raises AlreadyExists if the user already has a rule for the group."""
+
+    async def list_scaling_rules(self, user_id: str | None) -> list[ScalingRule]: ...
+
+    async def get_scaling_rule(
+        self, user_id: str | None, container_group_id: str
+    ) -> ScalingRule | None: ...
+
+    async def update_scaling_rule(
+        self, user_id: str | None, container_group_id: str, patch: ScalingRulePatch
+    ) -> ScalingRule | None: ...
+
+    async def delete_scaling_rule(self, user_id: str | None, container_group_id: str) -> bool: ...
+
+    async def delete_all_scaling_rules(self) -> None: ...
+
+    async def count_active_jobs(
+        self, user_id: str, container_group_id: str, idle_threshold_seconds: int
+    ) -> int:
+        """Jobs of the group that are pending or running, or ended within the threshold."""
+
+    async def try_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
+        """Take or renew a named lease (leader election for periodic tasks)."""

@@ -1,0 +1,917 @@
+"""SQLite store: the embedded default, one database file.
+
+Every write is a function of the write connection, run by one writer thread per process
+(kelpie.store._group_commit): whatever the API's requests queued meanwhile runs in one
+`BEGIN IMMEDIATE` transaction, each write in its own savepoint, and one COMMIT (one fsync)
+answers them all. Several `kelpie serve` processes may share one file: `BEGIN IMMEDIATE`
+takes the file's write lock, so writers of all processes are serialized. Reads use a second,
+read-only connection; WAL mode lets them proceed while a write is under way.
+
+Times are REAL unix epoch seconds (UTC) taken from this process's clock inside the write
+transaction, so they follow the order in which writers hold the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import aiosqlite
+
+from kelpie.schemas import JobStatus
+from kelpie.store._common import (
+    RowDecoder,
+    as_job_status,
+    new_id,
+    new_webhook_secret,
+    new_webhook_token,
+    page_offset,
+    webhook_payload,
+)
+from kelpie.store._group_commit import GroupCommitWriter, execute_when_not_busy
+from kelpie.store.migrations import load_migrations
+from kelpie.store.models import (
+    Attempt,
+    Blocked,
+    CancelOutcome,
+    FailureResult,
+    HeldOutcome,
+    Job,
+    JobQuery,
+    NewJob,
+    Principal,
+    ScalingRule,
+    ScalingRulePatch,
+    User,
+    WebhookEvent,
+)
+from kelpie.store.protocol import AlreadyExists, NotFound, StoreError
+
+logger = logging.getLogger(__name__)
+_decode = RowDecoder(time=lambda value: datetime.fromtimestamp(value, UTC), json=json.loads)
+
+T = TypeVar("T")
+Params = Mapping[str, Any] | Sequence[Any]
+
+# The read connection waits this long for the file lock (busy_timeout), rarely needed in WAL
+# mode. The write connection waits in its own loop (see _group_commit).
+_BUSY_TIMEOUT_S = 10.0
+
+_JOB_COLUMNS = (
+    "id, user_id, status, container_group_id, created, started, completed, canceled, failed,"
+    " heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,"
+    " max_failures, heartbeat_interval, webhook, spec, org_name, project_name"
+)
+_USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
+_RULE_COLUMNS = (
+    "user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,"
+    " created, updated, org_name, project_name"
+)
+_VISIBLE = "(:user_id IS NULL OR user_id = :user_id)"
+_HELD = f"id = :job_id AND status = 'running' AND machine_id = :machine_id AND {_VISIBLE}"
+
+_SCHEMA_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    applied_at REAL NOT NULL
+)"""
+
+
+def _claimable(status: Literal["running", "pending"], priority: int) -> str:
+    """The oldest job of the group in `status` that the machine may take (stalled, when
+    running), as (id, priority)."""
+    stalled = "AND j.lease_expires < :now" if status == "running" else ""
+    return f"""
+        SELECT id, {priority} AS priority FROM (
+            SELECT j.id FROM jobs AS j
+            WHERE j.status = '{status}' AND j.container_group_id = :group {stalled}
+              AND (:user_id IS NULL OR j.user_id = :user_id)
+              AND NOT EXISTS (
+                  SELECT 1 FROM job_blocks AS b
+                  WHERE b.job_id = j.id AND b.machine_id = :machine_id)
+            ORDER BY j.created, j.seq
+            LIMIT 1
+        )"""
+
+
+_CLAIM = f"""
+UPDATE jobs
+SET status = 'running', machine_id = :machine_id, heartbeat = :now,
+    lease_expires = :now + 2 * heartbeat_interval, started = coalesce(started, :now)
+WHERE id = (
+    SELECT id FROM ({_claimable("running", 0)} UNION ALL {_claimable("pending", 1)})
+    ORDER BY priority
+    LIMIT 1
+)
+RETURNING {_JOB_COLUMNS}"""
+
+
+def _split_statements(script: str) -> list[str]:
+    """The statements of a migration file, for execution one by one inside our transaction
+    (`executescript` would commit first)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    leftover = [ln for ln in buffer.splitlines() if ln.strip() and not ln.strip().startswith("--")]
+    if leftover:
+        raise StoreError(f"incomplete SQL statement at the end of a migration: {leftover[0]!r}")
+    return statements
+
+
+def _dt(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+def _dt_or_none(value: float | None) -> datetime | None:
+    return None if value is None else _dt(value)
+
+
+def _all(conn: sqlite3.Connection, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+    return conn.execute(sql, params).fetchall()
+
+
+def _one(conn: sqlite3.Connection, sql: str, params: Params = ()) -> sqlite3.Row | None:
+    # fetchall, not fetchone: a statement left unfinished would block RELEASE and COMMIT
+    rows = _all(conn, sql, params)
+    return rows[0] if rows else None
+
+
+def _queue_event(
+    conn: sqlite3.Connection, job: Job, status: JobStatus, machine_id: str, now: float
+) -> None:
+    """Writes the job's webhook event, if it has a webhook, in the caller's transaction."""
+    if job.webhook is None:
+        return
+    payload = webhook_payload(status, job.id, machine_id, job.container_group_id)
+    conn.execute(
+        "INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (job.user_id, job.webhook, json.dumps(payload), now, now),
+    )
+
+
+def _end_running_attempt(
+    conn: sqlite3.Connection,
+    job_id: str,
+    outcome: str,
+    now: float,
+    exit_code: int | None = None,
+) -> None:
+    conn.execute(
+        "UPDATE attempts SET outcome = ?, ended = ?, exit_code = ?"
+        " WHERE job_id = ? AND outcome = 'running'",
+        (outcome, now, exit_code, job_id),
+    )
+
+
+class SqliteStore:
+    """The Store on one SQLite file (see module docstring for the concurrency model)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+    ) -> None:
+        # FULL: a commit (the 202 of a submission) survives power loss, not just a crash.
+        self._path = os.fspath(path)
+        self._synchronous = synchronous
+        self._writer: GroupCommitWriter | None = None
+        self._reader: aiosqlite.Connection | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._writer is not None:
+            raise StoreError("store is already open")
+        try:
+            self._writer = GroupCommitWriter(self._connect_writer, name="kelpie-sqlite-writer")
+            await self._writer.start()
+            await self._write(self._migrate)
+            self._reader = await self._connect_reader()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+        if self._writer is not None:
+            await self._writer.stop()
+        self._reader = self._writer = None
+
+    async def listen_for_new_jobs(self, on_new_jobs: Callable[[str], None]) -> None:
+        """SQLite has no cross-process notification; the API re-checks periodically."""
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        """The write connection, opened on the writer thread that alone uses it."""
+        conn = sqlite3.connect(self._path, isolation_level=None, timeout=0)
+        try:
+            conn.row_factory = sqlite3.Row
+            rows = execute_when_not_busy(conn, "PRAGMA journal_mode = WAL")
+            if rows[0][0] != "wal":
+                logger.warning(
+                    "SQLite refused WAL mode (journal_mode=%s): reads wait on writes", rows[0][0]
+                )
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _connect_reader(self) -> aiosqlite.Connection:
+        """The read connection; the writer has put the file in WAL mode already."""
+        conn = await aiosqlite.connect(self._path, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
+        try:
+            conn.row_factory = sqlite3.Row
+            await conn.execute("PRAGMA query_only = ON")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _write(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs `operation` in the writer's next group commit (its own savepoint); returns
+        once it is durably committed. Raising inside `operation` undoes only its changes."""
+        if self._writer is None:
+            raise StoreError("store is not open: call open() first")
+        return await self._writer.run(operation)
+
+    async def _execute(self, sql: str, params: Params = ()) -> None:
+        """One write statement in the next group commit."""
+
+        def execute(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, params)
+
+        await self._write(execute)
+
+    def _read_conn(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreError("store is not open: call open() first")
+        return self._reader
+
+    async def _read(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        return list(await self._read_conn().execute_fetchall(sql, params))
+
+    async def _read_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        rows = await self._read(sql, params)
+        return rows[0] if rows else None
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute(_SCHEMA_MIGRATIONS)
+        applied = {row[0] for row in _all(conn, "SELECT version FROM schema_migrations")}
+        migrations = load_migrations("sqlite")
+        newest_known = max((m.version for m in migrations), default=0)
+        if applied and max(applied) > newest_known:
+            raise StoreError(
+                f"database schema version {max(applied)} is newer than this kelpie"
+                f" ({newest_known}): upgrade kelpie"
+            )
+        for migration in migrations:
+            if migration.version in applied:
+                continue
+            for statement in _split_statements(migration.sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                (migration.version, time.time()),
+            )
+            logger.info("applied migration %s to %s", migration.name, self._path)
+
+    # -- users and keys ----------------------------------------------------------------
+    async def ensure_admin(self, username: str, key_hash: str) -> User:
+        def ensure(conn: sqlite3.Connection) -> User:
+            now = time.time()
+            conn.execute(
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?)"
+                " ON CONFLICT (username) DO NOTHING",
+                (new_id(), username, now, new_webhook_secret(), new_webhook_token()),
+            )
+            row = _one(
+                conn,
+                f"UPDATE users SET is_admin = 1 WHERE username = ? RETURNING {_USER_COLUMNS}",
+                (username,),
+            )
+            assert row is not None  # inserted or already there, inside this transaction
+            user = _decode.user(row)
+            conn.execute(
+                "INSERT INTO api_keys (key_hash, user_id, created) VALUES (?, ?, ?)"
+                " ON CONFLICT (key_hash) DO UPDATE SET user_id = excluded.user_id, revoked = 0",
+                (key_hash, user.id, now),
+            )
+            return user
+
+        return await self._write(ensure)
+
+    async def create_user(self, username: str, *, is_admin: bool = False) -> User:
+        def insert(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            return _one(
+                conn,
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+                f" RETURNING {_USER_COLUMNS}",
+                (
+                    new_id(),
+                    username,
+                    time.time(),
+                    int(is_admin),
+                    new_webhook_secret(),
+                    new_webhook_token(),
+                ),
+            )
+
+        try:
+            row = await self._write(insert)
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"username {username!r} is taken") from exc
+        assert row is not None
+        return _decode.user(row)
+
+    async def get_user(self, user_id: str) -> User | None:
+        row = await self._read_one(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+        return None if row is None else _decode.user(row)
+
+    async def add_api_key(
+        self, user_id: str, key_hash: str, org_name: str | None, project_name: str | None
+    ) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            if _one(conn, "SELECT 1 FROM users WHERE id = ?", (user_id,)) is None:
+                raise NotFound(f"no user {user_id}")
+            try:
+                conn.execute(
+                    "INSERT INTO api_keys (key_hash, user_id, org_name, project_name, created)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (key_hash, user_id, org_name, project_name, time.time()),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise AlreadyExists("an API key with this hash exists") from exc
+
+        await self._write(insert)
+
+    async def revoke_api_key(self, key_hash: str) -> bool:
+        def revoke(conn: sqlite3.Connection) -> bool:
+            return bool(
+                _all(
+                    conn,
+                    "UPDATE api_keys SET revoked = 1 WHERE key_hash = ? AND revoked = 0"
+                    " RETURNING 1",
+                    (key_hash,),
+                )
+            )
+
+        return await self._write(revoke)
+
+    async def principal_for_key(self, key_hash: str) -> Principal | None:
+        row = await self._read_one(
+            "SELECT k.org_name, k.project_name,"
+            " u.id, u.username, u.created, u.is_admin, u.webhook_secret, u.webhook_token"
+            " FROM api_keys AS k JOIN users AS u ON u.id = k.user_id"
+            " WHERE k.key_hash = ? AND k.revoked = 0",
+            (key_hash,),
+        )
+        if row is None:
+            return None
+        return Principal(
+            user=_decode.user(row), org_name=row["org_name"], project_name=row["project_name"]
+        )
+
+    async def delete_non_admin_users(self) -> None:
+        await self._execute("DELETE FROM users WHERE is_admin = 0")
+
+    # -- jobs, user side ---------------------------------------------------------------
+    async def create_jobs(self, user_id: str, jobs: Sequence[NewJob]) -> list[Job]:
+        ids = [new_id() for _ in jobs]
+        specs = [json.dumps(dict(job.spec)) for job in jobs]
+
+        def insert(conn: sqlite3.Connection) -> float:
+            now = time.time()
+            conn.executemany(
+                "INSERT INTO jobs (id, user_id, status, container_group_id, created,"
+                " max_failures, heartbeat_interval, webhook, spec, org_name, project_name)"
+                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        job_id,
+                        user_id,
+                        job.container_group_id,
+                        now,
+                        job.max_failures,
+                        job.heartbeat_interval,
+                        job.webhook,
+                        spec,
+                        job.org_name,
+                        job.project_name,
+                    )
+                    for job_id, job, spec in zip(ids, jobs, specs, strict=True)
+                ],
+            )
+            return now
+
+        try:
+            now = await self._write(insert)
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"batch rejected, no job stored: {exc}") from exc
+        return [
+            Job(
+                id=job_id,
+                user_id=user_id,
+                status="pending",
+                container_group_id=job.container_group_id,
+                created=_dt(now),
+                started=None,
+                completed=None,
+                canceled=None,
+                failed=None,
+                heartbeat=None,
+                num_failures=0,
+                num_heartbeats=0,
+                machine_id=None,
+                last_exit_code=None,
+                last_error=None,
+                max_failures=job.max_failures,
+                heartbeat_interval=job.heartbeat_interval,
+                webhook=job.webhook,
+                spec=json.loads(spec),
+                org_name=job.org_name,
+                project_name=job.project_name,
+            )
+            for job_id, job, spec in zip(ids, jobs, specs, strict=True)
+        ]
+
+    async def get_job(self, job_id: str, user_id: str | None) -> Job | None:
+        row = await self._read_one(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = :job_id AND {_VISIBLE}",
+            {"job_id": job_id, "user_id": user_id},
+        )
+        return None if row is None else _decode.job(row)
+
+    async def list_jobs(self, query: JobQuery) -> list[Job]:
+        conditions, params = _job_filters(query)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        order = "ASC" if query.ascending else "DESC"
+        params["limit"] = query.page_size
+        params["offset"] = page_offset(query.page, query.page_size)
+        rows = await self._read(
+            f"SELECT {_JOB_COLUMNS} FROM jobs {where}"
+            f" ORDER BY created {order}, seq {order} LIMIT :limit OFFSET :offset",
+            params,
+        )
+        return [_decode.job(row) for row in rows]
+
+    async def cancel_job(self, job_id: str, user_id: str | None) -> CancelOutcome:
+        params = {"job_id": job_id, "user_id": user_id}
+
+        def cancel(conn: sqlite3.Connection) -> CancelOutcome:
+            now = time.time()
+            canceled = _all(
+                conn,
+                "UPDATE jobs SET status = 'canceled', canceled = :now"
+                f" WHERE id = :job_id AND status IN ('pending', 'running') AND {_VISIBLE}"
+                " RETURNING id",
+                {**params, "now": now},
+            )
+            if canceled:
+                _end_running_attempt(conn, job_id, "canceled", now)
+                return CancelOutcome.CANCELED
+            row = _one(conn, f"SELECT status FROM jobs WHERE id = :job_id AND {_VISIBLE}", params)
+            if row is None:
+                return CancelOutcome.NOT_FOUND
+            # the update takes every pending or running job, so this one has ended for good
+            if row["status"] == "canceled":
+                return CancelOutcome.ALREADY_CANCELED
+            return CancelOutcome.ALREADY_ENDED
+
+        return await self._write(cancel)
+
+    async def purge_group(self, user_id: str, container_group_id: str) -> int:
+        params = {"user_id": user_id, "group": container_group_id}
+
+        def purge(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            canceled = _all(
+                conn,
+                "UPDATE jobs SET status = 'canceled', canceled = :now"
+                " WHERE user_id = :user_id AND container_group_id = :group AND status = 'running'"
+                " RETURNING id",
+                {**params, "now": now},
+            )
+            conn.executemany(
+                "UPDATE attempts SET outcome = 'canceled', ended = ?"
+                " WHERE job_id = ? AND outcome = 'running'",
+                [(now, row["id"]) for row in canceled],
+            )
+            deleted = _all(
+                conn,
+                "DELETE FROM jobs"
+                " WHERE user_id = :user_id AND container_group_id = :group AND status = 'pending'"
+                " RETURNING id",
+                params,
+            )
+            return len(canceled) + len(deleted)
+
+        return await self._write(purge)
+
+    async def delete_all_jobs(self) -> None:
+        await self._execute("DELETE FROM jobs")
+
+    async def list_attempts(self, job_id: str, user_id: str | None) -> list[Attempt] | None:
+        if await self.get_job(job_id, user_id) is None:
+            return None
+        rows = await self._read(
+            "SELECT job_id, machine_id, started, ended, outcome, exit_code FROM attempts"
+            " WHERE job_id = ? ORDER BY id",
+            (job_id,),
+        )
+        return [_decode.attempt(row) for row in rows]
+
+    # -- jobs, worker side -------------------------------------------------------------
+    async def claim_job(
+        self, machine_id: str, container_group_id: str, user_id: str | None
+    ) -> Job | None:
+        def claim(conn: sqlite3.Connection) -> Job | None:
+            now = time.time()
+            # one statement picks and takes the job, under the file's write lock
+            row = _one(
+                conn,
+                _CLAIM,
+                {
+                    "machine_id": machine_id,
+                    "group": container_group_id,
+                    "user_id": user_id,
+                    "now": now,
+                },
+            )
+            if row is None:
+                return None
+            job = _decode.job(row)
+            # a running attempt left on the job belongs to the stalled previous holder
+            _end_running_attempt(conn, job.id, "lost", now)
+            conn.execute(
+                "INSERT INTO attempts (job_id, machine_id, started, outcome)"
+                " VALUES (?, ?, ?, 'running')",
+                (job.id, machine_id, now),
+            )
+            _queue_event(conn, job, "running", machine_id, now)
+            return job
+
+        return await self._write(claim)
+
+    async def heartbeat(
+        self, job_id: str, machine_id: str, user_id: str | None
+    ) -> JobStatus | None:
+        params = {"job_id": job_id, "machine_id": machine_id, "user_id": user_id}
+
+        def beat(conn: sqlite3.Connection) -> JobStatus | None:
+            beaten = _all(
+                conn,
+                "UPDATE jobs SET heartbeat = :now, num_heartbeats = num_heartbeats + 1,"
+                f" lease_expires = :now + 2 * heartbeat_interval WHERE {_HELD} RETURNING id",
+                {**params, "now": time.time()},
+            )
+            if beaten:
+                return "running"
+            row = _one(conn, f"SELECT status FROM jobs WHERE id = :job_id AND {_VISIBLE}", params)
+            if row is None:
+                return None
+            # still running means another machine holds it now: this one must drop the job
+            return "canceled" if row["status"] == "running" else as_job_status(row["status"])
+
+        return await self._write(beat)
+
+    async def complete_if_held(
+        self, job_id: str, machine_id: str, user_id: str | None
+    ) -> HeldOutcome:
+        params = {"job_id": job_id, "machine_id": machine_id, "user_id": user_id}
+
+        def complete(conn: sqlite3.Connection) -> HeldOutcome:
+            now = time.time()
+            row = _one(
+                conn,
+                f"UPDATE jobs SET status = 'completed', completed = :now WHERE {_HELD}"
+                f" RETURNING {_JOB_COLUMNS}",
+                {**params, "now": now},
+            )
+            if row is None:
+                return _why_not_held(conn, params)
+            job = _decode.job(row)
+            _end_running_attempt(conn, job_id, "completed", now)
+            _queue_event(conn, job, "completed", machine_id, now)
+            return HeldOutcome.DONE
+
+        return await self._write(complete)
+
+    async def fail_if_held(
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        exit_code: int | None,
+        error: str | None,
+    ) -> FailureResult:
+        params = {"job_id": job_id, "machine_id": machine_id, "user_id": user_id}
+
+        def fail(conn: sqlite3.Connection) -> FailureResult:
+            now = time.time()
+            row = _one(
+                conn,
+                "UPDATE jobs SET num_failures = num_failures + 1,"
+                " last_exit_code = :exit_code, last_error = :error,"
+                " status = CASE WHEN num_failures + 1 >= max_failures"
+                "          THEN 'failed' ELSE 'pending' END,"
+                " failed = CASE WHEN num_failures + 1 >= max_failures THEN :now ELSE failed END"
+                f" WHERE {_HELD} RETURNING {_JOB_COLUMNS}",
+                {**params, "now": now, "exit_code": exit_code, "error": error},
+            )
+            if row is None:
+                return FailureResult(_why_not_held(conn, params))
+            job = _decode.job(row)
+            conn.execute(
+                "INSERT INTO job_blocks (job_id, machine_id, blocked_at) VALUES (?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (job_id, machine_id, now),
+            )
+            _end_running_attempt(conn, job_id, "failed", now, exit_code)
+            if job.status == "failed":
+                _queue_event(conn, job, "failed", machine_id, now)
+            count = _one(
+                conn, "SELECT count(*) FROM job_blocks WHERE machine_id = ?", (machine_id,)
+            )
+            assert count is not None
+            return FailureResult(HeldOutcome.DONE, job, machine_blocked_jobs=count[0])
+
+        return await self._write(fail)
+
+    async def interrupt_if_held(
+        self, job_id: str, machine_id: str, user_id: str | None
+    ) -> HeldOutcome:
+        params = {"job_id": job_id, "machine_id": machine_id, "user_id": user_id}
+
+        def interrupt(conn: sqlite3.Connection) -> HeldOutcome:
+            now = time.time()
+            interrupted = _all(
+                conn, f"UPDATE jobs SET status = 'pending' WHERE {_HELD} RETURNING id", params
+            )
+            if not interrupted:
+                return _why_not_held(conn, params)
+            _end_running_attempt(conn, job_id, "interrupted", now)
+            return HeldOutcome.DONE
+
+        return await self._write(interrupt)
+
+    async def claim_reallocation(self, machine_id: str, threshold: int) -> Blocked | None:
+        def mark(conn: sqlite3.Connection) -> Blocked | None:
+            count = _one(
+                conn, "SELECT count(*) FROM job_blocks WHERE machine_id = ?", (machine_id,)
+            )
+            assert count is not None
+            if count[0] < threshold or count[0] == 0:
+                return None
+            inserted = _all(
+                conn,
+                "INSERT INTO machine_reallocations (machine_id, at) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING RETURNING machine_id",
+                (machine_id, time.time()),
+            )
+            if not inserted:
+                return None
+            where = _one(
+                conn,
+                "SELECT j.container_group_id, j.org_name, j.project_name"
+                " FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id"
+                " WHERE b.machine_id = ? ORDER BY b.blocked_at DESC LIMIT 1",
+                (machine_id,),
+            )
+            assert where is not None  # count > 0 and job_blocks rows always have their job
+            return Blocked(
+                machine_id=machine_id,
+                container_group_id=where["container_group_id"],
+                org_name=where["org_name"],
+                project_name=where["project_name"],
+                blocked_jobs=count[0],
+            )
+
+        return await self._write(mark)
+
+    # -- webhook outbox ----------------------------------------------------------------
+    async def claim_webhook_events(self, limit: int, lease_seconds: float) -> list[WebhookEvent]:
+        def lease(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            now = time.time()
+            return _all(
+                conn,
+                "UPDATE webhook_outbox SET leased_until = :until WHERE id IN ("
+                "  SELECT id FROM webhook_outbox"
+                "  WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= :now"
+                "    AND (leased_until IS NULL OR leased_until <= :now)"
+                "  ORDER BY id LIMIT :limit)"
+                " RETURNING id, user_id, url, payload, attempts, created",
+                {"now": now, "until": now + lease_seconds, "limit": limit},
+            )
+
+        rows = await self._write(lease)
+        events = [
+            WebhookEvent(
+                id=row["id"],
+                user_id=row["user_id"],
+                url=row["url"],
+                payload=json.loads(row["payload"]),
+                attempts=row["attempts"],
+                created=_dt(row["created"]),
+            )
+            for row in rows
+        ]
+        return sorted(events, key=lambda event: event.id)
+
+    async def webhook_delivered(self, event_id: int) -> None:
+        await self._execute(
+            "UPDATE webhook_outbox SET delivered_at = ?, leased_until = NULL,"
+            " attempts = attempts + 1 WHERE id = ?",
+            (time.time(), event_id),
+        )
+
+    async def webhook_retry_later(self, event_id: int, delay_seconds: float, error: str) -> None:
+        await self._execute(
+            "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ?,"
+            " leased_until = NULL, last_error = ? WHERE id = ?",
+            (time.time() + delay_seconds, error, event_id),
+        )
+
+    async def webhook_give_up(self, event_id: int, error: str) -> None:
+        await self._execute(
+            "UPDATE webhook_outbox SET attempts = attempts + 1, dead_at = ?,"
+            " leased_until = NULL, last_error = ? WHERE id = ?",
+            (time.time(), error, event_id),
+        )
+
+    async def purge_finished_webhooks(self, older_than_seconds: float) -> int:
+        cutoff = time.time() - older_than_seconds
+
+        def purge(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "DELETE FROM webhook_outbox WHERE coalesce(delivered_at, dead_at) < ?", (cutoff,)
+            )
+            return cursor.rowcount
+
+        return await self._write(purge)
+
+    async def pending_webhook_count(self) -> int:
+        row = await self._read_one(
+            "SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
+        )
+        assert row is not None
+        return int(row[0])
+
+    # -- scaling rules -----------------------------------------------------------------
+    async def create_scaling_rule(self, rule: ScalingRule) -> ScalingRule:
+        def insert(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            now = time.time()
+            return _one(
+                conn,
+                f"INSERT INTO scaling_rules ({_RULE_COLUMNS})"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_RULE_COLUMNS}",
+                (
+                    rule.user_id,
+                    rule.container_group_id,
+                    rule.min_replicas,
+                    rule.max_replicas,
+                    rule.idle_threshold_seconds,
+                    now,
+                    now,
+                    rule.org_name,
+                    rule.project_name,
+                ),
+            )
+
+        try:
+            row = await self._write(insert)
+        except sqlite3.IntegrityError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+                raise AlreadyExists(
+                    f"a scaling rule for {rule.container_group_id!r} exists"
+                ) from exc
+            raise
+        assert row is not None
+        return _decode.rule(row)
+
+    async def list_scaling_rules(self, user_id: str | None) -> list[ScalingRule]:
+        rows = await self._read(
+            f"SELECT {_RULE_COLUMNS} FROM scaling_rules WHERE {_VISIBLE}"
+            " ORDER BY created, user_id, container_group_id",
+            {"user_id": user_id},
+        )
+        return [_decode.rule(row) for row in rows]
+
+    async def get_scaling_rule(
+        self, user_id: str | None, container_group_id: str
+    ) -> ScalingRule | None:
+        row = await self._read_one(
+            f"SELECT {_RULE_COLUMNS} FROM scaling_rules"
+            f" WHERE container_group_id = :group AND {_VISIBLE} ORDER BY created, user_id LIMIT 1",
+            {"user_id": user_id, "group": container_group_id},
+        )
+        return None if row is None else _decode.rule(row)
+
+    async def update_scaling_rule(
+        self, user_id: str | None, container_group_id: str, patch: ScalingRulePatch
+    ) -> ScalingRule | None:
+        params = {
+            "min": patch.min_replicas,
+            "max": patch.max_replicas,
+            "idle": patch.idle_threshold_seconds,
+            "group": container_group_id,
+            "user_id": user_id,
+        }
+
+        def update(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            return _all(
+                conn,
+                "UPDATE scaling_rules SET"
+                " min_replicas = coalesce(:min, min_replicas),"
+                " max_replicas = coalesce(:max, max_replicas),"
+                " idle_threshold_seconds = coalesce(:idle, idle_threshold_seconds),"
+                " updated = :now"
+                f" WHERE container_group_id = :group AND {_VISIBLE} RETURNING {_RULE_COLUMNS}",
+                {**params, "now": time.time()},
+            )
+
+        rows = await self._write(update)
+        rules = sorted((_decode.rule(row) for row in rows), key=lambda r: (r.created, r.user_id))
+        return rules[0] if rules else None
+
+    async def delete_scaling_rule(self, user_id: str | None, container_group_id: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            return bool(
+                _all(
+                    conn,
+                    "DELETE FROM scaling_rules"
+                    f" WHERE container_group_id = :group AND {_VISIBLE} RETURNING 1",
+                    {"user_id": user_id, "group": container_group_id},
+                )
+            )
+
+        return await self._write(delete)
+
+    async def delete_all_scaling_rules(self) -> None:
+        await self._execute("DELETE FROM scaling_rules")
+
+    async def count_active_jobs(
+        self, user_id: str, container_group_id: str, idle_threshold_seconds: int
+    ) -> int:
+        row = await self._read_one(
+            "SELECT count(*) FROM jobs WHERE user_id = :user_id AND container_group_id = :group"
+            " AND (status IN ('pending', 'running')"
+            "      OR coalesce(completed, failed, canceled) >= :since)",
+            {
+                "user_id": user_id,
+                "group": container_group_id,
+                "since": time.time() - idle_threshold_seconds,
+            },
+        )
+        assert row is not None
+        return int(row[0])
+
+    async def try_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
+        def take(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            return bool(
+                _all(
+                    conn,
+                    "INSERT INTO leases (name, holder, expires_at)"
+                    " VALUES (:name, :holder, :until)"
+                    " ON CONFLICT (name) DO UPDATE"
+                    " SET holder = excluded.holder, expires_at = excluded.expires_at"
+                    " WHERE leases.expires_at <= :now OR leases.holder = excluded.holder"
+                    " RETURNING holder",
+                    {"name": name, "holder": holder, "until": now + ttl_seconds, "now": now},
+                )
+            )
+
+        return await self._write(take)
+
+
+def _why_not_held(conn: sqlite3.Connection, params: Mapping[str, Any]) -> HeldOutcome:
+    row = _one(conn, f"SELECT 1 FROM jobs WHERE id = :job_id AND {_VISIBLE}", params)
+    return HeldOutcome.NOT_FOUND if row is None else HeldOutcome.NOT_HOLDER
+
+
+def _job_filters(query: JobQuery) -> tuple[list[str], dict[str, Any]]:
+    """Only the filters given, so that the planner picks the index that fits them."""
+    conditions: list[str] = []
+    params: dict[str, Any] = {}
+    filters: Iterable[tuple[str, str | None]] = (
+        ("user_id", query.user_id),
+        ("status", query.status),
+        ("container_group_id", query.container_group_id),
+    )
+    for column, value in filters:
+        if value is not None:
+            conditions.append(f"{column} = :{column}")
+            params[column] = value
+    return conditions, params

@@ -1,0 +1,183 @@
+"""Migrations build exactly the snapshot schema, once, however many processes start at once."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from kelpie.store import PostgresStore, SqliteStore, StoreError, open_store
+from kelpie.store.migrations import load_migrations, schema_snapshot
+
+Catalog = dict[str, Any]
+
+
+def _normalized_sql(sql: str) -> str:
+    sql = re.sub(r"--[^\n]*", " ", sql).lower()
+    sql = re.sub(r"\s+", " ", sql)
+    sql = re.sub(r"\s*([(),])\s*", r"\1", sql)
+    return sql.replace(" if not exists", "").strip()
+
+
+def sqlite_catalog(path: Path) -> Catalog:
+    """Every table, column, key, index and constraint of a SQLite database."""
+    conn = sqlite3.connect(path)
+    try:
+        catalog: Catalog = {}
+        objects = conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master"
+            " WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+        ).fetchall()
+        for kind, name, table, sql in objects:
+            entry: dict[str, Any] = {"table": table, "sql": _normalized_sql(sql or "")}
+            if kind == "table":
+                entry["columns"] = conn.execute(f"PRAGMA table_xinfo('{name}')").fetchall()
+                entry["foreign_keys"] = conn.execute(
+                    f"PRAGMA foreign_key_list('{name}')"
+                ).fetchall()
+                entry["options"] = conn.execute(
+                    "SELECT wr, strict FROM pragma_table_list WHERE name = ?", (name,)
+                ).fetchall()
+            else:
+                entry["columns"] = conn.execute(f"PRAGMA index_xinfo('{name}')").fetchall()
+            catalog[f"{kind} {name}"] = entry
+        return catalog
+    finally:
+        conn.close()
+
+
+async def postgres_catalog(url: str) -> Catalog:
+    """Every table, column, constraint and index of the public schema of a database."""
+    conn = await asyncpg.connect(url)
+    try:
+        columns = await conn.fetch(
+            "SELECT table_name, ordinal_position, column_name, data_type, is_nullable,"
+            " column_default, is_identity, identity_generation"
+            " FROM information_schema.columns WHERE table_schema = 'public'"
+            " ORDER BY table_name, ordinal_position"
+        )
+        constraints = await conn.fetch(
+            "SELECT c.relname, k.conname, k.contype, pg_get_constraintdef(k.oid)"
+            " FROM pg_constraint AS k JOIN pg_class AS c ON c.oid = k.conrelid"
+            " JOIN pg_namespace AS n ON n.oid = c.relnamespace WHERE n.nspname = 'public'"
+            " ORDER BY c.relname, k.conname"
+        )
+        indexes = await conn.fetch(
+            "SELECT tablename, indexname, indexdef FROM pg_indexes"
+            " WHERE schemaname = 'public' ORDER BY tablename, indexname"
+        )
+        tables = await conn.fetch(
+            "SELECT c.relname, c.relkind, c.reloptions FROM pg_class AS c"
+            " JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' ORDER BY c.relname"
+        )
+        return {
+            "columns": [tuple(row) for row in columns],
+            "constraints": [tuple(row) for row in constraints],
+            "indexes": [tuple(row) for row in indexes],
+            "relations": [tuple(row) for row in tables],
+        }
+    finally:
+        await conn.close()
+
+
+def test_migration_versions_are_contiguous_and_the_same_for_both_dialects() -> None:
+    sqlite_versions = [m.version for m in load_migrations("sqlite")]
+    postgres_versions = [m.version for m in load_migrations("postgresql")]
+    assert sqlite_versions == postgres_versions == list(range(1, len(sqlite_versions) + 1))
+
+
+async def test_sqlite_migrations_build_the_snapshot_schema(tmp_path: Path) -> None:
+    migrated = SqliteStore(tmp_path / "migrated.db")
+    await migrated.open()
+    await migrated.close()
+    snapshot = tmp_path / "snapshot.db"
+    conn = sqlite3.connect(snapshot)
+    conn.executescript(schema_snapshot("sqlite"))
+    conn.close()
+
+    assert sqlite_catalog(tmp_path / "migrated.db") == sqlite_catalog(snapshot)
+
+
+@pytest.mark.postgres
+async def test_postgres_migrations_build_the_snapshot_schema(
+    fresh_postgres_url: Callable[[], str],
+) -> None:
+    migrated_url, snapshot_url = fresh_postgres_url(), fresh_postgres_url()
+    migrated = PostgresStore(migrated_url)
+    await migrated.open()
+    await migrated.close()
+    conn = await asyncpg.connect(snapshot_url)
+    try:
+        await conn.execute(schema_snapshot("postgresql"))
+    finally:
+        await conn.close()
+
+    assert await postgres_catalog(migrated_url) == await postgres_catalog(snapshot_url)
+
+
+async def applied_versions(database_url: str) -> list[int]:
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        try:
+            return [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
+        finally:
+            conn.close()
+    pg = await asyncpg.connect(database_url)
+    try:
+        return [row[0] for row in await pg.fetch("SELECT version FROM schema_migrations")]
+    finally:
+        await pg.close()
+
+
+async def test_concurrent_opens_of_a_fresh_database_migrate_once(database_url: str) -> None:
+    stores = [open_store(database_url) for _ in range(4)]
+
+    await asyncio.gather(*(store.open() for store in stores))
+
+    try:
+        user = await stores[0].create_user("after-migration")
+        assert await stores[3].get_user(user.id) == user
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+    expected = [m.version for m in load_migrations("sqlite")]
+    assert sorted(await applied_versions(database_url)) == expected
+
+
+async def test_reopening_keeps_the_data_and_applies_nothing(database_url: str) -> None:
+    store = open_store(database_url)
+    await store.open()
+    user = await store.create_user("survivor")
+    await store.close()
+
+    reopened = open_store(database_url)
+    await reopened.open()
+    try:
+        assert await reopened.get_user(user.id) == user
+    finally:
+        await reopened.close()
+    assert len(await applied_versions(database_url)) == len(load_migrations("sqlite"))
+
+
+async def test_a_database_from_a_newer_kelpie_is_refused(database_url: str) -> None:
+    store = open_store(database_url)
+    await store.open()
+    await store.close()
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        with conn:
+            conn.execute("INSERT INTO schema_migrations VALUES (9999, 0)")
+        conn.close()
+    else:
+        pg = await asyncpg.connect(database_url)
+        await pg.execute("INSERT INTO schema_migrations VALUES (9999, now())")
+        await pg.close()
+
+    with pytest.raises(StoreError, match="newer"):
+        await open_store(database_url).open()
