@@ -1,0 +1,1 @@
+"""The coordination API: FastAPI app, one router per resource."""

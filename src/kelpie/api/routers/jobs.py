@@ -1,0 +1,168 @@
+"""`/jobs`: submit, read, list, cancel and purge jobs (PROTOCOL §3)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi.responses import JSONResponse
+
+from kelpie.api.convert import attempt_body, job_body, new_job
+from kelpie.api.deps import AdminPrincipal, CurrentPrincipal, JobId, State, StoreDep, scope
+from kelpie.api.errors import ApiError, error_responses, not_found
+from kelpie.schemas import (
+    MAX_BATCH,
+    NO_NUL,
+    AttemptOut,
+    JobCreate,
+    JobList,
+    JobOut,
+    JobStatus,
+    Message,
+    PurgeOut,
+)
+from kelpie.store.models import CancelOutcome, JobQuery
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+_ERRORS = error_responses(400, 401, 403, 404)
+GroupFilter = Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_NUL)]
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    operation_id="submit_job",
+    responses=_ERRORS,
+    summary="Queue a job",
+)
+async def submit_job(
+    submission: JobCreate, principal: CurrentPrincipal, state: State
+) -> JSONResponse:
+    (job,) = await state.store.create_jobs(principal.user.id, [new_job(submission, principal)])
+    state.notifier.notify(job.container_group_id)
+    return JSONResponse(job_body(job), status_code=202)
+
+
+@router.post(
+    "/batch",
+    status_code=202,
+    response_model=list[JobOut],
+    operation_id="submit_jobs_batch",
+    responses=_ERRORS,
+    summary="Queue up to 1000 jobs, all or nothing",
+)
+async def submit_batch(
+    submissions: Annotated[list[JobCreate], Body(min_length=1, max_length=MAX_BATCH)],
+    principal: CurrentPrincipal,
+    state: State,
+) -> JSONResponse:
+    jobs = await state.store.create_jobs(
+        principal.user.id, [new_job(item, principal) for item in submissions]
+    )
+    for group in {job.container_group_id for job in jobs}:
+        state.notifier.notify(group)
+    return JSONResponse([job_body(job) for job in jobs], status_code=202)
+
+
+@router.get(
+    "", response_model=JobList, operation_id="list_jobs", responses=_ERRORS, summary="List jobs"
+)
+async def list_jobs(
+    principal: CurrentPrincipal,
+    store: StoreDep,
+    status: JobStatus | None = None,
+    container_group_id: Annotated[
+        str | None, Query(min_length=1, max_length=255, pattern=NO_NUL)
+    ] = None,
+    page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    asc: bool = False,
+) -> JSONResponse:
+    jobs = await store.list_jobs(
+        JobQuery(
+            user_id=scope(principal),
+            status=status,
+            container_group_id=container_group_id,
+            page=page,
+            page_size=page_size,
+            ascending=asc,
+        )
+    )
+    return JSONResponse({"_count": len(jobs), "jobs": [job_body(job) for job in jobs]})
+
+
+@router.delete(
+    "",
+    status_code=204,
+    operation_id="delete_all_jobs",
+    responses=_ERRORS,
+    summary="Remove every job (admin; test resets)",
+)
+async def delete_all_jobs(principal: AdminPrincipal, store: StoreDep) -> Response:
+    await store.delete_all_jobs()
+    return Response(status_code=204)
+
+
+@router.delete(
+    "/container-groups/{container_group_id}",
+    response_model=PurgeOut,
+    operation_id="purge_container_group",
+    responses=_ERRORS,
+    summary="Delete pending and cancel running jobs of a container group",
+)
+async def purge_group(
+    container_group_id: Annotated[str, Path(min_length=1, max_length=255, pattern=NO_NUL)],
+    principal: CurrentPrincipal,
+    store: StoreDep,
+) -> PurgeOut:
+    count = await store.purge_group(principal.user.id, container_group_id)
+    return PurgeOut(count=count)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    operation_id="get_job",
+    responses=_ERRORS,
+    summary="Get a job",
+)
+async def get_job(job_id: JobId, principal: CurrentPrincipal, store: StoreDep) -> JSONResponse:
+    job = await store.get_job(str(job_id), scope(principal))
+    if job is None:
+        raise not_found()
+    return JSONResponse(job_body(job))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=202,
+    response_model=Message,
+    operation_id="cancel_job",
+    responses={**_ERRORS, **error_responses(409)},
+    summary="Cancel a job",
+)
+async def cancel_job(job_id: JobId, principal: CurrentPrincipal, store: StoreDep) -> JSONResponse:
+    outcome = await store.cancel_job(str(job_id), scope(principal))
+    if outcome is CancelOutcome.NOT_FOUND:
+        raise not_found()
+    if outcome is CancelOutcome.ALREADY_ENDED:
+        raise ApiError(409, "job has already ended (completed or failed) and cannot be canceled")
+    return JSONResponse({"message": "Job canceled"}, status_code=202)
+
+
+@router.get(
+    "/{job_id}/attempts",
+    response_model=list[AttemptOut],
+    operation_id="list_job_attempts",
+    responses=_ERRORS,
+    summary="Every time a machine held the job",
+)
+async def list_attempts(
+    job_id: JobId, principal: CurrentPrincipal, store: StoreDep
+) -> JSONResponse:
+    attempts = await store.list_attempts(str(job_id), scope(principal))
+    if attempts is None:
+        raise not_found()
+    return JSONResponse([attempt_body(attempt) for attempt in attempts])

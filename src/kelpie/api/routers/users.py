@@ -1,0 +1,95 @@
+"""Users and API keys (PROTOCOL §2). Creating and removing users is for admins."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response
+from fastapi.responses import JSONResponse
+
+from kelpie.api.deps import AdminPrincipal, CurrentPrincipal, State, StoreDep
+from kelpie.api.errors import ApiError, error_responses
+from kelpie.api.security import hash_api_key, new_api_key
+from kelpie.schemas import MeOut, TokenCreate, TokenOut, UserCreate, UserOut
+from kelpie.store.models import User
+from kelpie.store.protocol import AlreadyExists, NotFound
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+_ERRORS = error_responses(400, 401, 403)
+
+
+def _user_body(user: User) -> dict[str, Any]:
+    return UserOut(id=user.id, username=user.username, created=user.created).model_dump(mode="json")
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=UserOut,
+    operation_id="create_user",
+    responses={**_ERRORS, **error_responses(409)},
+    summary="Create a user (admin)",
+)
+async def create_user(body: UserCreate, admin: AdminPrincipal, store: StoreDep) -> JSONResponse:
+    try:
+        user = await store.create_user(body.username)
+    except AlreadyExists:
+        raise ApiError(409, f"username {body.username!r} is taken") from None
+    return JSONResponse(_user_body(user), status_code=201)
+
+
+@router.delete(
+    "",
+    status_code=204,
+    operation_id="delete_users",
+    responses=_ERRORS,
+    summary="Remove every non-admin user and their keys (admin)",
+)
+async def delete_users(admin: AdminPrincipal, state: State) -> Response:
+    await state.store.delete_non_admin_users()
+    state.keys.clear()
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{user_id}/token",
+    status_code=201,
+    response_model=TokenOut,
+    operation_id="create_token",
+    responses={**_ERRORS, **error_responses(404)},
+    summary="Issue an API key for a user (admin); shown only in this response",
+)
+async def create_token(
+    user_id: Annotated[uuid.UUID, Path()],
+    admin: AdminPrincipal,
+    store: StoreDep,
+    body: TokenCreate | None = None,
+) -> JSONResponse:
+    body = body or TokenCreate()
+    key = new_api_key()
+    try:
+        await store.add_api_key(str(user_id), hash_api_key(key), body.org_name, body.project_name)
+    except NotFound:
+        raise ApiError(404, "User not found") from None
+    return JSONResponse({"token": key}, status_code=201)
+
+
+@router.get(
+    "/me",
+    response_model=MeOut,
+    operation_id="get_me",
+    responses=_ERRORS,
+    summary="The calling user, with the secret and token that sign its webhooks",
+)
+async def me(principal: CurrentPrincipal) -> MeOut:
+    user = principal.user
+    return MeOut(
+        id=user.id,
+        username=user.username,
+        created=user.created,
+        is_admin=user.is_admin,
+        webhook_secret=user.webhook_secret,
+        webhook_token=user.webhook_token,
+    )

@@ -1,0 +1,173 @@
+"""The worker protocol (PROTOCOL §4): claim, heartbeat, and the holder's reports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from kelpie.api.convert import job_body
+from kelpie.api.deps import CurrentPrincipal, JobId, State, scope
+from kelpie.api.errors import ApiError, error_responses, not_found
+from kelpie.api.state import AppState
+from kelpie.fleet.base import FleetTarget
+from kelpie.schemas import NO_NUL, FailureReport, HeartbeatOut, JobOut, Message, WorkerReport
+from kelpie.store.models import HeldOutcome
+
+log = logging.getLogger("kelpie.api.work")
+router = APIRouter(tags=["worker"])
+
+# A long-polling call re-checks the queue at least this often, to catch jobs submitted
+# through another process (SQLite has no cross-process channel) and leases that stall.
+RECHECK_SECONDS = 0.5
+MAX_WAIT_SECONDS = 30
+
+_ERRORS = error_responses(400, 401, 403, 404, 409)
+_NOT_HOLDER = "this machine does not hold the job (its lease was lost, or the job ended)"
+
+
+@router.get(
+    "/work",
+    response_model=list[JobOut],
+    operation_id="claim_work",
+    responses=_ERRORS,
+    summary="Claim the next job for a machine (optionally long-polling)",
+)
+async def claim_work(
+    request: Request,
+    principal: CurrentPrincipal,
+    state: State,
+    machine_id: Annotated[str, Query(min_length=1, max_length=255, pattern=NO_NUL)],
+    container_group_id: Annotated[str, Query(min_length=1, max_length=255, pattern=NO_NUL)],
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0,
+) -> JSONResponse:
+    deadline = time.monotonic() + wait
+    while True:
+        job = await state.store.claim_job(machine_id, container_group_id, scope(principal))
+        if job is not None:
+            if job.webhook:
+                state.webhooks_due.set()
+            return JSONResponse([job_body(job)])
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return JSONResponse([])
+        await state.notifier.wait(container_group_id, min(remaining, RECHECK_SECONDS))
+        if await request.is_disconnected():
+            # The poller gave up (a worker shutting down drops its long-poll): a job claimed
+            # now would reach nobody and sit stalled for two heartbeat intervals.
+            return JSONResponse([])
+
+
+@router.post(
+    "/jobs/{job_id}/heartbeat",
+    response_model=HeartbeatOut,
+    operation_id="heartbeat_job",
+    responses=_ERRORS,
+    summary="The holder is alive; answers the status the worker must act on",
+)
+async def heartbeat(
+    job_id: JobId, report: WorkerReport, principal: CurrentPrincipal, state: State
+) -> JSONResponse:
+    status = await state.store.heartbeat(str(job_id), report.machine_id, scope(principal))
+    if status is None:
+        raise not_found()
+    return JSONResponse({"status": status})
+
+
+@router.post(
+    "/jobs/{job_id}/completed",
+    response_model=Message,
+    operation_id="report_job_completed",
+    responses=_ERRORS,
+    summary="The holder's command exited 0 and its outputs are uploaded",
+)
+async def report_completed(
+    job_id: JobId, report: WorkerReport, principal: CurrentPrincipal, state: State
+) -> JSONResponse:
+    outcome = await state.store.complete_if_held(str(job_id), report.machine_id, scope(principal))
+    _raise_unless_done(outcome)
+    state.webhooks_due.set()
+    return JSONResponse({"message": "Job completed"})
+
+
+@router.post(
+    "/jobs/{job_id}/failed",
+    status_code=202,
+    response_model=Message,
+    operation_id="report_job_failed",
+    responses=_ERRORS,
+    summary="The holder's command failed",
+)
+async def report_failed(
+    job_id: JobId, report: FailureReport, principal: CurrentPrincipal, state: State
+) -> JSONResponse:
+    result = await state.store.fail_if_held(
+        str(job_id), report.machine_id, scope(principal), report.exit_code, report.error
+    )
+    _raise_unless_done(result.outcome)
+    if result.job is not None and result.job.status == "failed":
+        state.webhooks_due.set()
+    if result.machine_blocked_jobs >= state.settings.max_blocked_jobs:
+        _spawn(_reallocate_if_due(state, report.machine_id), name="reallocate-machine")
+    if result.job is not None and result.job.status == "pending":
+        state.notifier.notify(result.job.container_group_id)
+    return JSONResponse({"message": "Job failure recorded"}, status_code=202)
+
+
+@router.post(
+    "/jobs/{job_id}/interrupted",
+    status_code=202,
+    response_model=Message,
+    operation_id="report_job_interrupted",
+    responses=_ERRORS,
+    summary="The holder is going away; the job is pending again at once",
+)
+async def report_interrupted(
+    job_id: JobId, report: WorkerReport, principal: CurrentPrincipal, state: State
+) -> JSONResponse:
+    outcome = await state.store.interrupt_if_held(str(job_id), report.machine_id, scope(principal))
+    _raise_unless_done(outcome)
+    state.notifier.notify(report.container_group_id)
+    return JSONResponse({"message": "Job interrupted"}, status_code=202)
+
+
+def _raise_unless_done(outcome: HeldOutcome) -> None:
+    if outcome is HeldOutcome.NOT_FOUND:
+        raise not_found()
+    if outcome is HeldOutcome.NOT_HOLDER:
+        raise ApiError(409, _NOT_HOLDER)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Any, name: str) -> None:
+    """Run work after the response without letting the task be garbage-collected."""
+    task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _reallocate_if_due(state: AppState, machine_id: str) -> None:
+    """Replace a machine blocked from too many jobs, at most once per machine."""
+    try:
+        blocked = await state.store.claim_reallocation(machine_id, state.settings.max_blocked_jobs)
+        if blocked is None:
+            return
+        if blocked.org_name is None or blocked.project_name is None:
+            log.warning(
+                "machine %s is blocked from %d jobs but its jobs name no SaladCloud "
+                "organization/project; it cannot be reallocated",
+                machine_id,
+                blocked.blocked_jobs,
+            )
+            return
+        target = FleetTarget(blocked.org_name, blocked.project_name, blocked.container_group_id)
+        log.info("reallocating machine %s (blocked from %d jobs)", machine_id, blocked.blocked_jobs)
+        await state.fleet.reallocate(target, machine_id)
+    except Exception:
+        log.exception("reallocating machine %s failed", machine_id)

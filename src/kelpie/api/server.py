@@ -1,0 +1,45 @@
+"""`kelpie serve`: runs the API under uvicorn, in one or several processes."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import uvicorn
+from fastapi import FastAPI
+
+from kelpie.api.app import create_app
+from kelpie.config import ServerSettings
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn's worker processes: settings come from KELPIE_* variables."""
+    settings = ServerSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return create_app(settings)
+
+
+def serve(settings: ServerSettings) -> None:
+    """Run the API. Settings travel to uvicorn's processes through the environment, so a flag
+    given on the command line reaches every one of them."""
+    for name, value in settings.model_dump().items():
+        variable = f"KELPIE_{name.upper()}"
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = str(value)
+    uvicorn.run(
+        "kelpie.api.server:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,351 @@
+"""The wire contract: request and response bodies shared by the API and the client.
+
+Request models reject unknown fields and coerce nothing (`strict`), so a typo in a field
+name or a number sent as a string is a 400, never a silently different job. Response models
+are lenient, so an older client keeps working against a newer API.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
+
+JobStatus = Literal["pending", "running", "completed", "canceled", "failed"]
+AttemptOutcome = Literal["running", "completed", "failed", "interrupted", "canceled", "lost"]
+SyncDirection = Literal["download", "upload"]
+
+JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "running", "completed", "canceled", "failed")
+MAX_BATCH = 1000
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def format_timestamp(value: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and a `Z`, as the reference service writes it."""
+    return (
+        value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    )
+
+
+Timestamp = Annotated[datetime, PlainSerializer(format_timestamp, return_type=str)]
+
+
+def normalize_prefix(prefix: str) -> str:
+    """A prefix always names a folder: `a/b` becomes `a/b/`; the empty prefix is the bucket root."""
+    return prefix if prefix == "" or prefix.endswith("/") else prefix + "/"
+
+
+def _check_pattern(pattern: str | None) -> str | None:
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+    return pattern
+
+
+def _check_environment(env: dict[str, str]) -> dict[str, str]:
+    for name, value in env.items():
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not a valid environment variable name")
+        if "\x00" in value:
+            raise ValueError(f"value of {name!r} contains a NUL byte")
+    return env
+
+
+def _check_webhook(url: str | None) -> str | None:
+    if url is not None and not re.match(r"^https?://[^\s/?#]+[^\s]*$", url):
+        raise ValueError("must be an http:// or https:// URL")
+    return url
+
+
+def _check_local_path(path: str) -> str:
+    if "\x00" in path:
+        raise ValueError("contains a NUL byte")
+    return path
+
+
+def _find_nul(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) holding a NUL byte, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                return where
+            found = _find_nul(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _find_nul(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+NO_NUL = r"^[^\x00]*$"  # for query and path parameters
+
+
+class _Request(BaseModel):
+    """Every request body: unknown fields rejected, nothing coerced, and no NUL byte in any
+    string (PostgreSQL cannot store one; no job field has a use for it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul_bytes(cls, data: Any) -> Any:
+        where = _find_nul(data, "")
+        if where is not None:
+            raise ValueError(f"{where or 'value'}: must not contain a NUL byte")
+        return data
+
+
+Prefix = Annotated[str, Field(max_length=1024), AfterValidator(normalize_prefix)]
+Bucket = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class SyncEntry(_Request):
+    """One transfer between a bucket prefix and a local folder."""
+
+    bucket: Bucket
+    prefix: Prefix
+    local_path: Annotated[
+        str, Field(min_length=1, max_length=4096), AfterValidator(_check_local_path)
+    ]
+    direction: SyncDirection
+    pattern: Annotated[str | None, AfterValidator(_check_pattern)] = None
+
+
+class SyncConfig(_Request):
+    """Transfers before the command runs (downloads), while it runs and after it exits (uploads)."""
+
+    before: list[SyncEntry] = Field(default_factory=list)
+    during: list[SyncEntry] = Field(default_factory=list)
+    after: list[SyncEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _directions_fit_phases(self) -> SyncConfig:
+        for phase, entries, expected in (
+            ("before", self.before, "download"),
+            ("during", self.during, "upload"),
+            ("after", self.after, "upload"),
+        ):
+            for i, entry in enumerate(entries):
+                if entry.direction != expected:
+                    raise ValueError(f"sync.{phase}[{i}].direction must be {expected!r}")
+        return self
+
+
+_LEGACY_PAIRS = (
+    ("input_bucket", "input_prefix"),
+    ("checkpoint_bucket", "checkpoint_prefix"),
+    ("output_bucket", "output_prefix"),
+)
+LEGACY_FIELDS: tuple[str, ...] = tuple(name for pair in _LEGACY_PAIRS for name in pair)
+
+
+class JobCreate(_Request):
+    """A job submission (`POST /jobs`, one item of `POST /jobs/batch`)."""
+
+    command: Annotated[str, Field(min_length=1, max_length=4096)]
+    arguments: list[Annotated[str, Field(max_length=65536)]] = Field(default_factory=list)
+    environment: Annotated[dict[str, str], AfterValidator(_check_environment)] = Field(
+        default_factory=dict
+    )
+    input_bucket: Bucket | None = None
+    input_prefix: Prefix | None = None
+    checkpoint_bucket: Bucket | None = None
+    checkpoint_prefix: Prefix | None = None
+    output_bucket: Bucket | None = None
+    output_prefix: Prefix | None = None
+    sync: SyncConfig | None = None
+    max_failures: Annotated[int, Field(ge=1, le=1000)] = 3
+    heartbeat_interval: Annotated[int, Field(ge=1, le=3600)] = 30
+    webhook: Annotated[str | None, Field(max_length=2048), AfterValidator(_check_webhook)] = None
+    container_group_id: Annotated[str, Field(min_length=1, max_length=255)]
+    compression: bool = False
+
+    @model_validator(mode="after")
+    def _storage_form_is_consistent(self) -> JobCreate:
+        given = [name for name in LEGACY_FIELDS if getattr(self, name) is not None]
+        if self.sync is not None and given:
+            raise ValueError(f"sync cannot be combined with legacy storage fields ({given[0]})")
+        for bucket, prefix in _LEGACY_PAIRS:
+            if (getattr(self, bucket) is None) != (getattr(self, prefix) is None):
+                missing = prefix if getattr(self, prefix) is None else bucket
+                raise ValueError(
+                    f"{missing} is required when {bucket.split('_')[0]} storage is given"
+                )
+        return self
+
+
+class JobOut(BaseModel):
+    """A job as every endpoint returns it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    user_id: str
+    status: JobStatus
+    created: Timestamp
+    started: Timestamp | None = None
+    completed: Timestamp | None = None
+    canceled: Timestamp | None = None
+    failed: Timestamp | None = None
+    heartbeat: Timestamp | None = None
+    num_failures: int = 0
+    num_heartbeats: int = 0
+    machine_id: str | None = None
+    last_exit_code: int | None = None
+    last_error: str | None = None
+    command: str
+    arguments: list[str] = Field(default_factory=list)
+    environment: dict[str, str] = Field(default_factory=dict)
+    input_bucket: str | None = None
+    input_prefix: str | None = None
+    checkpoint_bucket: str | None = None
+    checkpoint_prefix: str | None = None
+    output_bucket: str | None = None
+    output_prefix: str | None = None
+    sync: SyncConfig | None = None
+    max_failures: int = 3
+    heartbeat_interval: int = 30
+    webhook: str | None = None
+    container_group_id: str
+    compression: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON body: `sync` when the job used it, the legacy storage fields otherwise."""
+        exclude = set(LEGACY_FIELDS) if self.sync is not None else {"sync"}
+        return self.model_dump(mode="json", exclude=exclude)
+
+
+class JobList(BaseModel):
+    count: int = Field(alias="_count")
+    jobs: list[JobOut]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class AttemptOut(BaseModel):
+    machine_id: str
+    started: Timestamp
+    ended: Timestamp | None = None
+    outcome: AttemptOutcome
+    exit_code: int | None = None
+
+
+MachineId = Annotated[str, Field(min_length=1, max_length=255)]
+GroupId = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class WorkerReport(_Request):
+    """Body of heartbeat, completed and interrupted calls."""
+
+    machine_id: MachineId
+    container_group_id: GroupId
+
+
+class FailureReport(WorkerReport):
+    # Exit statuses are small; the bound keeps any value storable in a 32-bit column.
+    exit_code: Annotated[int | None, Field(ge=-(2**31), le=2**31 - 1)] = None
+    error: Annotated[str | None, Field(max_length=8192)] = None
+
+
+class HeartbeatOut(BaseModel):
+    status: JobStatus
+
+
+class Message(BaseModel):
+    message: str
+
+
+class PurgeOut(BaseModel):
+    count: int
+
+
+class ErrorOut(BaseModel):
+    error: str
+    message: str
+
+
+class UserCreate(_Request):
+    username: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.@-]+$")]
+
+
+class UserOut(BaseModel):
+    id: str
+    username: str
+    created: Timestamp
+
+
+class MeOut(UserOut):
+    is_admin: bool
+    webhook_secret: str
+    webhook_token: str
+
+
+class TokenCreate(_Request):
+    org_name: Annotated[str | None, Field(min_length=1, max_length=255)] = None
+    project_name: Annotated[str | None, Field(min_length=1, max_length=255)] = None
+
+
+class TokenOut(BaseModel):
+    token: str
+
+
+Replicas = Annotated[int, Field(ge=0, le=500)]
+IdleSeconds = Annotated[int, Field(ge=0, le=3600)]
+
+
+class ScalingRuleCreate(_Request):
+    container_group_id: GroupId
+    min_replicas: Replicas
+    max_replicas: Replicas
+    idle_threshold_seconds: IdleSeconds
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> ScalingRuleCreate:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not be greater than max_replicas")
+        return self
+
+
+class ScalingRuleUpdate(_Request):
+    min_replicas: Replicas | None = None
+    max_replicas: Replicas | None = None
+    idle_threshold_seconds: IdleSeconds | None = None
+
+
+class ScalingRuleOut(BaseModel):
+    container_group_id: str
+    user_id: str
+    min_replicas: int
+    max_replicas: int
+    idle_threshold_seconds: int
+    created: Timestamp
+    updated: Timestamp
+
+
+class ScalingRuleList(BaseModel):
+    count: int = Field(alias="_count")
+    rules: list[ScalingRuleOut]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    version: str
