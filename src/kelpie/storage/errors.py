@@ -1,0 +1,66 @@
+"""One error type for callers, and the rule that decides which failures are worth retrying."""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+from obstore.exceptions import BaseError as ObstoreError
+from obstore.exceptions import PreconditionError
+
+# Failures that another attempt cannot fix: a missing bucket or key, refused credentials,
+# a local file that vanished or a full disk, data that is not gzip.
+_PERMANENT = (OSError, zlib.error, EOFError)
+_STATUS = re.compile(r"status code: (\d{3})")
+# obstore has already retried this request until its own limits (count or time).
+_EXHAUSTED = re.compile(r"after \d+ retries")
+_S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_S3_MESSAGE = re.compile(r"<Message>([^<]+)</Message>")
+_HINTS = {
+    "NoSuchBucket": "the bucket does not exist",
+    "SignatureDoesNotMatch": "check AWS_SECRET_ACCESS_KEY",
+    "InvalidAccessKeyId": "check AWS_ACCESS_KEY_ID",
+    "AccessDenied": "these credentials may not do this",
+}
+MAX_SUMMARY_CHARS = 400
+
+
+class StorageError(Exception):
+    """An S3 transfer failed for good: after retries, or at once when retrying cannot help.
+
+    The message names the bucket and key and the cause.
+    """
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that may pass: connection refused/reset, timeouts, 5xx and 429."""
+    if isinstance(exc, ConnectionError | TimeoutError | PreconditionError):
+        return True  # PreconditionError: the object was replaced mid-download; fetch it anew
+    if isinstance(exc, _PERMANENT) or not isinstance(exc, ObstoreError):
+        return False
+    text = str(exc)
+    if _EXHAUSTED.search(text):
+        return False
+    status = _STATUS.search(text)
+    if status is None:
+        # A transport failure obstore does not retry itself: a timed-out write, a body
+        # cut off mid-stream.
+        return True
+    code = int(status.group(1))
+    return code >= 500 or code in (408, 429)
+
+
+def summarize(exc: BaseException) -> str:
+    """A one-line cause: the S3 error code and message when there is one."""
+    text = str(exc)
+    code = _S3_CODE.search(text)
+    if code is not None:
+        message = _S3_MESSAGE.search(text)
+        summary = code.group(1) + (f": {message.group(1)}" if message else "")
+        hint = _HINTS.get(code.group(1))
+        return f"{summary} ({hint})" if hint else summary
+    head = text.split("\n\nDebug source", 1)[0].strip() or type(exc).__name__
+    head = " ".join(head.split())
+    if len(head) > MAX_SUMMARY_CHARS:
+        head = head[: MAX_SUMMARY_CHARS - 1] + "…"
+    return head
