@@ -1,0 +1,484 @@
+"""One job on this worker, from claim to report: download, run, sync, report, clean up.
+
+The phases of an attempt and what ends it:
+
+    claimed ─▶ plan ─▶ download ─▶ run ─▶ final uploads ─▶ report completed
+                 │          │        ├─ exit ≠ 0 / signal ─▶ flush checkpoints ─▶ report failed
+                 │          │        ├─ lease lost ─▶ stop uploading, stop the job (no report)
+                 │          │        └─ worker stopping ─▶ SIGTERM, flush, report interrupted
+                 └── bad input, missing inputs, command not found ─▶ report failed
+
+Heartbeats run from the claim to the report, so a long download or a long final upload
+keeps the lease. Whatever happens, the job's process is gone and its folders are empty
+when `JobAttempt.run()` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from kelpie.client import ApiUnavailable, AsyncKelpieClient, KelpieError
+from kelpie.schemas import JobOut
+from kelpie.storage import StorageError, TransferStats
+from kelpie.worker.config import WorkerSettings
+from kelpie.worker.environment import job_environment
+from kelpie.worker.heartbeat import Heartbeat
+from kelpie.worker.node import Node
+from kelpie.worker.plan import Download, InvalidJob, TransferPlan, UploadTarget, plan_transfers
+from kelpie.worker.runner import JobProcess, JobStartError
+from kelpie.worker.sync import LiveSync, Uploader
+from kelpie.worker.tasks import cancel_and_wait, spawn
+
+logger = logging.getLogger("kelpie.worker")
+
+T = TypeVar("T")
+
+REPORT_BACKOFF_MAX_S = 10.0
+MAX_ERROR_CHARS = 4000
+
+
+class Storage(Uploader, Protocol):
+    """The part of `kelpie.storage.ObjectStorage` the worker uses."""
+
+    async def download_prefix(
+        self,
+        bucket: str,
+        prefix: str,
+        local_dir: Path,
+        *,
+        pattern: Any = None,
+        decompress: bool = True,
+    ) -> TransferStats: ...
+
+    async def upload_dir(
+        self,
+        local_dir: Path,
+        bucket: str,
+        prefix: str,
+        *,
+        pattern: Any = None,
+        compress: bool = False,
+    ) -> TransferStats: ...
+
+
+class Outcome(enum.Enum):
+    """How an attempt ended, as the poll loop needs to know it."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    """The job failed here (exit ≠ 0, signal, transfers): counts toward MAX_JOB_FAILURES."""
+    REJECTED = "rejected"
+    """Reported failed for a reason no other node would fix (bad input, command not found)."""
+    DROPPED = "dropped"
+    INTERRUPTED = "interrupted"
+
+
+class _Disturbed(Exception):
+    """The phase was cut short: the worker is stopping, or the lease is lost."""
+
+
+class _Failure(Exception):
+    def __init__(self, reason: str, *, exit_code: int | None = None, local: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = exit_code
+        self.local = local
+
+
+class JobAttempt:
+    """This worker holding one job once."""
+
+    def __init__(
+        self,
+        job: JobOut,
+        settings: WorkerSettings,
+        client: AsyncKelpieClient,
+        storage: Storage | None,
+        node: Node,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.job = job
+        self._settings = settings
+        self._client = client
+        self._storage = storage
+        self._node = node
+        self._stopping = stopping
+        self._heartbeat = Heartbeat(
+            client,
+            job.id,
+            settings.machine_id,
+            settings.container_group_id,
+            float(job.heartbeat_interval),
+            node.working,
+        )
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[bool] | None = None
+        self._process: JobProcess | None = None
+        self._live: LiveSync | None = None
+        self._dirs: tuple[Path, ...] = settings.job_dirs
+
+    async def run(self) -> Outcome:
+        logger.info("job %s: claimed (%s)", self.job.id, self.job.command)
+        self._node.working(1)
+        self._heartbeat_task = spawn(self._heartbeat.run(), f"heartbeat-{self.job.id}")
+        self._stop_task = spawn(self._stopping.wait(), "worker-stopping")
+        try:
+            return await self._attempt()
+        except Exception as exc:
+            # A bug of ours: say so in the job's record rather than leave its lease to expire.
+            logger.exception("job %s: the worker failed while carrying it", self.job.id)
+            await self._kill_process()
+            return await self._report_failed(f"kelpie worker error: {exc!r}", None, local=False)
+        finally:
+            await self._clean_up()
+
+    # -- phases ------------------------------------------------------------------------------
+
+    async def _attempt(self) -> Outcome:
+        try:
+            plan = plan_transfers(self.job, self._settings)
+        except InvalidJob as exc:
+            return await self._report_failed(str(exc), None, local=False)
+        self._dirs = plan.local_dirs
+        try:
+            await self._guarded(asyncio.to_thread(empty_dirs, plan.local_dirs, create=True))
+            await self._guarded(self._download(plan))
+            self._live = self._live_sync(plan)
+            await self._live.start()
+            self._process = await self._start_process(plan)
+            status = await self._guarded(self._process.wait(), also=self._live.died)
+        except _Disturbed:
+            return await self._disturbed()
+        except _Failure as exc:
+            return await self._fail_after_flush(exc.reason, exc.exit_code, local=exc.local)
+        if not status.succeeded:
+            return await self._fail_after_flush(status.describe(), status.exit_code, local=True)
+        return await self._finish(plan)
+
+    async def _download(self, plan: TransferPlan) -> None:
+        if not plan.downloads:
+            return
+        storage = self._require_storage()
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(self._download_one(storage, item) for item in plan.downloads),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        files = sum(r.files for r in results if isinstance(r, TransferStats))
+        size = sum(r.bytes for r in results if isinstance(r, TransferStats))
+        logger.info(
+            "job %s: downloaded %d files (%d bytes) in %.2f s",
+            self.job.id,
+            files,
+            size,
+            time.monotonic() - started,
+        )
+
+    async def _download_one(self, storage: Storage, item: Download) -> TransferStats:
+        try:
+            stats = await storage.download_prefix(
+                item.bucket, item.prefix, item.local_dir, pattern=item.pattern, decompress=True
+            )
+        except StorageError as exc:
+            # A missing bucket is the submitter's mistake, not this node's.
+            node_fault = "NoSuchBucket" not in str(exc)
+            raise _Failure(f"download of {item.source} failed: {exc}", local=node_fault) from exc
+        if item.must_exist and stats.files == 0:
+            raise _Failure(
+                f"input prefix {item.source} holds no objects (leave input_bucket/input_prefix "
+                "out for a job without inputs)",
+                local=False,
+            )
+        return stats
+
+    async def _start_process(self, plan: TransferPlan) -> JobProcess:
+        env = job_environment(
+            os.environ, dirs=plan.dirs, job_id=self.job.id, job_env=self.job.environment
+        )
+        try:
+            return await JobProcess.start(self.job.command, self.job.arguments, env)
+        except JobStartError as exc:
+            raise _Failure(exc.reason, exit_code=exc.exit_code, local=False) from exc
+
+    async def _finish(self, plan: TransferPlan) -> Outcome:
+        """Exit 0: every upload done, then `completed`."""
+        self._node.finishing()
+        deadline = time.monotonic() + self._settings.upload_retry_s
+        try:
+            await self._guarded(self._final_uploads(plan, deadline))
+        except _Disturbed:
+            return await self._disturbed()
+        except _Failure as exc:
+            return await self._report_failed(exc.reason, 0, local=True)
+        logger.info("job %s: completed", self.job.id)
+        await self._report("completed", self._client.report_completed)
+        return Outcome.COMPLETED
+
+    async def _final_uploads(self, plan: TransferPlan, deadline: float) -> None:
+        if self._live is not None:
+            failures = await self._live.flush(deadline)
+            if failures:
+                raise _Failure(_upload_failure(failures))
+        live_targets = set(plan.during)
+        for target in plan.after:
+            if target not in live_targets:  # the live sync already carried those
+                await self._upload_dir_until(target, plan.compress, deadline)
+
+    async def _upload_dir_until(
+        self, target: UploadTarget, compress: bool, deadline: float
+    ) -> None:
+        storage = self._require_storage()
+        attempt = 0
+        while True:
+            try:
+                stats = await storage.upload_dir(
+                    target.local_dir,
+                    target.bucket,
+                    target.prefix,
+                    pattern=target.pattern,
+                    compress=compress,
+                )
+            except (StorageError, OSError) as exc:
+                attempt += 1
+                delay = min(REPORT_BACKOFF_MAX_S, 0.5 * 2**attempt)
+                if time.monotonic() + delay > deadline:
+                    raise _Failure(
+                        f"upload of {target.local_dir} to s3://{target.bucket}/{target.prefix} "
+                        f"failed: {exc}"
+                    ) from exc
+                logger.warning(
+                    "upload of %s failed, retrying in %.1f s: %s", target.local_dir, delay, exc
+                )
+                await asyncio.sleep(delay)
+                continue
+            logger.info(
+                "job %s: uploaded %d files from %s", self.job.id, stats.files, target.local_dir
+            )
+            return
+
+    async def _fail_after_flush(
+        self, reason: str, exit_code: int | None, *, local: bool
+    ) -> Outcome:
+        """A failed run still hands its checkpoints on: the next machine resumes from them."""
+        if self._process is not None and self._process.status is None:
+            await self._process.stop([signal.SIGTERM], self._settings.stop_grace_s)
+        if self._live is not None and not self._live.died.is_set():
+            failures = await self._live.flush(time.monotonic() + self._settings.upload_grace_s)
+            if failures:
+                reason = f"{reason}; {_upload_failure(failures)}"
+        return await self._report_failed(reason, exit_code, local=local)
+
+    async def _disturbed(self) -> Outcome:
+        if self._heartbeat.lost_reason is not None or self._heartbeat_finished():
+            return await self._drop()
+        return await self._interrupt()
+
+    async def _drop(self) -> Outcome:
+        """The job is not ours any more: another machine may be writing its checkpoints now,
+        so uploads stop before anything else, then the process goes (SIGINT, SIGTERM, SIGKILL)."""
+        reason = self._heartbeat.lost_reason or "heartbeat task ended"
+        logger.warning("job %s: dropping it, %s", self.job.id, reason)
+        if self._live is not None:
+            await self._live.close()
+        if self._process is not None:
+            status = await self._process.stop(
+                [signal.SIGINT, signal.SIGTERM], self._settings.stop_grace_s
+            )
+            logger.info("job %s: process %s", self.job.id, status.describe())
+        return Outcome.DROPPED
+
+    async def _interrupt(self) -> Outcome:
+        """This worker is going away: SIGTERM the job, flush checkpoints, hand the job back."""
+        logger.warning("job %s: worker stopping, handing the job back", self.job.id)
+        if self._process is not None:
+            status = await self._process.stop([signal.SIGTERM], self._settings.stop_grace_s)
+            logger.info("job %s: process %s", self.job.id, status.describe())
+        if self._live is not None and not self._live.died.is_set():
+            failures = await self._live.flush(time.monotonic() + self._settings.upload_grace_s)
+            if failures:
+                logger.error(
+                    "job %s: checkpoints not uploaded before hand-back: %s",
+                    self.job.id,
+                    _upload_failure(failures),
+                )
+        await self._report("interrupted", self._client.report_interrupted)
+        return Outcome.INTERRUPTED
+
+    # -- reports -----------------------------------------------------------------------------
+
+    async def _report_failed(self, reason: str, exit_code: int | None, *, local: bool) -> Outcome:
+        reason = reason[:MAX_ERROR_CHARS]
+        logger.error("job %s: failed (exit code %s): %s", self.job.id, exit_code, reason)
+
+        async def call(job_id: str, machine_id: str, group_id: str) -> None:
+            await self._client.report_failed(job_id, machine_id, group_id, exit_code, reason)
+
+        await self._report("failed", call)
+        return Outcome.FAILED if local else Outcome.REJECTED
+
+    async def _report(self, what: str, call: Callable[[str, str, str], Awaitable[None]]) -> bool:
+        """Send a final report, retrying while the API is unreachable.
+
+        A finished job waits for the API as long as it takes; once the worker is stopping,
+        only until the upload grace runs out (the node is going away: the lease will expire
+        and another machine will resume from the checkpoints).
+        """
+        attempt = 0
+        give_up_at: float | None = None
+        while True:
+            if self._stopping.is_set() and give_up_at is None:
+                give_up_at = time.monotonic() + self._settings.upload_grace_s
+            budget = None if give_up_at is None else max(1.0, give_up_at - time.monotonic())
+            try:
+                # Once stopping, a hanging API must not hold the node past its grace.
+                async with asyncio.timeout(budget):
+                    await call(
+                        self.job.id, self._settings.machine_id, self._settings.container_group_id
+                    )
+                logger.info("job %s: reported %s", self.job.id, what)
+                return True
+            except (ApiUnavailable, TimeoutError) as exc:
+                attempt += 1
+                if give_up_at is not None and time.monotonic() >= give_up_at:
+                    logger.error("job %s: could not report %s: %s", self.job.id, what, exc)
+                    return False
+                delay = random.uniform(0.5, min(REPORT_BACKOFF_MAX_S, 2.0**attempt))
+                logger.warning(
+                    "job %s: reporting %s: API unreachable, again in %.1f s (%s)",
+                    self.job.id,
+                    what,
+                    delay,
+                    exc,
+                )
+                await self._sleep_or_stop(delay)
+            except KelpieError as exc:
+                logger.warning(
+                    "job %s: the API refused the %s report (%s): %s",
+                    self.job.id,
+                    what,
+                    exc.status_code,
+                    exc,
+                )
+                return False
+
+    async def _sleep_or_stop(self, delay: float) -> None:
+        if self._stopping.is_set():
+            await asyncio.sleep(delay)
+            return
+        try:
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()
+        except TimeoutError:
+            pass
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _guarded(
+        self, work: Coroutine[Any, Any, T], *, also: asyncio.Event | None = None
+    ) -> T:
+        """Run `work` unless the worker starts stopping or the lease is lost first."""
+        # Awaited right here, so a plain task: its errors are the caller's to handle.
+        task: asyncio.Task[T] = asyncio.create_task(work, name=f"job-{self.job.id}-phase")
+        watched: set[asyncio.Future[Any]] = {task}
+        for guard in (self._heartbeat_task, self._stop_task):
+            if guard is not None:
+                watched.add(guard)
+        died: asyncio.Task[bool] | None = None
+        if also is not None:
+            died = spawn(also.wait(), "sync-died")
+            watched.add(died)
+        try:
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait([died])
+        if task.done():
+            return task.result()
+        await cancel_and_wait([task])
+        if died is not None and also is not None and also.is_set():
+            raise _Failure("the worker's file sync stopped working; see the worker log")
+        if self._heartbeat_task is not None and self._heartbeat_task.done():
+            exc = None if self._heartbeat_task.cancelled() else self._heartbeat_task.exception()
+            if exc is not None:
+                raise _Failure(f"the worker's heartbeat task crashed: {exc!r}", local=False)
+        raise _Disturbed()
+
+    def _heartbeat_finished(self) -> bool:
+        return self._heartbeat_task is not None and self._heartbeat_task.done()
+
+    def _live_sync(self, plan: TransferPlan) -> LiveSync:
+        storage = self._require_storage() if plan.during else None
+        return LiveSync(
+            storage if storage is not None else _NoStorage(),
+            plan.during,
+            compress=plan.compress,
+            concurrency=self._settings.upload_concurrency,
+            sweep_interval=self._settings.sweep_interval_s,
+        )
+
+    def _require_storage(self) -> Storage:
+        if self._storage is None:
+            raise _Failure(
+                "this job moves files but the worker has no S3 settings (AWS_* variables)",
+                local=False,
+            )
+        return self._storage
+
+    async def _kill_process(self) -> None:
+        if self._process is not None and self._process.status is None:
+            self._process.send_signal(signal.SIGKILL)
+            await self._process.wait()
+
+    async def _clean_up(self) -> None:
+        await self._kill_process()
+        if self._live is not None:
+            await self._live.close()
+        await cancel_and_wait([self._heartbeat_task, self._stop_task])
+        await asyncio.to_thread(empty_dirs, self._dirs, create=False)
+
+
+class _NoStorage:
+    async def upload_file(
+        self, local_path: Path, bucket: str, key: str, *, compress: bool = False
+    ) -> int:
+        raise StorageError("no S3 settings")
+
+    async def delete_object(self, bucket: str, key: str, *, compressed: bool = False) -> None:
+        raise StorageError("no S3 settings")
+
+
+def _upload_failure(failures: dict[str, str]) -> str:
+    shown = "; ".join(f"{path}: {error}" for path, error in list(failures.items())[:5])
+    more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+    return f"{len(failures)} file(s) could not be uploaded after retries: {shown}{more}"
+
+
+def empty_dirs(dirs: Iterable[Path], *, create: bool) -> None:
+    """Remove everything inside `dirs` (never the folders themselves: they may be mounts)."""
+    for directory in dirs:
+        if create:
+            directory.mkdir(parents=True, exist_ok=True)
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+            except FileNotFoundError:
+                continue

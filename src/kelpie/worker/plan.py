@@ -1,0 +1,197 @@
+"""What moves where for one job: the transfers plan, built and checked before anything runs.
+
+Both storage forms (legacy bucket/prefix pairs and `sync` blocks) become the same plan, so
+the rest of the worker knows one shape. Every local folder a job names is checked here
+against the allowed roots: the worker downloads into these folders and empties them after
+the job, so a path like `/` or `/etc` must be refused before it is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from kelpie.schemas import JobOut, SyncEntry
+from kelpie.worker.config import WorkerSettings
+
+
+class InvalidJob(Exception):
+    """The job cannot run on this worker as submitted; the message goes into the failure report."""
+
+
+@dataclass(frozen=True)
+class JobDirs:
+    """INPUT_DIR, CHECKPOINT_DIR and OUTPUT_DIR of a job: job env > container env > default."""
+
+    input: Path
+    checkpoint: Path
+    output: Path
+
+    def as_env(self) -> dict[str, str]:
+        return {
+            "INPUT_DIR": str(self.input),
+            "CHECKPOINT_DIR": str(self.checkpoint),
+            "OUTPUT_DIR": str(self.output),
+        }
+
+
+@dataclass(frozen=True)
+class Download:
+    """A bucket prefix copied into a local folder before the command starts."""
+
+    bucket: str
+    prefix: str
+    local_dir: Path
+    pattern: re.Pattern[str] | None
+    must_exist: bool
+    """True for the legacy input prefix: naming inputs that are not there is a mistake."""
+
+    @property
+    def source(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """A local folder whose matching files go to a bucket prefix."""
+
+    bucket: str
+    prefix: str
+    local_dir: Path
+    pattern: re.Pattern[str] | None
+    mirror_deletes: bool
+    """Checkpoint-like targets: a file the job deletes is deleted in the bucket too."""
+
+    def key_for(self, path: Path) -> str | None:
+        """The object key of `path`, or None when the file is outside this target or filtered."""
+        try:
+            relative = path.relative_to(self.local_dir)
+        except ValueError:
+            return None
+        name = relative.as_posix()
+        if name in ("", ".") or (self.pattern is not None and not self.pattern.search(name)):
+            return None
+        return self.prefix + name
+
+
+@dataclass(frozen=True)
+class TransferPlan:
+    dirs: JobDirs
+    downloads: tuple[Download, ...]
+    during: tuple[UploadTarget, ...]
+    after: tuple[UploadTarget, ...]
+    compress: bool
+
+    @property
+    def local_dirs(self) -> tuple[Path, ...]:
+        """Every folder the job uses: created before it runs, emptied before the next job."""
+        seen: dict[Path, None] = dict.fromkeys(
+            [self.dirs.input, self.dirs.checkpoint, self.dirs.output]
+        )
+        for download in self.downloads:
+            seen.setdefault(download.local_dir)
+        for target in (*self.during, *self.after):
+            seen.setdefault(target.local_dir)
+        return tuple(seen)
+
+
+def plan_transfers(job: JobOut, settings: WorkerSettings) -> TransferPlan:
+    """The transfers of `job` on this worker; raises InvalidJob with a reason a user can act on."""
+    roots = allowed_roots(settings)
+    dirs = job_dirs(job.environment, settings, roots)
+    if job.sync is not None:
+        return TransferPlan(
+            dirs=dirs,
+            downloads=tuple(
+                Download(
+                    e.bucket,
+                    e.prefix,
+                    _local(e, f"sync.before[{i}]", roots),
+                    _pattern(e),
+                    must_exist=False,
+                )
+                for i, e in enumerate(job.sync.before)
+            ),
+            during=_targets(job.sync.during, "sync.during", roots, mirror_deletes=True),
+            after=_targets(job.sync.after, "sync.after", roots, mirror_deletes=False),
+            compress=job.compression,
+        )
+    downloads: list[Download] = []
+    during: list[UploadTarget] = []
+    after: list[UploadTarget] = []
+    if job.input_bucket is not None and job.input_prefix is not None:
+        downloads.append(Download(job.input_bucket, job.input_prefix, dirs.input, None, True))
+    if job.checkpoint_bucket is not None and job.checkpoint_prefix is not None:
+        bucket, prefix = job.checkpoint_bucket, job.checkpoint_prefix
+        downloads.append(Download(bucket, prefix, dirs.checkpoint, None, False))
+        during.append(UploadTarget(bucket, prefix, dirs.checkpoint, None, mirror_deletes=True))
+    if job.output_bucket is not None and job.output_prefix is not None:
+        output = UploadTarget(job.output_bucket, job.output_prefix, dirs.output, None, False)
+        during.append(output)
+        after.append(output)
+    return TransferPlan(dirs, tuple(downloads), tuple(during), tuple(after), job.compression)
+
+
+def allowed_roots(settings: WorkerSettings) -> tuple[Path, ...]:
+    """KELPIE_SYNC_ROOTS plus the container's own job dirs (the operator chose those)."""
+    return tuple(dict.fromkeys([*settings.sync_roots, *settings.job_dirs]))
+
+
+def job_dirs(
+    job_env: Mapping[str, str], settings: WorkerSettings, roots: Sequence[Path]
+) -> JobDirs:
+    """The three dirs with the job's `environment` winning; an override must stay in the roots."""
+
+    def pick(name: str, container_value: Path) -> Path:
+        raw = job_env.get(name)
+        if raw is None or Path(raw) == container_value:
+            return container_value
+        return check_local_path(raw, roots, f"environment.{name}")
+
+    return JobDirs(
+        input=pick("INPUT_DIR", settings.input_dir),
+        checkpoint=pick("CHECKPOINT_DIR", settings.checkpoint_dir),
+        output=pick("OUTPUT_DIR", settings.output_dir),
+    )
+
+
+def check_local_path(raw: str, roots: Iterable[Path], what: str) -> Path:
+    """`raw` normalized, if inside one of `roots` (symlinks resolved); else InvalidJob."""
+    if not raw.startswith("/"):
+        raise InvalidJob(f"{what} {raw!r} must be an absolute path")
+    if ".." in PurePosixPath(raw).parts:
+        raise InvalidJob(f"{what} {raw!r} must not contain '..'")
+    path = Path(os.path.normpath(raw))
+    resolved = path.resolve()
+    roots = tuple(roots)
+    for root in roots:
+        real_root = root.resolve()
+        if resolved == real_root or resolved.is_relative_to(real_root):
+            return path
+    shown = ", ".join(str(root) for root in roots)
+    raise InvalidJob(
+        f"{what} {raw!r} is outside the folders this worker may use ({shown}); "
+        "set KELPIE_SYNC_ROOTS on the worker to allow more"
+    )
+
+
+def _local(entry: SyncEntry, what: str, roots: Sequence[Path]) -> Path:
+    return check_local_path(entry.local_path, roots, f"{what}.local_path")
+
+
+def _pattern(entry: SyncEntry) -> re.Pattern[str] | None:
+    return re.compile(entry.pattern) if entry.pattern is not None else None
+
+
+def _targets(
+    entries: Sequence[SyncEntry], phase: str, roots: Sequence[Path], *, mirror_deletes: bool
+) -> tuple[UploadTarget, ...]:
+    return tuple(
+        UploadTarget(
+            e.bucket, e.prefix, _local(e, f"{phase}[{i}]", roots), _pattern(e), mirror_deletes
+        )
+        for i, e in enumerate(entries)
+    )

@@ -1,0 +1,162 @@
+"""The transfers plan: what moves where, and which local folders a job may name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kelpie.schemas import JobOut
+from kelpie.worker.config import WorkerSettings
+from kelpie.worker.plan import InvalidJob, check_local_path, plan_transfers
+
+ROOTS = (Path("/work/input"), Path("/work/checkpoint"), Path("/work/output"))
+
+
+def settings(**overrides: Any) -> WorkerSettings:
+    values: dict[str, Any] = {
+        "api_url": "http://127.0.0.1:1",
+        "api_key": "k",
+        "machine_id": "m",
+        "container_group_id": "g",
+        "input_dir": ROOTS[0],
+        "checkpoint_dir": ROOTS[1],
+        "output_dir": ROOTS[2],
+        **overrides,
+    }
+    return WorkerSettings.model_validate(values)
+
+
+def job(**fields: Any) -> JobOut:
+    return JobOut.model_validate(
+        {
+            "id": "j1",
+            "user_id": "u",
+            "status": "running",
+            "created": "2024-01-01T00:00:00Z",
+            "command": "true",
+            "container_group_id": "g",
+            **fields,
+        }
+    )
+
+
+def sync_entry(local_path: str, direction: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "bucket": "b",
+        "prefix": "p/",
+        "local_path": local_path,
+        "direction": direction,
+        **extra,
+    }
+
+
+def test_legacy_pairs_map_to_the_three_dirs() -> None:
+    plan = plan_transfers(
+        job(
+            input_bucket="b",
+            input_prefix="in/",
+            checkpoint_bucket="b",
+            checkpoint_prefix="ck/",
+            output_bucket="o",
+            output_prefix="out/",
+        ),
+        settings(),
+    )
+    assert [(d.prefix, d.local_dir, d.must_exist) for d in plan.downloads] == [
+        ("in/", ROOTS[0], True),
+        ("ck/", ROOTS[1], False),
+    ]
+    assert [(t.prefix, t.local_dir, t.mirror_deletes) for t in plan.during] == [
+        ("ck/", ROOTS[1], True),
+        ("out/", ROOTS[2], False),
+    ]
+    assert [t.prefix for t in plan.after] == ["out/"]
+
+
+def test_a_job_without_storage_moves_nothing() -> None:
+    plan = plan_transfers(job(), settings())
+    assert (plan.downloads, plan.during, plan.after) == ((), (), ())
+    assert plan.local_dirs == ROOTS
+
+
+def test_job_environment_moves_the_dirs_within_the_roots() -> None:
+    plan = plan_transfers(job(environment={"INPUT_DIR": "/work/input/sub/"}), settings())
+    assert plan.dirs.input == Path("/work/input/sub")
+
+
+def test_job_environment_cannot_point_a_dir_outside_the_roots() -> None:
+    with pytest.raises(InvalidJob, match=r"environment.OUTPUT_DIR '/etc' is outside"):
+        plan_transfers(job(environment={"OUTPUT_DIR": "/etc"}), settings())
+
+
+def test_sync_entries_become_downloads_and_targets_with_patterns() -> None:
+    plan = plan_transfers(
+        job(
+            compression=True,
+            sync={
+                "before": [sync_entry("/work/input/data", "download", pattern=r"\.txt$")],
+                "during": [sync_entry("/work/checkpoint", "upload")],
+                "after": [sync_entry("/work/output/logs", "upload", pattern=r"\.log$")],
+            },
+        ),
+        settings(),
+    )
+    assert plan.compress
+    assert plan.downloads[0].local_dir == Path("/work/input/data")
+    assert not plan.downloads[0].must_exist
+    assert plan.during[0].mirror_deletes and not plan.after[0].mirror_deletes
+    target = plan.after[0]
+    assert target.key_for(Path("/work/output/logs/a/train.log")) == "p/a/train.log"
+    assert target.key_for(Path("/work/output/logs/a/train.trace")) is None
+    assert target.key_for(Path("/work/output/other.log")) is None
+    assert Path("/work/output/logs") in plan.local_dirs
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("/etc", "outside the folders this worker may use"),
+        ("/", "outside the folders this worker may use"),
+        ("/work/input/../../etc", "must not contain '..'"),
+        ("/work/input/..", "must not contain '..'"),
+        ("relative/dir", "must be an absolute path"),
+        ("/work/inputs-not-a-root", "outside"),
+    ],
+)
+def test_bad_local_paths_are_refused(raw: str, message: str) -> None:
+    with pytest.raises(InvalidJob, match=message):
+        check_local_path(raw, ROOTS, "sync.before[0].local_path")
+
+
+def test_a_symlink_out_of_a_root_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "escape").symlink_to("/etc")
+    with pytest.raises(InvalidJob, match="outside"):
+        check_local_path(str(root / "escape" / "cron.d"), [root], "x")
+    assert check_local_path(str(root / "a" / "b"), [root], "x") == root / "a" / "b"
+
+
+def test_sync_roots_widen_what_a_job_may_name() -> None:
+    wide = settings(sync_roots=[Path("/models")])
+    plan = plan_transfers(job(sync={"before": [sync_entry("/models/llama", "download")]}), wide)
+    assert plan.downloads[0].local_dir == Path("/models/llama")
+    # the container's own dirs stay allowed
+    plan_transfers(job(sync={"during": [sync_entry("/work/checkpoint", "upload")]}), wide)
+
+
+def test_bad_sync_path_names_the_entry() -> None:
+    with pytest.raises(InvalidJob, match=r"sync.during\[1\].local_path '/tmp/x'"):
+        plan_transfers(
+            job(
+                sync={
+                    "during": [
+                        sync_entry("/work/checkpoint", "upload"),
+                        sync_entry("/tmp/x", "upload"),
+                    ]
+                }
+            ),
+            settings(),
+        )
