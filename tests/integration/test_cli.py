@@ -1,0 +1,437 @@
+"""The `kelpie` command against a real `kelpie serve`: output, `--json`, exit codes, errors.
+
+Most commands run through click's CliRunner (in-process, fast); the error cases and
+`jobs watch` run as real subprocesses to prove the exit codes and that no traceback leaks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from kelpie.cli import main
+from kelpie.client import KelpieClient
+from tests.support.processes import ServerProcess, free_port, start_server
+
+KELPIE = [sys.executable, "-m", "kelpie"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    directory = tmp_path_factory.mktemp("cli-api")
+    server = start_server(
+        f"sqlite:///{directory / 'k.db'}", f"admin-{secrets.token_hex(8)}", directory / "logs"
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Cli:
+    """Runs `kelpie` as one user against the test server."""
+
+    url: str
+    key: str
+    user_id: str
+
+    def env(self, key: str | None = None) -> dict[str, str]:
+        return {"KELPIE_API_URL": self.url, "KELPIE_API_KEY": self.key if key is None else key}
+
+    def run(
+        self, *args: str, code: int = 0, key: str | None = None, stdin: str | None = None
+    ) -> Result:
+        result = CliRunner().invoke(main, list(args), env=self.env(key), input=stdin)
+        assert result.exit_code == code, (result.output, result.exception)
+        return result
+
+    def json(self, *args: str, key: str | None = None) -> Any:
+        return json.loads(self.run(*args, "--json", key=key).stdout)
+
+    def process(
+        self, *args: str, key: str | None = None, url: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **self.env(key)}
+        if url is not None:
+            env["KELPIE_API_URL"] = url
+        return subprocess.run([*KELPIE, *args], env=env, capture_output=True, text=True, timeout=60)
+
+    def client(self) -> KelpieClient:
+        return KelpieClient(self.url, self.key)
+
+
+@pytest.fixture(scope="module")
+def admin(server: ServerProcess) -> Cli:
+    with KelpieClient(server.url, server.admin_key) as client:
+        me = client.me()
+    return Cli(server.url, server.admin_key, me.id)
+
+
+@pytest.fixture
+def cli(admin: Cli) -> Cli:
+    user_id = admin.run("users", "create", f"user-{uuid.uuid4().hex[:12]}").stdout.strip()
+    key = admin.run("keys", "create", user_id).stdout.strip()
+    return Cli(admin.url, key, user_id)
+
+
+@pytest.fixture
+def group() -> str:
+    return f"group-{uuid.uuid4().hex[:12]}"
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[str], code: int, message: str) -> None:
+    """Exactly one `error:` line on stderr, nothing on stdout, no traceback."""
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: "), proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+# -- submitting -------------------------------------------------------------------------------
+
+
+def test_submit_with_flags_prints_the_id(cli: Cli, group: str) -> None:
+    job_id = cli.run(
+        "jobs",
+        "submit",
+        "--command",
+        "python",
+        "--arg",
+        "train.py",
+        "--arg",
+        "--fast",
+        "--env",
+        "LR=0.1",
+        "--group",
+        group,
+        "--input",
+        "s3://bucket/in/job1",
+        "--max-failures",
+        "2",
+        "--heartbeat-interval",
+        "5",
+        "--compression",
+        "--webhook",
+        "https://example.com/hook",
+    ).stdout.strip()
+    job = cli.json("jobs", "get", job_id)
+    assert job["id"] == job_id
+    assert job["arguments"] == ["train.py", "--fast"]
+    assert job["environment"] == {"LR": "0.1"}
+    assert (job["input_bucket"], job["input_prefix"]) == ("bucket", "in/job1/")
+    assert (job["max_failures"], job["heartbeat_interval"], job["compression"]) == (2, 5, True)
+    assert job["webhook"] == "https://example.com/hook"
+
+
+def test_submit_a_yaml_file_with_a_flag_override(cli: Cli, group: str, tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("command: bash\narguments: [-c, 'exit 0']\ncontainer_group_id: other\n")
+    job = cli.json("jobs", "submit", str(path), "--group", group)
+    assert (job["command"], job["arguments"], job["container_group_id"]) == (
+        "bash",
+        ["-c", "exit 0"],
+        group,
+    )
+    assert job["status"] == "pending"
+
+
+def test_submit_json_from_stdin(cli: Cli, group: str) -> None:
+    body = json.dumps({"command": "python", "container_group_id": group})
+    job_id = cli.run("jobs", "submit", "-", stdin=body).stdout.strip()
+    assert uuid.UUID(job_id)
+
+
+def test_submit_a_batch(cli: Cli, group: str, tmp_path: Path) -> None:
+    path = tmp_path / "batch.json"
+    path.write_text(json.dumps([{"command": "a"}, {"command": "b"}]))
+    ids = cli.run("jobs", "submit", "--batch", str(path), "--group", group).stdout.split()
+    assert len(ids) == 2
+    jobs = cli.json("jobs", "submit", "--batch", str(path), "--group", group)
+    assert [job["command"] for job in jobs] == ["a", "b"]
+
+
+def test_an_invalid_job_is_an_api_error_naming_the_field(cli: Cli, group: str) -> None:
+    result = cli.run(
+        "jobs", "submit", "--command", "x", "--group", group, "--max-failures", "0", code=1
+    )
+    assert result.stderr.startswith("error: max_failures")
+
+
+def test_an_invalid_batch_names_the_item(cli: Cli, group: str, tmp_path: Path) -> None:
+    path = tmp_path / "batch.yaml"
+    path.write_text(f"- command: a\n  container_group_id: {group}\n- container_group_id: {group}\n")
+    result = cli.run("jobs", "submit", "--batch", str(path), code=1)
+    assert result.stderr.startswith("error: batch item 1: command")
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def test_list_shows_a_table_and_json(cli: Cli, group: str) -> None:
+    ids = [
+        cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
+        for _ in range(3)
+    ]
+    cli.run("jobs", "cancel", ids[0])
+
+    lines = cli.run("jobs", "list", "--group", group).stdout.splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "GROUP", "CREATED", "FAILURES", "MACHINE"]
+    assert [line.split()[0] for line in lines[1:]] == list(reversed(ids))
+    assert lines[-1].split()[1] == "canceled"
+
+    listing = cli.json("jobs", "list", "--group", group, "--asc", "--page-size", "2")
+    assert listing["_count"] == 2
+    assert [job["id"] for job in listing["jobs"]] == ids[:2]
+    second = cli.json("jobs", "list", "--group", group, "--asc", "--page-size", "2", "--page", "2")
+    assert [job["id"] for job in second["jobs"]] == ids[2:]
+    pending = cli.json("jobs", "list", "--group", group, "--status", "pending")
+    assert {job["id"] for job in pending["jobs"]} == set(ids[1:])
+
+
+def test_get_shows_the_job(cli: Cli, group: str) -> None:
+    job_id = cli.run(
+        "jobs", "submit", "--command", "python", "--arg", "a.py", "--group", group
+    ).stdout.strip()
+    text = cli.run("jobs", "get", job_id).stdout
+    fields = dict(line.split(None, 1) for line in text.splitlines() if " " in line)
+    assert text.splitlines()[0].split() == ["id", job_id]
+    assert fields["status"].strip() == "pending"
+    assert fields["command"].strip() == "python a.py"
+    assert fields["group"].strip() == group
+
+
+def test_cancel_and_attempts(cli: Cli, group: str) -> None:
+    job_id = cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
+    with cli.client() as client:
+        assert client.poll_work("m1", group) is not None
+        client.report_interrupted(job_id, "m1", group)
+        assert client.poll_work("m2", group) is not None
+
+    lines = cli.run("jobs", "attempts", job_id).stdout.splitlines()
+    assert lines[0].split() == ["MACHINE", "STARTED", "ENDED", "OUTCOME", "EXIT", "CODE"]
+    assert [(line.split()[0], line.split()[-2]) for line in lines[1:]] == [
+        ("m1", "interrupted"),
+        ("m2", "running"),
+    ]
+    assert cli.run("jobs", "cancel", job_id).stdout == "Job canceled\n"
+    assert cli.json("jobs", "cancel", job_id) == {"message": "Job canceled"}
+    attempts = cli.json("jobs", "attempts", job_id)
+    assert [a["outcome"] for a in attempts] == ["interrupted", "canceled"]
+
+
+def test_cancelling_a_completed_job_is_an_error(cli: Cli, group: str) -> None:
+    job_id = cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
+    with cli.client() as client:
+        assert client.poll_work("m1", group) is not None
+        client.report_completed(job_id, "m1", group)
+    result = cli.run("jobs", "cancel", job_id, code=1)
+    assert result.stderr.startswith("error: ")
+
+
+def test_purge_a_group(cli: Cli, group: str) -> None:
+    for _ in range(2):
+        cli.run("jobs", "submit", "--command", "x", "--group", group)
+    assert cli.run("groups", "purge", group).stdout == f"purged 2 job(s) of {group}\n"
+    assert cli.json("groups", "purge", group) == {"count": 0}
+
+
+# -- users, keys, whoami ----------------------------------------------------------------------
+
+
+def test_users_keys_and_whoami(admin: Cli) -> None:
+    name = f"dora-{uuid.uuid4().hex[:8]}"
+    user = admin.json("users", "create", name)
+    assert user["username"] == name
+    key = admin.json("keys", "create", user["id"], "--org", "acme", "--project", "p1")["token"]
+    who = admin.json("whoami", key=key)
+    assert (who["id"], who["username"], who["is_admin"]) == (user["id"], name, False)
+    assert who["webhook_secret"]
+    text = admin.run("whoami", key=key).stdout
+    assert name in text and "admin  no" in text
+    assert admin.run("users", "create", name, code=1).stderr.startswith("error: ")
+
+
+def test_a_user_cannot_use_admin_commands(cli: Cli) -> None:
+    proc = cli.process("users", "create", "mallory")
+    assert_clean_error(proc, 1, "error: ")
+
+
+def test_delete_all_users_wants_confirmation(tmp_path: Path) -> None:
+    # Its own server: deleting every user would pull the rug from other tests.
+    own = start_server(f"sqlite:///{tmp_path / 'k.db'}", "admin-own", tmp_path / "logs")
+    try:
+        admin = Cli(own.url, "admin-own", "")
+        user_id = admin.run("users", "create", "erin").stdout.strip()
+        key = admin.run("keys", "create", user_id).stdout.strip()
+        aborted = admin.run("users", "delete-all", stdin="n\n", code=1)
+        assert "Aborted" in aborted.output
+        admin.run("whoami", key=key)
+        assert admin.run("users", "delete-all", "--yes").stdout == "deleted every non-admin user\n"
+        admin.run("whoami", key=key, code=1)
+        assert admin.json("users", "delete-all", "--yes") == {
+            "message": "deleted every non-admin user"
+        }
+    finally:
+        own.stop()
+
+
+# -- scaling rules ----------------------------------------------------------------------------
+
+
+def test_scaling_rules(cli: Cli, group: str) -> None:
+    rule = cli.json(
+        "scaling-rules",
+        "create",
+        group,
+        "--min-replicas",
+        "0",
+        "--max-replicas",
+        "3",
+        "--idle-threshold-seconds",
+        "60",
+    )
+    assert (rule["container_group_id"], rule["max_replicas"]) == (group, 3)
+    lines = cli.run("scaling-rules", "list").stdout.splitlines()
+    assert lines[0].split() == ["GROUP", "MIN", "MAX", "IDLE", "S", "UPDATED"]
+    assert lines[1].split()[:4] == [group, "0", "3", "60"]
+    assert [r["container_group_id"] for r in cli.json("scaling-rules", "list")] == [group]
+    assert "max replicas    3" in cli.run("scaling-rules", "get", group).stdout
+    updated = cli.json("scaling-rules", "update", group, "--max-replicas", "5")
+    assert (updated["min_replicas"], updated["max_replicas"]) == (0, 5)
+    cli.run("scaling-rules", "update", group, code=2)
+    assert (
+        cli.run("scaling-rules", "delete", group).stdout == f"deleted the scaling rule of {group}\n"
+    )
+    assert cli.run("scaling-rules", "get", group, code=1).stderr.startswith("error: ")
+
+
+# -- jobs watch -------------------------------------------------------------------------------
+
+
+def watch(cli: Cli, job_id: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*KELPIE, "jobs", "watch", job_id, "--interval", "0.2"],
+        env={**os.environ, **cli.env()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_status(client: KelpieClient, job_id: str, status: str) -> None:
+    deadline = time.monotonic() + 10
+    while client.get_job(job_id).status != status:
+        assert time.monotonic() < deadline, f"job never became {status}"
+        time.sleep(0.05)
+
+
+def test_watch_follows_a_job_to_completion_and_exits_0(cli: Cli, group: str) -> None:
+    job_id = cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
+    watcher = watch(cli, job_id)
+    try:
+        with cli.client() as client:
+            time.sleep(0.5)  # the watcher sees it pending first
+            assert client.poll_work("m1", group) is not None
+            assert client.heartbeat(job_id, "m1", group) == "running"
+            time.sleep(0.5)
+            client.report_completed(job_id, "m1", group)
+        stdout, stderr = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0, stderr
+    lines = stdout.splitlines()
+    assert lines[0].startswith(f"{job_id}  pending")
+    assert any("running  machine m1  attempts 1  heartbeats 1" in line for line in lines)
+    assert lines[-1].startswith(f"{job_id}  completed  machine m1  attempts 1")
+
+
+def test_watch_exits_1_when_the_job_fails(cli: Cli, group: str) -> None:
+    job_id = cli.run(
+        "jobs", "submit", "--command", "x", "--group", group, "--max-failures", "1"
+    ).stdout.strip()
+    watcher = watch(cli, job_id)
+    try:
+        with cli.client() as client:
+            assert client.poll_work("m1", group) is not None
+            client.report_failed(job_id, "m1", group, exit_code=7, error="boom")
+        stdout, _ = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 1
+    assert " failed " in stdout.splitlines()[-1]
+
+
+def test_watch_exits_3_when_the_job_is_canceled(cli: Cli, group: str) -> None:
+    job_id = cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
+    watcher = watch(cli, job_id)
+    try:
+        time.sleep(0.3)
+        cli.run("jobs", "cancel", job_id)
+        watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 3
+
+
+def test_watch_of_an_ended_job_prints_it_as_json(cli: Cli, group: str) -> None:
+    job_id = cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
+    cli.run("jobs", "cancel", job_id)
+    result = cli.run("jobs", "watch", job_id, "--json", code=3)
+    assert json.loads(result.stdout)["status"] == "canceled"
+
+
+def test_watch_of_an_unknown_job_exits_4(cli: Cli) -> None:
+    proc = cli.process("jobs", "watch", str(uuid.uuid4()))
+    assert_clean_error(proc, 4, "Job not found")
+
+
+# -- errors, as real processes ----------------------------------------------------------------
+
+
+def test_an_unknown_job_id_is_a_clean_error(cli: Cli) -> None:
+    for command in (["jobs", "get"], ["jobs", "cancel"], ["jobs", "attempts"]):
+        assert_clean_error(cli.process(*command, str(uuid.uuid4())), 1, "Job not found")
+
+
+def test_a_bad_key_is_a_clean_error(cli: Cli) -> None:
+    assert_clean_error(cli.process("jobs", "list", key="wrong-key"), 1, "error: ")
+    assert_clean_error(cli.process("whoami", key="wrong-key"), 1, "error: ")
+
+
+def test_an_unreachable_api_is_a_clean_error(cli: Cli) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = cli.process("jobs", "list", url=url)
+    assert_clean_error(proc, 1, f"error: cannot reach the kelpie API at {url}: ")
+    proc = cli.process("jobs", "watch", str(uuid.uuid4()), url=url)
+    assert_clean_error(proc, 5, "cannot reach the kelpie API")
+
+
+def test_usage_errors_exit_2_without_a_traceback(cli: Cli, tmp_path: Path) -> None:
+    no_key = cli.process("jobs", "list", key="")
+    assert no_key.returncode == 2
+    assert "no API key: pass --api-key or set KELPIE_API_KEY" in no_key.stderr
+    bad_file = tmp_path / "job.yaml"
+    bad_file.write_text("command: [unclosed\n")
+    for proc in (
+        cli.process("jobs", "submit", str(bad_file)),
+        cli.process("jobs", "submit", "--command", "x", "--input", "bucket/prefix"),
+        cli.process("jobs", "list", "--status", "sleeping"),
+    ):
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert "Error: " in proc.stderr

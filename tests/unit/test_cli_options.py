@@ -1,0 +1,160 @@
+"""The `kelpie` command line without an API: options, help, and job files and flags."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from kelpie.cli import JobFlags, load_document, main, submissions, watch_line
+from kelpie.schemas import AttemptOut, JobOut
+
+API_COMMANDS = [
+    ["jobs", "submit"],
+    ["jobs", "list"],
+    ["jobs", "get"],
+    ["jobs", "watch"],
+    ["jobs", "cancel"],
+    ["jobs", "attempts"],
+    ["groups", "purge"],
+    ["users", "create"],
+    ["users", "delete-all"],
+    ["keys", "create"],
+    ["whoami"],
+    ["scaling-rules", "create"],
+    ["scaling-rules", "list"],
+    ["scaling-rules", "get"],
+    ["scaling-rules", "update"],
+    ["scaling-rules", "delete"],
+]
+
+
+@pytest.mark.parametrize("command", API_COMMANDS, ids=" ".join)
+def test_every_api_command_shows_its_connection_options_and_env_vars(command: list[str]) -> None:
+    result = CliRunner().invoke(main, [*command, "--help"], env={"KELPIE_API_KEY": "s3cr3t"})
+    assert result.exit_code == 0, result.output
+    for text in ("--api-url", "KELPIE_API_URL", "--api-key", "KELPIE_API_KEY", "--json"):
+        assert text in result.output
+    assert "s3cr3t" not in result.output
+
+
+def test_a_command_without_a_key_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["jobs", "list"], env={"KELPIE_API_KEY": ""})
+    assert result.exit_code == 2
+    assert "no API key: pass --api-key or set KELPIE_API_KEY" in result.output
+
+
+def test_submit_without_a_job_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["jobs", "submit", "--api-key", "k"])
+    assert result.exit_code == 2
+    assert "give a job FILE" in result.output
+
+
+def test_serve_keeps_its_options() -> None:
+    result = CliRunner().invoke(main, ["serve", "--help"])
+    assert result.exit_code == 0
+    for text in ("--host", "KELPIE_HOST", "--port", "KELPIE_PORT", "--workers", "KELPIE_WORKERS"):
+        assert text in result.output
+
+
+def named(text: str, name: str) -> io.StringIO:
+    stream = io.StringIO(text)
+    stream.name = name
+    return stream
+
+
+def test_a_job_file_may_be_yaml_or_json() -> None:
+    yaml_job = "command: python\narguments: [main.py]\ncontainer_group_id: g1\n"
+    json_job = '{"command": "python", "arguments": ["main.py"], "container_group_id": "g1"}'
+    assert load_document(named(yaml_job, "job.yaml")) == load_document(named(json_job, "job.json"))
+
+
+def test_yaml_dates_become_strings_not_crashes() -> None:
+    assert load_document(named("environment: {DAY: 2024-04-19}\n", "j.yaml")) == {
+        "environment": {"DAY": "2024-04-19"}
+    }
+
+
+def test_an_unparseable_file_is_a_bad_parameter() -> None:
+    with pytest.raises(click.BadParameter, match=r"job\.yaml is neither JSON nor YAML"):
+        load_document(named("command: [unclosed\n", "job.yaml"))
+
+
+def test_flags_build_a_job_and_override_the_file() -> None:
+    flags = JobFlags(
+        command="python",
+        arguments=("train.py", "--lr=0.1"),
+        environment=("A=1", "B=x=y"),
+        container_group_id="g2",
+        input_url="s3://bucket/in/job1",
+        output_url="s3://bucket",
+        max_failures=5,
+        compression=True,
+    )
+    file = named(
+        '{"command": "bash", "container_group_id": "g1", "environment": {"A": "0", "C": "3"}}', "j"
+    )
+    [job] = submissions(file, None, flags)
+    assert job == {
+        "command": "python",
+        "arguments": ["train.py", "--lr=0.1"],
+        "environment": {"A": "1", "B": "x=y", "C": "3"},
+        "container_group_id": "g2",
+        "input_bucket": "bucket",
+        "input_prefix": "in/job1",
+        "output_bucket": "bucket",
+        "output_prefix": "",
+        "max_failures": 5,
+        "compression": True,
+    }
+
+
+def test_batch_flags_apply_to_every_job() -> None:
+    batch = named('[{"command": "a"}, {"command": "b", "container_group_id": "x"}]', "b.json")
+    jobs = submissions(None, batch, JobFlags(container_group_id="g1"))
+    assert [(j["command"], j["container_group_id"]) for j in jobs] == [("a", "g1"), ("b", "g1")]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (JobFlags(command="x", input_url="bucket/prefix"), "s3://BUCKET/PREFIX"),
+        (JobFlags(command="x", checkpoint_url="s3:///prefix"), "s3://BUCKET/PREFIX"),
+        (JobFlags(command="x", environment=("NOEQUALS",)), "NAME=VALUE"),
+    ],
+)
+def test_malformed_flags_are_bad_parameters(flags: JobFlags, message: str) -> None:
+    with pytest.raises(click.BadParameter, match=message):
+        submissions(None, None, flags)
+
+
+def test_a_single_job_file_must_hold_one_job() -> None:
+    with pytest.raises(click.BadParameter, match="use --batch"):
+        submissions(named("[]", "j.json"), None, JobFlags())
+
+
+def test_watch_line_shows_progress() -> None:
+    now = datetime(2024, 4, 19, 18, 0, 0, tzinfo=UTC)
+    job = JobOut(
+        id="j1",
+        user_id="u1",
+        status="running",
+        created=now,
+        heartbeat=now - timedelta(seconds=4),
+        num_heartbeats=7,
+        num_failures=1,
+        machine_id="m2",
+        command="python",
+        container_group_id="g1",
+    )
+    attempts = [
+        AttemptOut(machine_id="m1", started=now, outcome="failed", exit_code=1),
+        AttemptOut(machine_id="m2", started=now, outcome="running"),
+    ]
+    assert watch_line(job, attempts) == (
+        "j1  running  machine m2  attempts 2  heartbeats 7  failures 1/3"
+    )
+    assert watch_line(job, attempts, now).endswith("last beat 4 s ago")
