@@ -7,7 +7,9 @@ import zlib
 import pytest
 from obstore.exceptions import GenericError, PermissionDeniedError, PreconditionError
 
-from kelpie.storage.errors import is_transient, summarize
+from kelpie.storage import s3
+from kelpie.storage.errors import StorageError, is_transient, summarize
+from kelpie.storage.settings import S3Settings
 
 NO_SUCH_BUCKET = (
     "Generic S3 error: Error performing list request: Error performing GET "
@@ -26,6 +28,12 @@ NO_SUCH_BUCKET = (
         GenericError("Error performing PUT - Server returned non-2xx status code: 429 Too Many"),
         GenericError("Error performing PUT http://h/b/k - HTTP error: operation timed out"),
         GenericError("error decoding response body: connection reset"),
+        # obstore stopped early on a transport error it does not retry (seen when a
+        # connection is reset as it opens): its budget is not spent, so try again.
+        GenericError(
+            "Error performing GET http://h/b/k in 102.74505ms, after 1 retries, max_retries: "
+            "40, retry_timeout: 120s  - HTTP error: error sending request"
+        ),
         PreconditionError("the object changed: status code: 412"),
         ConnectionResetError(),
         TimeoutError(),
@@ -44,6 +52,14 @@ def test_transient_failures_are_retried(error: BaseException) -> None:
         OSError(28, "No space left on device"),
         zlib.error("incorrect header check"),
         GenericError("Error performing PUT after 40 retries - HTTP error: error sending request"),
+        GenericError(
+            "Error performing PUT http://h/b/k in 2.1s, after 40 retries, max_retries: 40, "
+            "retry_timeout: 120s  - HTTP error: error sending request"
+        ),
+        GenericError(
+            "Error performing GET http://h/b/k in 120.000913s, after 17 retries, max_retries: "
+            "40, retry_timeout: 120s  - HTTP error: error sending request"
+        ),
         KeyError("a bug, not a transfer failure"),
     ],
 )
@@ -61,3 +77,53 @@ def test_summary_drops_obstores_debug_dump_and_stays_short() -> None:
     error = GenericError("HTTP error:   error sending request\n\nDebug source:\n" + "x" * 5000)
     assert summarize(error) == "HTTP error: error sending request"
     assert len(summarize(GenericError("y" * 5000))) <= 400
+
+
+class Flaky:
+    """An operation that fails with `error` `failures` times, then answers "done"."""
+
+    def __init__(self, failures: int, error: BaseException) -> None:
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return "done"
+
+
+@pytest.fixture
+def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(s3, "OPERATION_BACKOFF_S", 0.001)
+    monkeypatch.setattr(s3, "OPERATION_BACKOFF_MAX_S", 0.002)
+
+
+def storage() -> s3.ObjectStorage:
+    return s3.ObjectStorage(S3Settings.from_env({"AWS_ENDPOINT_URL": "http://127.0.0.1:1"}))
+
+
+@pytest.mark.usefixtures("quick_backoff")
+async def test_transient_failures_are_retried_for_as_long_as_the_window_lasts() -> None:
+    flaky = Flaky(12, ConnectionResetError())
+    assert await storage()._retrying("get", "b", "k", flaky) == "done"
+    assert flaky.calls == 13
+
+
+@pytest.mark.usefixtures("quick_backoff")
+async def test_transient_failures_give_up_once_the_window_has_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(s3, "OPERATION_RETRY_WINDOW_S", 0.05)
+    flaky = Flaky(10**9, ConnectionResetError("reset by peer"))
+    with pytest.raises(StorageError, match=r"get s3://b/k failed: reset by peer"):
+        await storage()._retrying("get", "b", "k", flaky)
+    assert flaky.calls > 1
+
+
+async def test_a_permanent_failure_is_not_retried() -> None:
+    flaky = Flaky(1, GenericError(NO_SUCH_BUCKET))
+    with pytest.raises(StorageError, match="the bucket does not exist"):
+        await storage()._retrying("list", "b", "", flaky)
+    assert flaky.calls == 1

@@ -12,8 +12,14 @@ from obstore.exceptions import PreconditionError
 # a local file that vanished or a full disk, data that is not gzip.
 _PERMANENT = (OSError, zlib.error, EOFError)
 _STATUS = re.compile(r"status code: (\d{3})")
-# obstore has already retried this request until its own limits (count or time).
-_EXHAUSTED = re.compile(r"after \d+ retries")
+# obstore's report on a request it retried: "... in 6.1s, after 10 retries, max_retries: 10,
+# retry_timeout: 120s ...". Durations are Rust's Debug form.
+_DURATION = r"([\d.]+)(ns|µs|us|ms|s)"
+_RETRIED = re.compile(r"after \d+ retries")
+_RETRY_REPORT = re.compile(
+    rf" in {_DURATION}, after (\d+) retries, max_retries: (\d+), retry_timeout: {_DURATION}"
+)
+_SECONDS_PER = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 _S3_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _S3_MESSAGE = re.compile(r"<Message>([^<]+)</Message>")
 _HINTS = {
@@ -39,7 +45,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, _PERMANENT) or not isinstance(exc, ObstoreError):
         return False
     text = str(exc)
-    if _EXHAUSTED.search(text):
+    if _retries_spent(text):
         return False
     status = _STATUS.search(text)
     if status is None:
@@ -48,6 +54,23 @@ def is_transient(exc: BaseException) -> bool:
         return True
     code = int(status.group(1))
     return code >= 500 or code in (408, 429)
+
+
+def _retries_spent(text: str) -> bool:
+    """True when obstore stopped retrying because its own budget (count or time) ran out.
+
+    obstore also stops early, after a retry or two, on transport errors it does not retry
+    (a connection reset while it was being set up); those are still worth another attempt.
+    """
+    if not _RETRIED.search(text):
+        return False
+    report = _RETRY_REPORT.search(text)
+    if report is None:
+        return True  # a report we cannot read: trust that obstore did its best
+    elapsed = float(report.group(1)) * _SECONDS_PER[report.group(2)]
+    retries, max_retries = int(report.group(3)), int(report.group(4))
+    timeout = float(report.group(5)) * _SECONDS_PER[report.group(6)]
+    return retries >= max_retries or elapsed >= timeout
 
 
 def summarize(exc: BaseException) -> str:

@@ -52,8 +52,10 @@ REQUEST_RETRIES: RetryConfig = {
         "base": 2,
     },
 }
-# Whole-operation retries on top, for the failures obstore does not retry.
-OPERATION_ATTEMPTS = 4
+# Whole-operation retries on top, for the failures obstore does not retry: full-jitter
+# backoff from 0.5 s doubling to 8 s, for as long as failures have gone on under a minute.
+# A time window rather than a count, so an outage of a few seconds is always ridden out.
+OPERATION_RETRY_WINDOW_S = 60.0
 OPERATION_BACKOFF_S = 0.5
 OPERATION_BACKOFF_MAX_S = 8.0
 # What a transfer can raise besides our own StorageError: obstore (FileNotFoundError and
@@ -237,29 +239,38 @@ class ObjectStorage:
     async def _retrying(
         self, action: str, bucket: str, key: str, attempt: Callable[[], Awaitable[T]]
     ) -> T:
-        """Run `attempt`, retrying transient failures with exponential backoff and jitter."""
-        for number in range(1, OPERATION_ATTEMPTS + 1):
+        """Run `attempt`, retrying transient failures with exponential backoff and jitter.
+
+        Gives up on the first permanent failure, or on a transient one once failures have
+        gone on for OPERATION_RETRY_WINDOW_S.
+        """
+        first_failure: float | None = None
+        number = 0
+        while True:
+            number += 1
             try:
                 return await attempt()
             except _ERRORS as exc:
-                if not is_transient(exc) or number == OPERATION_ATTEMPTS:
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                failing_for = now - first_failure
+                if not is_transient(exc) or failing_for >= OPERATION_RETRY_WINDOW_S:
                     raise StorageError(
                         f"{action} {_url(bucket, key)} failed: {summarize(exc)}"
                     ) from exc
                 delay = random.uniform(
-                    0, min(OPERATION_BACKOFF_MAX_S, OPERATION_BACKOFF_S * 2**number)
+                    0, min(OPERATION_BACKOFF_MAX_S, OPERATION_BACKOFF_S * 2 ** min(number, 8))
                 )
                 logger.warning(
-                    "%s %s failed (%s); retrying in %.1f s (attempt %d of %d)",
+                    "%s %s failed (%s); retrying in %.1f s (attempt %d, failing for %.0f s)",
                     action,
                     _url(bucket, key),
                     summarize(exc),
                     delay,
                     number + 1,
-                    OPERATION_ATTEMPTS,
+                    failing_for,
                 )
                 await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _make_store(settings: S3Settings, bucket: str) -> S3Store:
