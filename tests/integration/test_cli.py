@@ -340,24 +340,35 @@ def wait_for_status(client: KelpieClient, job_id: str, status: str) -> None:
         time.sleep(0.05)
 
 
+def read_until(watcher: subprocess.Popen[str], text: str) -> list[str]:
+    """The watcher's lines up to and including the first that contains `text`."""
+    assert watcher.stdout is not None
+    lines: list[str] = []
+    while True:
+        line = watcher.stdout.readline()
+        assert line, f"watch ended before printing {text!r}; it printed {lines}"
+        lines.append(line.rstrip("\n"))
+        if text in line:
+            return lines
+
+
 def test_watch_follows_a_job_to_completion_and_exits_0(cli: Cli, group: str) -> None:
     job_id = cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
     watcher = watch(cli, job_id)
     try:
+        first = read_until(watcher, job_id)
         with cli.client() as client:
-            time.sleep(0.5)  # the watcher sees it pending first
             assert client.poll_work("m1", group) is not None
             assert client.heartbeat(job_id, "m1", group) == "running"
-            time.sleep(0.5)
+            running = read_until(watcher, "heartbeats 1")
             client.report_completed(job_id, "m1", group)
-        stdout, stderr = watcher.communicate(timeout=30)
+        rest, stderr = watcher.communicate(timeout=30)
     finally:
         watcher.kill()
     assert watcher.returncode == 0, stderr
-    lines = stdout.splitlines()
-    assert lines[0].startswith(f"{job_id}  pending")
-    assert any("running  machine m1  attempts 1  heartbeats 1" in line for line in lines)
-    assert lines[-1].startswith(f"{job_id}  completed  machine m1  attempts 1")
+    assert first[0].startswith(f"{job_id}  pending")
+    assert "running  machine m1  attempts 1  heartbeats 1" in running[-1]
+    assert rest.splitlines()[-1].startswith(f"{job_id}  completed  machine m1  attempts 1")
 
 
 def test_watch_exits_1_when_the_job_fails(cli: Cli, group: str) -> None:
@@ -380,7 +391,7 @@ def test_watch_exits_3_when_the_job_is_canceled(cli: Cli, group: str) -> None:
     job_id = cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
     watcher = watch(cli, job_id)
     try:
-        time.sleep(0.3)
+        read_until(watcher, f"{job_id}  pending")
         cli.run("jobs", "cancel", job_id)
         watcher.communicate(timeout=30)
     finally:

@@ -770,7 +770,7 @@ async def queue_behind_gate(
     held = asyncio.create_task(writer.run(gate.hold))
     await asyncio.to_thread(gate.entered.wait, 10)
     calls = [asyncio.create_task(writer.run(operation)) for operation in operations]
-    await asyncio.sleep(0.01)  # every call is queued
+    await asyncio.sleep(0)  # each call's first step puts it on the queue
     calls.append(held)
     return calls
 
@@ -883,11 +883,22 @@ async def test_pool_reuses_a_connection_after_an_error_postgres_answered(
 async def test_pool_closes_a_connection_whose_call_was_cancelled(
     fresh_postgres_url: Callable[[], str],
 ) -> None:
-    async with connection_pool(fresh_postgres_url(), max_size=1) as pool:
+    url = fresh_postgres_url()
+    async with connection_pool(url, max_size=1) as pool:
         before = await pool.fetchval("SELECT pg_backend_pid()")
         call = asyncio.create_task(pool.fetchval("SELECT pg_sleep(5)"))
         waiting = asyncio.create_task(pool.fetchval("SELECT pg_backend_pid()"))
-        await asyncio.sleep(0.2)
+        watcher = await asyncpg.connect(url)
+        try:  # cancel only once the server is running the statement
+            await eventually(
+                lambda: watcher.fetchval(
+                    "SELECT true FROM pg_stat_activity WHERE pid = $1 AND state = 'active'"
+                    " AND query = 'SELECT pg_sleep(5)'",
+                    before,
+                )
+            )
+        finally:
+            await watcher.close()
         call.cancel()
 
         assert await waiting != before  # a new connection, not the one mid-statement

@@ -31,12 +31,32 @@ def test_a_failed_attempt_hands_its_bytes_back() -> None:
     assert progress.bytes_done == 0
 
 
+async def reports(count: int) -> None:
+    """Return once `count` more progress lines have been logged."""
+    seen = asyncio.Event()
+
+    class Counter(logging.Handler):
+        logged = 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.logged += 1
+            if self.logged >= count:
+                seen.set()
+
+    handler = Counter()
+    logging.getLogger("kelpie.storage").addHandler(handler)
+    try:
+        await seen.wait()
+    finally:
+        logging.getLogger("kelpie.storage").removeHandler(handler)
+
+
 async def test_reports_while_running_and_once_done(caplog: pytest.LogCaptureFixture) -> None:
     progress = TransferProgress("upload", "s3://b/k", 10, 1)
     with caplog.at_level(logging.INFO, logger="kelpie.storage"):
         async with progress.reporting(interval=0.01):
             progress.advance(5)
-            await asyncio.sleep(0.035)
+            await asyncio.wait_for(reports(2), timeout=10)  # two while the transfer runs
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) >= 3
     assert lines[0].startswith("upload s3://b/k: 0.0/0.0 MB (50%)")
