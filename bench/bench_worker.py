@@ -33,13 +33,13 @@ if str(REPO) not in sys.path:
 
 from tests.support.api import Api, ApiUser  # noqa: E402
 from tests.support.processes import KelpieProcess, start_server, start_worker  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 from tests.support.worker import (  # noqa: E402
     FAST_WORKER_ENV,
     Bucket,
     job_script,
     make_bucket,
     no_imds_url,
-    wait_for,
 )
 
 from kelpie.storage.local_server import LocalS3Server  # noqa: E402

@@ -18,19 +18,12 @@ from tests.support.api import Api, ApiUser
 from tests.support.api_fixtures import BACKENDS
 from tests.support.fake_salad import FakeSalad, RecordedRequest, Reply, problem
 from tests.support.processes import ServerProcess, start_server
+from tests.support.waiting import wait_for
 
 ORG, PROJECT = "acme", "render-farm"
 INTERVAL = 0.5
 # Several evaluation rounds, plus the provider's retries of a 429 or 5xx.
 SCALE_DEADLINE = 15.0
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class FlakySalad(FakeSalad):
@@ -122,21 +115,25 @@ def test_empty_queue_stops_a_running_group(fleet: Fleet) -> None:
 
     fleet.add_rule(group, 0, 10)
 
-    wait_for(lambda: fleet.is_at(group, "stopped"), SCALE_DEADLINE, "the group to stop")
+    wait_for(lambda: fleet.is_at(group, "stopped"), "the group to stop", timeout=SCALE_DEADLINE)
 
 
 def test_jobs_start_the_group_with_replicas_clamped_to_the_rule(fleet: Fleet) -> None:
     group = fleet.new_group(status="stopped", replicas=0)
     fleet.add_rule(group, 1, 3)
-    wait_for(lambda: fleet.is_at(group, "running", 1), SCALE_DEADLINE, "min replicas, running")
+    wait_for(
+        lambda: fleet.is_at(group, "running", 1), "min replicas, running", timeout=SCALE_DEADLINE
+    )
 
     for _ in range(2):
         fleet.user.submit(container_group_id=group)
-    wait_for(lambda: fleet.is_at(group, "running", 2), SCALE_DEADLINE, "2 replicas for 2 jobs")
+    wait_for(
+        lambda: fleet.is_at(group, "running", 2), "2 replicas for 2 jobs", timeout=SCALE_DEADLINE
+    )
 
     for _ in range(5):
         fleet.user.submit(container_group_id=group)
-    wait_for(lambda: fleet.is_at(group, "running", 3), SCALE_DEADLINE, "max replicas")
+    wait_for(lambda: fleet.is_at(group, "running", 3), "max replicas", timeout=SCALE_DEADLINE)
 
 
 def test_a_stopped_group_is_sized_before_it_starts(fleet: Fleet) -> None:
@@ -144,7 +141,7 @@ def test_a_stopped_group_is_sized_before_it_starts(fleet: Fleet) -> None:
     fleet.add_rule(group, 0, 10)
     fleet.user.submit(container_group_id=group)
 
-    wait_for(lambda: fleet.is_at(group, "running", 1), SCALE_DEADLINE, "1 replica, running")
+    wait_for(lambda: fleet.is_at(group, "running", 1), "1 replica, running", timeout=SCALE_DEADLINE)
 
     changes = [r for r in fleet.salad.requests if r.method != "GET" and group[:8] in r.path]
     assert [(r.method, r.path.rsplit("/", 1)[-1]) for r in changes][:2] == [
@@ -158,12 +155,14 @@ def test_idle_threshold_keeps_the_group_up_after_the_last_job(fleet: Fleet) -> N
     group = fleet.new_group(status="stopped", replicas=0)
     fleet.add_rule(group, 0, 5, idle=idle)
     job = fleet.user.submit(container_group_id=group)
-    wait_for(lambda: fleet.is_at(group, "running", 1), SCALE_DEADLINE, "the group to start")
+    wait_for(lambda: fleet.is_at(group, "running", 1), "the group to start", timeout=SCALE_DEADLINE)
 
     assert fleet.user.claim("m-1", group)["id"] == job["id"]  # type: ignore[index]
     assert fleet.user.report(job["id"], "completed", "m-1", group).status_code == 200
     ended = time.monotonic()
-    wait_for(lambda: fleet.is_at(group, "stopped"), idle + SCALE_DEADLINE, "the group to stop")
+    wait_for(
+        lambda: fleet.is_at(group, "stopped"), "the group to stop", timeout=idle + SCALE_DEADLINE
+    )
 
     # Up for the threshold (less a second of clock granularity), then down within a few rounds.
     assert time.monotonic() - ended >= idle - 1
@@ -177,8 +176,8 @@ def test_group_unknown_to_the_provider_loses_its_rule(fleet: Fleet) -> None:
 
     wait_for(
         lambda: fleet.user.http.get(f"/scaling-rules/{group}").status_code == 404,
-        SCALE_DEADLINE,
         "the rule to be deleted",
+        timeout=SCALE_DEADLINE,
     )
 
 
@@ -192,13 +191,13 @@ def test_one_failing_group_does_not_block_the_others(fleet: Fleet) -> None:
     # Requests for the broken group come first and keep failing, retried by the provider.
     wait_for(
         lambda: len(fleet.salad.requests_to(f"/g-{broken[:8]}")) >= 2,
-        SCALE_DEADLINE,
         "the broken group to be tried",
+        timeout=SCALE_DEADLINE,
     )
 
     fleet.user.submit(container_group_id=healthy)
 
-    wait_for(lambda: fleet.is_at(healthy, "running", 1), 3.0, "the healthy group to start")
+    wait_for(lambda: fleet.is_at(healthy, "running", 1), "the healthy group to start", timeout=3.0)
     assert fleet.is_at(broken, "stopped")
     assert fleet.user.http.get(f"/scaling-rules/{broken}").status_code == 200
 
@@ -211,7 +210,7 @@ def test_throttled_provider_calls_are_retried(fleet: Fleet) -> None:
     fleet.salad.fail_next(3, 429, retry_after=0)
     fleet.user.submit(container_group_id=group)
 
-    wait_for(lambda: fleet.is_at(group, "running", 1), SCALE_DEADLINE, "the group to start")
+    wait_for(lambda: fleet.is_at(group, "running", 1), "the group to start", timeout=SCALE_DEADLINE)
     assert len(fleet.salad.requests) - before >= 3 + 3  # three throttled, then GET/PATCH/start
     assert "429" in fleet.api.server.log()
 
@@ -324,11 +323,11 @@ def test_machine_blocked_from_five_jobs_is_reallocated_exactly_once(fleet: Fleet
     group = fleet.new_group(status="running", replicas=2)
 
     fail_jobs_on(fleet.user, "bad-1", group, 6)
-    wait_for(lambda: "bad-1" in reallocations(fleet.salad, group), 10, "bad-1 reallocated")
+    wait_for(lambda: "bad-1" in reallocations(fleet.salad, group), "bad-1 reallocated", timeout=10)
     # A later machine's reallocation, requested after bad-1's sixth failure, comes through
     # after anything that sixth failure could have triggered.
     fail_jobs_on(fleet.user, "bad-2", group, 5)
-    wait_for(lambda: "bad-2" in reallocations(fleet.salad, group), 10, "bad-2 reallocated")
+    wait_for(lambda: "bad-2" in reallocations(fleet.salad, group), "bad-2 reallocated", timeout=10)
 
     assert reallocations(fleet.salad, group).count("bad-1") == 1
     assert len(fleet.salad.requests_to("/instances/bad-1/reallocate", "POST")) == 1
@@ -376,12 +375,14 @@ def test_exactly_one_of_two_api_processes_scales_and_the_other_takes_over(
         def calls(n: int) -> int:
             return len(fakes[n].requests_to("/containers/shared", "GET"))
 
-        wait_for(lambda: calls(0) + calls(1) >= 6, SCALE_DEADLINE, "six evaluations")
+        wait_for(lambda: calls(0) + calls(1) >= 6, "six evaluations", timeout=SCALE_DEADLINE)
         leader = 0 if calls(0) else 1
         assert calls(1 - leader) == 0, "both processes evaluated the rules"
 
         servers[leader].kill()
-        wait_for(lambda: calls(1 - leader) >= 2, SCALE_DEADLINE, "the other process to take over")
+        wait_for(
+            lambda: calls(1 - leader) >= 2, "the other process to take over", timeout=SCALE_DEADLINE
+        )
     finally:
         for api in apis:
             api.close()

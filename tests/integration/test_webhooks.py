@@ -24,6 +24,7 @@ from kelpie.webhooks.signing import BadSignature, signature_headers, verify
 from tests.support.api import Api, ApiUser
 from tests.support.api_fixtures import BACKENDS
 from tests.support.processes import ServerProcess, free_port, start_server
+from tests.support.waiting import wait_for
 from tests.support.webhook_receiver import ReceiverProcess, start_receiver
 
 OUTAGE_SECONDS = 5.0
@@ -31,14 +32,6 @@ OUTAGE_SECONDS = 5.0
 DELIVERY_DEADLINE = 90.0
 
 Event = tuple[str, str]  # (job_id, status)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -143,8 +136,8 @@ def test_receiver_down_then_up_gets_every_event_signed_despite_api_restart(
     expected = hooked.finish_jobs("hooks-down")
     wait_for(
         lambda: first.log().count("retrying in") >= len(expected),
-        OUTAGE_SECONDS,
         "a failed attempt of every event",
+        timeout=OUTAGE_SECONDS,
     )
     first.kill()
     serve(servers, database, tmp_path / "logs")
@@ -154,8 +147,8 @@ def test_receiver_down_then_up_gets_every_event_signed_despite_api_restart(
 
     wait_for(
         lambda: set(events_of(receiver.accepted())) == expected,
-        DELIVERY_DEADLINE,
         "every event at the receiver",
+        timeout=DELIVERY_DEADLINE,
     )
     assert all(record["verified"] for record in receiver.records())
     assert max(events_of(receiver.accepted()).values()) == 1
@@ -186,8 +179,8 @@ def test_receiver_answering_500_gets_every_event_once_it_recovers(
 
     wait_for(
         lambda: set(events_of(receiver.accepted())) == expected,
-        DELIVERY_DEADLINE,
         "every event accepted",
+        timeout=DELIVERY_DEADLINE,
     )
     records = receiver.records()
     refused = [r for r in records if r["answered"] == 500]
@@ -239,7 +232,7 @@ def test_two_api_processes_never_send_one_attempt_twice(
     def delivered_ids() -> Counter[str]:
         return Counter(record["webhook_id"] for record in receiver.accepted())
 
-    wait_for(lambda: len(delivered_ids()) == 2 * jobs, 30, "every event")
+    wait_for(lambda: len(delivered_ids()) == 2 * jobs, "every event", timeout=30)
     assert delivered_ids().most_common(1)[0][1] == 1, delivered_ids().most_common(3)
     assert len(receiver.records()) == 2 * jobs
 
@@ -265,7 +258,9 @@ def test_event_is_given_up_at_the_end_of_the_retry_window(
     claimed_at = time.time()
     hooked.user.claim("m-1", "doomed")
 
-    wait_for(lambda: "given up after" in server.log(), window + 10, "the event to be given up")
+    wait_for(
+        lambda: "given up after" in server.log(), "the event to be given up", timeout=window + 10
+    )
 
     attempts = [r["received_at"] for r in receiver.records()]
     assert len(attempts) >= 3
@@ -292,8 +287,8 @@ def delivered(
         hooked.user.report(job["id"], "completed", "m-1", "signed")
         wait_for(
             lambda: "completed" in {r["payload"]["status"] for r in receiver.accepted()},
-            10,
             "the completed delivery",
+            timeout=10,
         )
         record = next(r for r in receiver.accepted() if r["payload"]["status"] == "completed")
         yield hooked, receiver, record

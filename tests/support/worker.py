@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from kelpie.storage.local_server import LocalS3Server
 from tests.support.api import Api, ApiUser
 from tests.support.jobs import JOBS
 from tests.support.processes import KelpieProcess, free_port, start_server, start_worker
+from tests.support.waiting import wait_for
 
 T = TypeVar("T")
 
@@ -37,20 +37,6 @@ FAST_WORKER_ENV = {
     "KELPIE_WORKER_SWEEP_INTERVAL_S": "0.5",
     "KELPIE_LOG_LEVEL": "debug",
 }
-
-
-def wait_for(
-    check: Callable[[], T | None], what: str, timeout: float = 30.0, interval: float = 0.05
-) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def job_script(name: str) -> str:

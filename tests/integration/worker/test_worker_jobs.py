@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.worker import WorkerLab, wait_for
+from tests.support.waiting import wait_for
+from tests.support.worker import WorkerLab
 
 pytestmark = pytest.mark.slow
 

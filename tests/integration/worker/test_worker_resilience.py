@@ -15,12 +15,12 @@ from tests.support.api import Api
 from tests.support.fake_imds import FakeImds
 from tests.support.processes import start_server
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_for
 from tests.support.worker import (
     WorkerLab,
     make_bucket,
     new_user,
     pid_alive,
-    wait_for,
 )
 
 pytestmark = pytest.mark.slow
