@@ -1,9 +1,11 @@
 """Benchmark the coordination API: one command, a table of the figures issue 2 asks for.
 
     .venv/bin/python bench/bench_api.py [--quick] [--backend sqlite|postgres|both] [--json F]
+                                        [--sqlite-processes 1|2]
 
-Starts its own servers (SQLite: one `kelpie serve` process on a temporary file; PostgreSQL:
-two `kelpie serve` processes on one fresh database, load split evenly between them), then
+Starts its own servers (SQLite: one `kelpie serve` process on a temporary file, or two with
+--sqlite-processes 2; PostgreSQL: two `kelpie serve` processes on one fresh database, load
+split evenly between them), then
 measures claims, heartbeats, submits, 1,000-job batches, paging through 100,000 jobs, pickup
 latency with `wait` and the servers' memory. The load generator (bench/loadgen.py) runs in
 this process, on the same cores as the servers, as the issue's figures require.
@@ -291,9 +293,11 @@ class Deployment:
         return self.addresses[client % len(self.addresses)]
 
 
-def start_deployment(backend: str, database_url: str, log_dir: Path) -> Deployment:
+def start_deployment(
+    backend: str, database_url: str, log_dir: Path, sqlite_processes: int = 1
+) -> Deployment:
     admin_key = secrets.token_urlsafe(24)
-    count = 1 if backend == "sqlite" else 2
+    count = sqlite_processes if backend == "sqlite" else 2
     servers: list[ServerProcess] = []
     try:
         for _ in range(count):
@@ -652,8 +656,8 @@ async def _pickup_once(
 
 
 async def measure_pickup(deployment: Deployment, options: Options, cpu: CpuMeter) -> list[Figure]:
-    """A worker long-polls server 0; the job is submitted to server 0, then (PostgreSQL) to
-    server 1, which must reach the poller through the store's cross-process channel."""
+    """A worker long-polls server 0; the job is submitted to server 0, then (with two servers)
+    to server 1, which must reach the poller through the store's cross-process channel."""
     figures = []
     poll_address = deployment.address(0)
     for submit_server, address in enumerate(deployment.addresses):
@@ -740,13 +744,15 @@ async def measure_backend(deployment: Deployment, options: Options) -> list[Figu
     return figures
 
 
-def bench_backend(backend: str, options: Options, work_dir: Path) -> list[Figure]:
+def bench_backend(
+    backend: str, options: Options, work_dir: Path, sqlite_processes: int = 1
+) -> list[Figure]:
     database_url = f"sqlite:///{work_dir / 'kelpie.db'}"
     if backend == "postgres":
         database_url = run_async(create_database())
     print(f"{backend}: starting servers on {database_url}", flush=True)
     try:
-        deployment = start_deployment(backend, database_url, work_dir / "logs")
+        deployment = start_deployment(backend, database_url, work_dir / "logs", sqlite_processes)
         try:
             return run_async(measure_backend(deployment, options))
         except BaseException:
@@ -770,6 +776,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--clients", type=int, help="concurrent clients (default 32, as in the issue)"
     )
     parser.add_argument("--json", type=Path, help="also write the machine and the figures here")
+    parser.add_argument(
+        "--sqlite-processes",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="kelpie serve processes on the SQLite file (default 1, as in the issue)",
+    )
     args = parser.parse_args(argv)
     options = QUICK if args.quick else FULL
     if args.clients:
@@ -784,7 +797,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for backend in backends:
             work_dir = Path(tmp) / backend
             work_dir.mkdir()
-            figures.extend(bench_backend(backend, options, work_dir))
+            figures.extend(bench_backend(backend, options, work_dir, args.sqlite_processes))
 
     print()
     for name, value in machine.items():

@@ -10,8 +10,8 @@ class WorkNotifier:
     """Per-group wake-ups within one API process.
 
     Submissions in this process call `notify` directly; the store's cross-process channel
-    (PostgreSQL LISTEN/NOTIFY) calls it for submissions elsewhere. Waiters also re-check on
-    a timer, which covers stalled leases and stores without a cross-process channel."""
+    (PostgreSQL LISTEN/NOTIFY, a watch on the SQLite file) calls it for submissions
+    elsewhere. Waiters also re-check on a timer, which covers stalled leases."""
 
     def __init__(self) -> None:
         self._events: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)

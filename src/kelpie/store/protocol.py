@@ -62,8 +62,8 @@ class Store(Protocol):
         """Call `on_new_jobs(container_group_id)` whenever any process submits jobs.
 
         Lets a long-polling `/work` call in one API process wake up for a job submitted
-        through another. A store without cross-process notification may do nothing: the
-        API re-checks periodically as well."""
+        through another. The API also re-checks periodically, so a missed announcement
+        delays a pickup but never loses the job."""
 
     # -- users and keys ----------------------------------------------------------------
     async def ensure_admin(self, username: str, key_hash: str) -> User:

@@ -7,12 +7,18 @@ answers them all. Several `kelpie serve` processes may share one file: `BEGIN IM
 takes the file's write lock, so writers of all processes are serialized. Reads use a second,
 read-only connection; WAL mode lets them proceed while a write is under way.
 
+SQLite has no cross-process notification, so `listen_for_new_jobs` watches the file: every
+NEW_JOBS_CHECK_S it asks `PRAGMA data_version` (in shared memory, no I/O) whether any other
+connection has committed, and only then reads the jobs added since it last looked.
+
 Times are REAL unix epoch seconds (UTC) taken from this process's clock inside the write
 transaction, so they follow the order in which writers hold the lock.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -62,6 +68,9 @@ Params = Mapping[str, Any] | Sequence[Any]
 # The read connection waits this long for the file lock (busy_timeout), rarely needed in WAL
 # mode. The write connection waits in its own loop (see _group_commit).
 _BUSY_TIMEOUT_S = 10.0
+# How often the new-jobs watcher asks whether anything was committed; the worst case for a
+# long poll in one process to hear of a job submitted through another.
+NEW_JOBS_CHECK_S = 0.02
 
 _JOB_COLUMNS = (
     "id, user_id, status, container_group_id, created, started, completed, canceled, failed,"
@@ -173,6 +182,48 @@ def _end_running_attempt(
     )
 
 
+class _NewJobsWatch:
+    """Which groups got pending jobs since the last look, through any connection to the file.
+
+    Runs on the event loop: `PRAGMA data_version` reads shared memory, and the rows added in
+    one NEW_JOBS_CHECK_S come by rowid, in microseconds; a thread hop would cost more. A job
+    whose rowid was freed and reused (the newest job purged, then a new one added) is not
+    announced; the API's periodic re-check finds it.
+    """
+
+    def __init__(self, path: str) -> None:
+        # timeout=0: never wait on the loop for a lock; a locked file is looked at again later.
+        self._conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+        self._conn.execute("PRAGMA query_only = ON")
+        self._version: int | None = None
+        self._last_seq: int | None = None  # None: the newest job is still to be read
+        with contextlib.suppress(sqlite3.Error):  # locked: read it at the first look
+            self.new_pending_groups()
+
+    def new_pending_groups(self) -> list[str]:
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._version:
+            return []  # nothing was committed by another connection
+        if self._last_seq is None:
+            self._last_seq = self._conn.execute(
+                "SELECT coalesce(max(seq), 0) FROM jobs"
+            ).fetchone()[0]
+            self._version = version
+            return []
+        self._version = version
+        rows = self._conn.execute(
+            "SELECT seq, container_group_id, status FROM jobs WHERE seq > ? ORDER BY seq",
+            (self._last_seq,),
+        ).fetchall()
+        if not rows:
+            return []
+        self._last_seq = rows[-1][0]
+        return sorted({group for _, group, status in rows if status == "pending"})
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class SqliteStore:
     """The Store on one SQLite file (see module docstring for the concurrency model)."""
 
@@ -187,6 +238,8 @@ class SqliteStore:
         self._synchronous = synchronous
         self._writer: GroupCommitWriter | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._new_job_listeners: list[Callable[[str], None]] = []
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -202,6 +255,11 @@ class SqliteStore:
             raise
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        self._new_job_listeners.clear()
         if self._reader is not None:
             await self._reader.close()
         if self._writer is not None:
@@ -209,7 +267,29 @@ class SqliteStore:
         self._reader = self._writer = None
 
     async def listen_for_new_jobs(self, on_new_jobs: Callable[[str], None]) -> None:
-        """SQLite has no cross-process notification; the API re-checks periodically."""
+        """Hears jobs submitted through any connection to the file, this process's included."""
+        self._read_conn()  # the store is open
+        self._new_job_listeners.append(on_new_jobs)
+        if self._watcher is None:
+            watch = _NewJobsWatch(self._path)
+            self._watcher = asyncio.create_task(
+                self._watch_new_jobs(watch), name="kelpie-sqlite-new-jobs"
+            )
+
+    async def _watch_new_jobs(self, watch: _NewJobsWatch) -> None:
+        try:
+            while True:
+                await asyncio.sleep(NEW_JOBS_CHECK_S)
+                try:
+                    groups = watch.new_pending_groups()
+                except sqlite3.Error as exc:  # the file is locked (recovery): look again
+                    logger.debug("watching for new jobs: %s", exc)
+                    continue
+                for group in groups:
+                    for listener in self._new_job_listeners:
+                        listener(group)
+        finally:
+            watch.close()
 
     def _connect_writer(self) -> sqlite3.Connection:
         """The write connection, opened on the writer thread that alone uses it."""

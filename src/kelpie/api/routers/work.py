@@ -21,8 +21,8 @@ from kelpie.store.models import HeldOutcome
 log = logging.getLogger("kelpie.api.work")
 router = APIRouter(tags=["worker"])
 
-# A long-polling call re-checks the queue at least this often, to catch jobs submitted
-# through another process (SQLite has no cross-process channel) and leases that stall.
+# A long-polling call re-checks the queue at least this often, to catch leases that stall
+# and any job the store's cross-process channel did not announce.
 RECHECK_SECONDS = 0.5
 MAX_WAIT_SECONDS = 30
 
