@@ -957,15 +957,15 @@ async def test_webhook_events_are_leased_retried_and_given_up(store: Store) -> N
     assert await store.claim_webhook_events(10, 30) == []  # all leased
 
     delivered, retried, dead = first_two[0], first_two[1], last[0]
-    await store.webhook_delivered(delivered.id)
-    await store.webhook_retry_later(retried.id, 0, "503 Service Unavailable")
-    await store.webhook_give_up(dead.id, "410 Gone")
+    assert await store.webhook_delivered(delivered)
+    assert await store.webhook_retry_later(retried, 0, "503 Service Unavailable")
+    assert await store.webhook_give_up(dead, "410 Gone")
 
     assert await store.pending_webhook_count() == 1
     [again] = await store.claim_webhook_events(10, 30)
     assert again.id == retried.id and again.attempts == 1
     assert again.payload == retried.payload and again.created == retried.created
-    await store.webhook_retry_later(again.id, 3600, "timeout")
+    assert await store.webhook_retry_later(again, 3600, "timeout")
     assert await store.claim_webhook_events(10, 30) == []  # not due for an hour
     assert await store.pending_webhook_count() == 1
 
@@ -976,9 +976,9 @@ async def test_finished_webhook_events_are_purged_and_pending_ones_kept(store: S
     for machine in ("m1", "m2", "m3"):
         assert await store.claim_job(machine, GROUP, None) is not None
     delivered, dead, pending = await store.claim_webhook_events(10, 30)
-    await store.webhook_delivered(delivered.id)
-    await store.webhook_give_up(dead.id, "410 Gone")
-    await store.webhook_retry_later(pending.id, 0, "503")
+    assert await store.webhook_delivered(delivered)
+    assert await store.webhook_give_up(dead, "410 Gone")
+    assert await store.webhook_retry_later(pending, 0, "503")
 
     assert await store.purge_finished_webhooks(older_than_seconds=3600) == 0
     assert await store.purge_finished_webhooks(older_than_seconds=0) == 2
@@ -1000,6 +1000,35 @@ async def test_expired_webhook_lease_makes_the_event_due_again(store: Store) -> 
     [again] = await eventually(claim)
 
     assert again.id == leased.id and again.attempts == 0
+    assert again.lease_token != leased.lease_token
+
+
+async def test_a_holder_past_its_lease_cannot_undo_the_next_holders_outcome(
+    store: Store,
+) -> None:
+    user = await new_user(store)
+    await submit(store, user, webhook="https://example.com/hook")
+    assert await store.claim_job("m1", GROUP, None) is not None
+    [stalled] = await store.claim_webhook_events(10, 0.2)
+
+    async def claim() -> list[Any] | None:
+        return await store.claim_webhook_events(10, 30) or None
+
+    [taken_over] = await eventually(claim)  # the lease ran out; another process has it now
+
+    # The stalled holder wakes up: none of its outcomes may clear the new holder's lease.
+    assert not await store.webhook_retry_later(stalled, 0, "timeout")
+    assert not await store.webhook_give_up(stalled, "410 Gone")
+    assert not await store.webhook_delivered(stalled)
+    assert await store.claim_webhook_events(10, 30) == []  # still leased to the new holder
+    assert await store.pending_webhook_count() == 1
+
+    assert await store.webhook_retry_later(taken_over, 0, "503")
+    [retried] = await store.claim_webhook_events(10, 30)
+    assert retried.attempts == 1  # only the holder's attempt was counted
+    assert await store.webhook_delivered(retried)
+    assert not await store.webhook_delivered(retried)  # recorded once
+    assert await store.pending_webhook_count() == 0
 
 
 # -- scaling rules --------------------------------------------------------------------------

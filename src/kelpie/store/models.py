@@ -115,7 +115,7 @@ class FailureResult:
 
 @dataclass(frozen=True, slots=True)
 class WebhookEvent:
-    """One delivery waiting in the outbox."""
+    """One delivery waiting in the outbox, as leased to this process."""
 
     id: int
     user_id: str
@@ -123,6 +123,7 @@ class WebhookEvent:
     payload: Mapping[str, Any]
     attempts: int
     created: datetime
+    lease_token: str  # this claim's; the outcome is recorded only while it holds the lease
 
 
 @dataclass(frozen=True, slots=True)

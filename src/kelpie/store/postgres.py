@@ -248,9 +248,12 @@ WITH due AS (
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
-UPDATE webhook_outbox AS o SET leased_until = now() + $2::float8 * interval '1 s'
+UPDATE webhook_outbox AS o
+SET leased_until = now() + $2::float8 * interval '1 s', lease_token = $3
 FROM due WHERE o.id = due.id
-RETURNING o.id, o.user_id, o.url, o.payload, o.attempts, o.created"""
+RETURNING o.id, o.user_id, o.url, o.payload, o.attempts, o.created, o.lease_token"""
+# The attempt's outcome, written only while its claim holds the lease. $1 id, $2 token.
+_HOLDS_WEBHOOK_LEASE = "id = $1 AND lease_token = $2 AND leased_until IS NOT NULL"
 
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -680,7 +683,7 @@ class PostgresStore:
 
     # -- webhook outbox ----------------------------------------------------------------
     async def claim_webhook_events(self, limit: int, lease_seconds: float) -> list[WebhookEvent]:
-        rows = await self._connected().fetch(_CLAIM_WEBHOOK_EVENTS, limit, lease_seconds)
+        rows = await self._connected().fetch(_CLAIM_WEBHOOK_EVENTS, limit, lease_seconds, new_id())
         events = [
             WebhookEvent(
                 id=row["id"],
@@ -689,35 +692,39 @@ class PostgresStore:
                 payload=row["payload"],
                 attempts=row["attempts"],
                 created=row["created"],
+                lease_token=row["lease_token"],
             )
             for row in rows
         ]
         return sorted(events, key=lambda event: event.id)
 
-    async def webhook_delivered(self, event_id: int) -> None:
-        await self._connected().execute(
-            "UPDATE webhook_outbox SET delivered_at = now(), leased_until = NULL,"
-            " attempts = attempts + 1 WHERE id = $1",
-            event_id,
-        )
+    async def webhook_delivered(self, event: WebhookEvent) -> bool:
+        return await self._record_webhook_outcome("delivered_at = now()", event)
 
-    async def webhook_retry_later(self, event_id: int, delay_seconds: float, error: str) -> None:
-        await self._connected().execute(
-            "UPDATE webhook_outbox SET attempts = attempts + 1,"
-            " next_attempt_at = now() + $2::float8 * interval '1 s',"
-            " leased_until = NULL, last_error = $3 WHERE id = $1",
-            event_id,
+    async def webhook_retry_later(
+        self, event: WebhookEvent, delay_seconds: float, error: str
+    ) -> bool:
+        return await self._record_webhook_outcome(
+            "next_attempt_at = now() + $3::float8 * interval '1 s', last_error = $4",
+            event,
             delay_seconds,
             error,
         )
 
-    async def webhook_give_up(self, event_id: int, error: str) -> None:
-        await self._connected().execute(
-            "UPDATE webhook_outbox SET attempts = attempts + 1, dead_at = now(),"
-            " leased_until = NULL, last_error = $2 WHERE id = $1",
-            event_id,
-            error,
+    async def webhook_give_up(self, event: WebhookEvent, error: str) -> bool:
+        return await self._record_webhook_outcome("dead_at = now(), last_error = $3", event, error)
+
+    async def _record_webhook_outcome(
+        self, assignments: str, event: WebhookEvent, *args: object
+    ) -> bool:
+        status: str = await self._connected().execute(
+            f"UPDATE webhook_outbox SET {assignments}, attempts = attempts + 1,"
+            f" leased_until = NULL, lease_token = NULL WHERE {_HOLDS_WEBHOOK_LEASE}",
+            event.id,
+            event.lease_token,
+            *args,
         )
+        return status == "UPDATE 1"
 
     async def purge_finished_webhooks(self, older_than_seconds: float) -> int:
         status: str = await self._connected().execute(

@@ -161,12 +161,17 @@ class Store(Protocol):
         """Events due for delivery, leased for `lease_seconds` so that no other process
         delivers the same attempt at the same time."""
 
-    async def webhook_delivered(self, event_id: int) -> None: ...
+    # The outcome of an attempt is recorded only while its claim still holds the lease, and
+    # these say whether it was: a process that stalled past its lease learns that another
+    # has taken the event over, and changes nothing.
+    async def webhook_delivered(self, event: WebhookEvent) -> bool: ...
 
-    async def webhook_retry_later(self, event_id: int, delay_seconds: float, error: str) -> None:
+    async def webhook_retry_later(
+        self, event: WebhookEvent, delay_seconds: float, error: str
+    ) -> bool:
         """Counts the attempt and makes the event due again after the delay."""
 
-    async def webhook_give_up(self, event_id: int, error: str) -> None: ...
+    async def webhook_give_up(self, event: WebhookEvent, error: str) -> bool: ...
 
     async def pending_webhook_count(self) -> int: ...
 

@@ -782,17 +782,20 @@ class SqliteStore:
 
     # -- webhook outbox ----------------------------------------------------------------
     async def claim_webhook_events(self, limit: int, lease_seconds: float) -> list[WebhookEvent]:
+        token = new_id()
+
         def lease(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             now = time.time()
             return _all(
                 conn,
-                "UPDATE webhook_outbox SET leased_until = :until WHERE id IN ("
+                "UPDATE webhook_outbox SET leased_until = :until, lease_token = :token"
+                " WHERE id IN ("
                 "  SELECT id FROM webhook_outbox"
                 "  WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= :now"
                 "    AND (leased_until IS NULL OR leased_until <= :now)"
                 "  ORDER BY id LIMIT :limit)"
                 " RETURNING id, user_id, url, payload, attempts, created",
-                {"now": now, "until": now + lease_seconds, "limit": limit},
+                {"now": now, "until": now + lease_seconds, "limit": limit, "token": token},
             )
 
         rows = await self._write(lease)
@@ -804,31 +807,44 @@ class SqliteStore:
                 payload=json.loads(row["payload"]),
                 attempts=row["attempts"],
                 created=_dt(row["created"]),
+                lease_token=token,
             )
             for row in rows
         ]
         return sorted(events, key=lambda event: event.id)
 
-    async def webhook_delivered(self, event_id: int) -> None:
-        await self._execute(
-            "UPDATE webhook_outbox SET delivered_at = ?, leased_until = NULL,"
-            " attempts = attempts + 1 WHERE id = ?",
-            (time.time(), event_id),
+    async def webhook_delivered(self, event: WebhookEvent) -> bool:
+        return await self._record_webhook_outcome("delivered_at = :now", event, {})
+
+    async def webhook_retry_later(
+        self, event: WebhookEvent, delay_seconds: float, error: str
+    ) -> bool:
+        return await self._record_webhook_outcome(
+            "next_attempt_at = :now + :delay, last_error = :error",
+            event,
+            {"delay": delay_seconds, "error": error},
         )
 
-    async def webhook_retry_later(self, event_id: int, delay_seconds: float, error: str) -> None:
-        await self._execute(
-            "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ?,"
-            " leased_until = NULL, last_error = ? WHERE id = ?",
-            (time.time() + delay_seconds, error, event_id),
+    async def webhook_give_up(self, event: WebhookEvent, error: str) -> bool:
+        return await self._record_webhook_outcome(
+            "dead_at = :now, last_error = :error", event, {"error": error}
         )
 
-    async def webhook_give_up(self, event_id: int, error: str) -> None:
-        await self._execute(
-            "UPDATE webhook_outbox SET attempts = attempts + 1, dead_at = ?,"
-            " leased_until = NULL, last_error = ? WHERE id = ?",
-            (time.time(), error, event_id),
-        )
+    async def _record_webhook_outcome(
+        self, assignments: str, event: WebhookEvent, params: dict[str, Any]
+    ) -> bool:
+        """The attempt's outcome, written only while its claim holds the lease."""
+
+        def record(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                f"UPDATE webhook_outbox SET {assignments}, attempts = attempts + 1,"
+                " leased_until = NULL, lease_token = NULL"
+                " WHERE id = :id AND lease_token = :token AND leased_until IS NOT NULL",
+                {**params, "now": time.time(), "id": event.id, "token": event.lease_token},
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(record)
 
     async def purge_finished_webhooks(self, older_than_seconds: float) -> int:
         cutoff = time.time() - older_than_seconds

@@ -124,12 +124,17 @@ class WebhookSender:
     async def deliver(self, event: WebhookEvent) -> None:
         credentials = await self._credentials_of(event.user_id)
         if credentials is None:
-            await self._store.webhook_give_up(event.id, "the user no longer exists")
+            await self._store.webhook_give_up(event, "the user no longer exists")
             log.warning("webhook %s dropped: user %s no longer exists", event.id, event.user_id)
             return
         error = await self._post(event, credentials)
         if error is None:
-            await self._store.webhook_delivered(event.id)
+            if not await self._store.webhook_delivered(event):
+                log.warning(
+                    "webhook %s was delivered after its lease ran out; another process may"
+                    " send it again (at-least-once)",
+                    message_id(event),
+                )
         else:
             await self._record_failure(event, error)
 
@@ -155,7 +160,7 @@ class WebhookSender:
     async def _record_failure(self, event: WebhookEvent, error: str) -> None:
         remaining = self._max_age_seconds - _age_seconds(event)
         if remaining <= 0:
-            await self._store.webhook_give_up(event.id, error)
+            await self._store.webhook_give_up(event, error)
             log.warning(
                 "webhook %s to %s given up after %d attempts: %s",
                 message_id(event),
@@ -166,7 +171,7 @@ class WebhookSender:
             return
         # The last attempt falls exactly at the end of the window rather than past it.
         delay = min(retry_delay(event.attempts + 1), remaining)
-        await self._store.webhook_retry_later(event.id, delay, error)
+        await self._store.webhook_retry_later(event, delay, error)
         log.log(
             logging.INFO if event.attempts == 0 else logging.DEBUG,
             "webhook %s to %s failed (%s); attempt %d, retrying in %.1f s",

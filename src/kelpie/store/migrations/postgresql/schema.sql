@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0001 (postgresql). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0002 (postgresql). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
@@ -107,7 +107,8 @@ CREATE TABLE webhook_outbox (
     delivered_at    timestamptz,
     dead_at         timestamptz,
     last_error      text,
-    created         timestamptz NOT NULL
+    created         timestamptz NOT NULL,
+    lease_token     text        -- the current lease holder's claim
 );
 CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at)
     WHERE delivered_at IS NULL AND dead_at IS NULL;

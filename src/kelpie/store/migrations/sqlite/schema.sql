@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0001 (sqlite). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0002 (sqlite). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
@@ -110,7 +110,8 @@ CREATE TABLE webhook_outbox (
     delivered_at    REAL,
     dead_at         REAL,
     last_error      TEXT,
-    created         REAL NOT NULL
+    created         REAL NOT NULL,
+    lease_token     TEXT        -- the current lease holder's claim
 );
 CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at)
     WHERE delivered_at IS NULL AND dead_at IS NULL;
