@@ -12,8 +12,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+import kelpie.store.postgres
+import kelpie.store.sqlite
 from kelpie.store import PostgresStore, SqliteStore, StoreError, open_store
-from kelpie.store.migrations import load_migrations, schema_snapshot
+from kelpie.store.migrations import Dialect, Migration, load_migrations, schema_snapshot
+from kelpie.store.models import NewJob
 
 Catalog = dict[str, Any]
 
@@ -181,3 +184,48 @@ async def test_a_database_from_a_newer_kelpie_is_refused(database_url: str) -> N
 
     with pytest.raises(StoreError, match="newer"):
         await open_store(database_url).open()
+
+
+async def test_an_older_database_is_upgraded_with_its_data_intact(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database left by a kelpie that had only the first migration, with an event pending.
+    def first_migration_only(dialect: Dialect) -> list[Migration]:
+        return load_migrations(dialect)[:1]
+
+    monkeypatch.setattr(kelpie.store.sqlite, "load_migrations", first_migration_only)
+    monkeypatch.setattr(kelpie.store.postgres, "load_migrations", first_migration_only)
+    old = open_store(database_url)
+    await old.open()
+    user = await old.create_user("from-before")
+    [job] = await old.create_jobs(
+        user.id,
+        [
+            NewJob(
+                container_group_id="g",
+                max_failures=3,
+                heartbeat_interval=30,
+                webhook="https://example.com/hook",
+                spec={"command": "x", "args": [], "environment": {}, "sync": None},
+            )
+        ],
+    )
+    assert await old.claim_job("m1", "g", None) is not None  # queues a `running` event
+    await old.close()
+    assert await applied_versions(database_url) == [1]
+    monkeypatch.undo()
+
+    store = open_store(database_url)
+    await store.open()
+    try:
+        assert await store.get_user(user.id) == user
+        running = await store.get_job(job.id, None)
+        assert running is not None and running.status == "running"
+        [event] = await store.claim_webhook_events(10, 30)
+        assert event.payload["job_id"] == job.id and event.lease_token
+        assert await store.webhook_delivered(event)
+    finally:
+        await store.close()
+    assert sorted(await applied_versions(database_url)) == [
+        m.version for m in load_migrations("sqlite")
+    ]
