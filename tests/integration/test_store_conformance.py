@@ -40,6 +40,7 @@ from kelpie.store.models import (
     ScalingRule,
     ScalingRulePatch,
     User,
+    WebhookEvent,
 )
 
 T = TypeVar("T")
@@ -988,16 +989,23 @@ async def test_finished_webhook_events_are_purged_and_pending_ones_kept(store: S
     assert await store.pending_webhook_count() == 1
 
 
-async def test_expired_webhook_lease_makes_the_event_due_again(store: Store) -> None:
+async def lease_taken_over(store: Store) -> tuple[WebhookEvent, WebhookEvent]:
+    """One event leased for 0.2 s, then claimed again once that lease ran out: the first
+    holder's view of it and the second's."""
     user = await new_user(store)
     await submit(store, user, webhook="https://example.com/hook")
     assert await store.claim_job("m1", GROUP, None) is not None
-    [leased] = await store.claim_webhook_events(10, 0.2)
+    [first] = await store.claim_webhook_events(10, 0.2)
 
-    async def claim() -> list[Any] | None:
+    async def claim() -> list[WebhookEvent] | None:
         return await store.claim_webhook_events(10, 30) or None
 
-    [again] = await eventually(claim)
+    [second] = await eventually(claim)
+    return first, second
+
+
+async def test_expired_webhook_lease_makes_the_event_due_again(store: Store) -> None:
+    leased, again = await lease_taken_over(store)
 
     assert again.id == leased.id and again.attempts == 0
     assert again.lease_token != leased.lease_token
@@ -1006,15 +1014,7 @@ async def test_expired_webhook_lease_makes_the_event_due_again(store: Store) -> 
 async def test_a_holder_past_its_lease_cannot_undo_the_next_holders_outcome(
     store: Store,
 ) -> None:
-    user = await new_user(store)
-    await submit(store, user, webhook="https://example.com/hook")
-    assert await store.claim_job("m1", GROUP, None) is not None
-    [stalled] = await store.claim_webhook_events(10, 0.2)
-
-    async def claim() -> list[Any] | None:
-        return await store.claim_webhook_events(10, 30) or None
-
-    [taken_over] = await eventually(claim)  # the lease ran out; another process has it now
+    stalled, taken_over = await lease_taken_over(store)
 
     # The stalled holder wakes up: none of its outcomes may clear the new holder's lease.
     assert not await store.webhook_retry_later(stalled, 0, "timeout")
