@@ -640,6 +640,50 @@ async def test_submissions_are_announced_to_listeners(store: Store, database_url
 
 
 @pytest.mark.postgres
+async def test_heartbeats_leave_the_lease_index_alone_yet_only_silence_stalls_a_job(
+    fresh_postgres_url: Callable[[], str],
+) -> None:
+    url = fresh_postgres_url()
+    store = PostgresStore(url)
+    await store.open()
+    admin = await asyncpg.connect(url)
+    try:
+        user = await new_user(store)
+        [job] = await submit(store, user, heartbeat_interval=30)
+        assert await store.claim_job("m1", GROUP, None) is not None
+        lease = "SELECT lease_expires FROM jobs WHERE id = $1"
+        claimed_lease = await admin.fetchval(lease, job.id)
+
+        # A heartbeat with most of the lease left moves no indexed column, so PostgreSQL can
+        # update the row in place (HOT) without touching the indexes.
+        assert await store.heartbeat(job.id, "m1", None) == "running"
+        assert await admin.fetchval(lease, job.id) == claimed_lease
+
+        # The lease index says expired, but the job beat 10 s ago: it is not stalled.
+        await admin.execute(
+            "UPDATE jobs SET lease_expires = now() - interval '1 s',"
+            " heartbeat = now() - interval '10 s' WHERE id = $1",
+            job.id,
+        )
+        assert await store.claim_job("m2", GROUP, None) is None
+        # The next heartbeat, with less than half an interval left, moves the lease on.
+        assert await store.heartbeat(job.id, "m1", None) == "running"
+        assert await admin.fetchval(lease, job.id) > claimed_lease
+
+        # Silent for more than two intervals: stalled, whatever the lease column says.
+        await admin.execute(
+            "UPDATE jobs SET lease_expires = now() - interval '1 s',"
+            " heartbeat = now() - interval '61 s' WHERE id = $1",
+            job.id,
+        )
+        taken = await store.claim_job("m2", GROUP, None)
+        assert taken is not None and taken.id == job.id and taken.machine_id == "m2"
+    finally:
+        await admin.close()
+        await store.close()
+
+
+@pytest.mark.postgres
 async def test_listener_reconnects_after_losing_its_connection(
     fresh_postgres_url: Callable[[], str],
 ) -> None:

@@ -116,7 +116,14 @@ def _end_running_attempt(source: str, outcome: str, exit_code: str = "NULL") -> 
 def _claimable(status: Literal["running", "pending"], priority: int) -> str:
     """The oldest job of the group in `status` (stalled, when running) that the machine may
     take, locked, as (id, priority). $1 machine, $2 group, $3 user or NULL."""
-    stalled = "AND j.lease_expires < now()" if status == "running" else ""
+    # lease_expires is a lower bound of the true deadline (see _HEARTBEAT): it finds the
+    # candidates through the index, the heartbeat decides.
+    stalled = (
+        "AND j.lease_expires < now()"
+        " AND j.heartbeat < now() - j.heartbeat_interval * interval '2 s'"
+        if status == "running"
+        else ""
+    )
     return f"""
         SELECT id, {priority} AS priority FROM (
             SELECT j.id FROM jobs AS j
@@ -129,6 +136,21 @@ def _claimable(status: Literal["running", "pending"], priority: int) -> str:
             FOR UPDATE OF j SKIP LOCKED
         ) AS {status}_job"""
 
+
+# A job is stalled when its heartbeat is older than two intervals. lease_expires (indexed,
+# so that a claim finds stalled jobs without walking the running ones) is moved only when
+# less than half an interval of it is left: a heartbeat that leaves it alone touches no
+# indexed column, so PostgreSQL updates the row in place (HOT) instead of writing an entry
+# into every index of `jobs`. It stays at most the true deadline; the claim checks the
+# heartbeat itself.
+_HEARTBEAT = f"""
+UPDATE jobs SET heartbeat = now(), num_heartbeats = num_heartbeats + 1,
+    lease_expires = CASE
+        WHEN lease_expires < now() + heartbeat_interval * interval '500 ms'
+        THEN now() + heartbeat_interval * interval '2 s'
+        ELSE lease_expires END
+WHERE {_HELD}
+RETURNING true"""
 
 _CLAIM = f"""
 WITH chosen AS (
@@ -613,9 +635,7 @@ class PostgresStore:
     ) -> JobStatus | None:
         pool = self._connected()
         beat = await pool.fetchval(
-            "UPDATE jobs SET heartbeat = now(), num_heartbeats = num_heartbeats + 1,"
-            f" lease_expires = now() + heartbeat_interval * interval '2 s' WHERE {_HELD}"
-            " RETURNING true",
+            _HEARTBEAT,
             job_id,
             machine_id,
             user_id,
