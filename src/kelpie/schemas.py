@@ -26,6 +26,10 @@ SyncDirection = Literal["download", "upload"]
 
 JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "running", "completed", "canceled", "failed")
 MAX_BATCH = 1000
+# The folder, under each checkpoint prefix, holding the objects of committed generations.
+CHECKPOINT_AREA = ".kelpie/"
+MAX_CHECKPOINT_FILES = 10_000
+_SHA256_HEX = r"^[0-9a-f]{64}$"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -66,6 +70,17 @@ def _check_webhook(url: str | None) -> str | None:
     if url is not None and not re.match(r"^https?://[^\s/?#]+[^\s]*$", url):
         raise ValueError("must be an http:// or https:// URL")
     return url
+
+
+def check_checkpoint_path(path: str) -> str:
+    """A file's place inside a checkpoint folder: relative, normalized, `/`-separated, and
+    outside the folder kelpie keeps its own objects in."""
+    parts = path.split("/")
+    if path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ValueError("must be a normalized relative path (no leading '/', '.', '..' or '//')")
+    if path + "/" == CHECKPOINT_AREA or path.startswith(CHECKPOINT_AREA):
+        raise ValueError(f"must not lie under {CHECKPOINT_AREA!r}, which kelpie keeps for itself")
+    return path
 
 
 def _check_local_path(path: str) -> str:
@@ -176,6 +191,7 @@ class JobCreate(_Request):
     webhook: Annotated[str | None, Field(max_length=2048), AfterValidator(_check_webhook)] = None
     container_group_id: Annotated[str, Field(min_length=1, max_length=255)]
     compression: bool = False
+    checkpoint_keep: Annotated[int, Field(ge=1, le=1000)] = 3
 
     @model_validator(mode="after")
     def _storage_form_is_consistent(self) -> JobCreate:
@@ -225,6 +241,10 @@ class JobOut(BaseModel):
     webhook: str | None = None
     container_group_id: str
     compression: bool = False
+    checkpoint_keep: int = 3
+    checkpoint_generation: int | None = None
+    attempt_id: int | None = None
+    """Set only in the answer of `GET /work`: the claim's fencing token."""
 
     def to_wire(self) -> dict[str, Any]:
         """JSON body: `sync` when the job used it, the legacy storage fields otherwise."""
@@ -240,28 +260,112 @@ class JobList(BaseModel):
 
 
 class AttemptOut(BaseModel):
+    id: int | None = None
     machine_id: str
     started: Timestamp
     ended: Timestamp | None = None
     outcome: AttemptOutcome
     exit_code: int | None = None
+    warnings: list[str] = Field(default_factory=list)
 
 
 MachineId = Annotated[str, Field(min_length=1, max_length=255)]
 GroupId = Annotated[str, Field(min_length=1, max_length=255)]
+AttemptId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 class WorkerReport(_Request):
-    """Body of heartbeat, completed and interrupted calls."""
+    """Body of heartbeat, completed and interrupted calls. With `attempt_id` (kelpie
+    workers) the call is fenced by attempt; without it (the reference worker) by machine."""
 
     machine_id: MachineId
     container_group_id: GroupId
+    attempt_id: AttemptId | None = None
 
 
 class FailureReport(WorkerReport):
     # Exit statuses are small; the bound keeps any value storable in a 32-bit column.
     exit_code: Annotated[int | None, Field(ge=-(2**31), le=2**31 - 1)] = None
     error: Annotated[str | None, Field(max_length=8192)] = None
+
+
+class CheckpointFile(_Request):
+    """One file of a generation: where it lies in the checkpoint folder of `target` (the
+    legacy checkpoint prefix is target 0; with `sync`, target i is `sync.during[i]`), the
+    object holding it, and what it must read back as."""
+
+    target: Annotated[int, Field(ge=0, le=1000)]
+    path: Annotated[
+        str, Field(min_length=1, max_length=1024), AfterValidator(check_checkpoint_path)
+    ]
+    key: Annotated[str, Field(min_length=1, max_length=2048)]
+    size: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    sha256: Annotated[str, Field(pattern=_SHA256_HEX)]
+    """Of the file's bytes as the job wrote them (before any gzip)."""
+
+
+class CheckpointCommit(_Request):
+    """`POST /jobs/{id}/checkpoints`: the holding attempt commits generation `generation`."""
+
+    machine_id: MachineId
+    container_group_id: GroupId
+    attempt_id: AttemptId
+    generation: Annotated[int, Field(ge=1, le=2**63 - 1)]
+    files: Annotated[list[CheckpointFile], Field(max_length=MAX_CHECKPOINT_FILES)]
+
+    @model_validator(mode="after")
+    def _one_entry_per_file(self) -> CheckpointCommit:
+        seen: set[tuple[int, str]] = set()
+        for i, item in enumerate(self.files):
+            if (item.target, item.path) in seen:
+                raise ValueError(
+                    f"files[{i}]: {item.path!r} of target {item.target} is listed twice"
+                )
+            seen.add((item.target, item.path))
+        return self
+
+
+class CheckpointOut(BaseModel):
+    """A committed generation."""
+
+    generation: int
+    attempt_id: int
+    machine_id: str
+    created: Timestamp
+    files: int
+    bytes: int
+    kept: bool
+    """False once newer generations pushed it out of `checkpoint_keep`: its objects may be gone."""
+
+
+class CheckpointFileOut(BaseModel):
+    target: int
+    path: str
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+
+
+class CheckpointManifestOut(CheckpointOut):
+    """A kept generation with its files (`GET /jobs/{id}/checkpoints/{generation}`)."""
+
+    compressed: bool = False
+    """Objects are gzipped (the job's `compression`); sizes and hashes are of the plain bytes."""
+    manifest: list[CheckpointFileOut] = Field(default_factory=list)
+
+
+class ObjectRef(BaseModel):
+    bucket: str
+    key: str
+
+
+class CheckpointCommitted(BaseModel):
+    """Answer of a commit: the generation, and the objects no kept generation needs any more
+    (the committing worker deletes them)."""
+
+    checkpoint: CheckpointOut
+    expired: list[ObjectRef] = Field(default_factory=list)
 
 
 class HeartbeatOut(BaseModel):

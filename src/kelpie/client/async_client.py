@@ -16,7 +16,19 @@ from kelpie.client.calls import Call, JobSubmission
 from kelpie.client.config import ClientConfig, env_settings
 from kelpie.client.errors import KelpieError
 from kelpie.client.retry import Backoff, Outcome, Retrying
-from kelpie.schemas import AttemptOut, JobList, JobOut, JobStatus, MeOut, ScalingRuleOut, UserOut
+from kelpie.schemas import (
+    AttemptOut,
+    CheckpointCommit,
+    CheckpointCommitted,
+    CheckpointManifestOut,
+    CheckpointOut,
+    JobList,
+    JobOut,
+    JobStatus,
+    MeOut,
+    ScalingRuleOut,
+    UserOut,
+)
 
 T = TypeVar("T")
 
@@ -156,14 +168,26 @@ class AsyncKelpieClient:
         Retried only on connection failures; otherwise raises and the caller polls again."""
         return await self._run(calls.poll_work(machine_id, container_group_id, wait))
 
-    async def heartbeat(self, job_id: str, machine_id: str, container_group_id: str) -> str:
-        """Refresh the lease; returns the status to act on (`running` = keep going)."""
-        return await self._run(calls.heartbeat(job_id, machine_id, container_group_id))
+    async def heartbeat(
+        self,
+        job_id: str,
+        machine_id: str,
+        container_group_id: str,
+        attempt_id: int | None = None,
+    ) -> str:
+        """Refresh the lease; returns the status to act on (`running` = keep going).
+        With `attempt_id`, `Conflict` when another attempt holds the job."""
+        return await self._run(calls.heartbeat(job_id, machine_id, container_group_id, attempt_id))
 
-    async def report_completed(self, job_id: str, machine_id: str, container_group_id: str) -> None:
-        """Report success. `Conflict` if this machine no longer holds the job (or a retried
-        report had already succeeded)."""
-        await self._run(calls.report_completed(job_id, machine_id, container_group_id))
+    async def report_completed(
+        self,
+        job_id: str,
+        machine_id: str,
+        container_group_id: str,
+        attempt_id: int | None = None,
+    ) -> None:
+        """Report success. `Conflict` if this attempt no longer holds the job."""
+        await self._run(calls.report_completed(job_id, machine_id, container_group_id, attempt_id))
 
     async def report_failed(
         self,
@@ -172,17 +196,38 @@ class AsyncKelpieClient:
         container_group_id: str,
         exit_code: int | None,
         error: str | None,
+        attempt_id: int | None = None,
     ) -> None:
         """Report a failure with the exit code and reason. `Conflict` as for completion."""
         await self._run(
-            calls.report_failed(job_id, machine_id, container_group_id, exit_code, error)
+            calls.report_failed(
+                job_id, machine_id, container_group_id, exit_code, error, attempt_id
+            )
         )
 
     async def report_interrupted(
-        self, job_id: str, machine_id: str, container_group_id: str
+        self,
+        job_id: str,
+        machine_id: str,
+        container_group_id: str,
+        attempt_id: int | None = None,
     ) -> None:
         """Hand the job back (this node is going away); no failure is counted."""
-        await self._run(calls.report_interrupted(job_id, machine_id, container_group_id))
+        await self._run(
+            calls.report_interrupted(job_id, machine_id, container_group_id, attempt_id)
+        )
+
+    async def commit_checkpoint(self, job_id: str, commit: CheckpointCommit) -> CheckpointCommitted:
+        """Commit a checkpoint generation for the holding attempt; `Conflict` otherwise."""
+        return await self._run(calls.commit_checkpoint(job_id, commit))
+
+    async def list_checkpoints(self, job_id: str) -> list[CheckpointOut]:
+        """Every committed generation of the job, oldest first."""
+        return await self._run(calls.list_checkpoints(job_id))
+
+    async def get_checkpoint(self, job_id: str, generation: int) -> CheckpointManifestOut:
+        """A kept generation with its files."""
+        return await self._run(calls.get_checkpoint(job_id, generation))
 
     # -- users ------------------------------------------------------------------------------
 

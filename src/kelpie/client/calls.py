@@ -18,6 +18,10 @@ from kelpie.client.errors import ApiUnavailable, KelpieError, error_from_respons
 from kelpie.client.retry import NOT_SENT_ERRORS, Outcome, RetryPolicy
 from kelpie.schemas import (
     AttemptOut,
+    CheckpointCommit,
+    CheckpointCommitted,
+    CheckpointManifestOut,
+    CheckpointOut,
     HealthOut,
     HeartbeatOut,
     JobCreate,
@@ -132,8 +136,13 @@ def _submission_body(job: JobSubmission) -> dict[str, Any]:
     return dict(job)
 
 
-def _worker_body(machine_id: str, container_group_id: str) -> dict[str, Any]:
-    return {"machine_id": machine_id, "container_group_id": container_group_id}
+def _worker_body(
+    machine_id: str, container_group_id: str, attempt_id: int | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"machine_id": machine_id, "container_group_id": container_group_id}
+    if attempt_id is not None:
+        body["attempt_id"] = attempt_id
+    return body
 
 
 # -- jobs -----------------------------------------------------------------------------------
@@ -240,7 +249,9 @@ def poll_work(machine_id: str, container_group_id: str, wait: float = 0) -> Call
     )
 
 
-def heartbeat(job_id: str, machine_id: str, container_group_id: str) -> Call[str]:
+def heartbeat(
+    job_id: str, machine_id: str, container_group_id: str, attempt_id: int | None = None
+) -> Call[str]:
     """`POST /jobs/{id}/heartbeat` → the job's status as this machine should act on it
     (`running`: keep going; anything else: stop). Safe to repeat: an extra beat only refreshes
     the lease once more."""
@@ -249,11 +260,13 @@ def heartbeat(job_id: str, machine_id: str, container_group_id: str) -> Call[str
         f"/jobs/{_segment(job_id)}/heartbeat",
         RetryPolicy.IDEMPOTENT,
         lambda response: HeartbeatOut.model_validate_json(response.content).status,
-        body=_worker_body(machine_id, container_group_id),
+        body=_worker_body(machine_id, container_group_id, attempt_id),
     )
 
 
-def report_completed(job_id: str, machine_id: str, container_group_id: str) -> Call[None]:
+def report_completed(
+    job_id: str, machine_id: str, container_group_id: str, attempt_id: int | None = None
+) -> Call[None]:
     """`POST /jobs/{id}/completed`. Retried on every transient failure, even after the server
     may have acted: it fences reports by holder, so a repeat after a success is refused with
     409, raised as `Conflict` for the caller to judge (the job may have completed already)."""
@@ -262,30 +275,74 @@ def report_completed(job_id: str, machine_id: str, container_group_id: str) -> C
         f"/jobs/{_segment(job_id)}/completed",
         RetryPolicy.IDEMPOTENT,
         _nothing,
-        body=_worker_body(machine_id, container_group_id),
+        body=_worker_body(machine_id, container_group_id, attempt_id),
     )
 
 
 def report_failed(
-    job_id: str, machine_id: str, container_group_id: str, exit_code: int | None, error: str | None
+    job_id: str,
+    machine_id: str,
+    container_group_id: str,
+    exit_code: int | None,
+    error: str | None,
+    attempt_id: int | None = None,
 ) -> Call[None]:
     """`POST /jobs/{id}/failed`. Retried like `report_completed`: fenced by holder, and the
     failure also releases the hold, so a repeat after a success answers 409 (`Conflict`)
     rather than counting a second failure."""
-    body = {**_worker_body(machine_id, container_group_id), "exit_code": exit_code, "error": error}
+    body = {
+        **_worker_body(machine_id, container_group_id, attempt_id),
+        "exit_code": exit_code,
+        "error": error,
+    }
     return Call(
         "POST", f"/jobs/{_segment(job_id)}/failed", RetryPolicy.IDEMPOTENT, _nothing, body=body
     )
 
 
-def report_interrupted(job_id: str, machine_id: str, container_group_id: str) -> Call[None]:
+def report_interrupted(
+    job_id: str, machine_id: str, container_group_id: str, attempt_id: int | None = None
+) -> Call[None]:
     """`POST /jobs/{id}/interrupted`. Retried like `report_completed` (fenced; repeat → 409)."""
     return Call(
         "POST",
         f"/jobs/{_segment(job_id)}/interrupted",
         RetryPolicy.IDEMPOTENT,
         _nothing,
-        body=_worker_body(machine_id, container_group_id),
+        body=_worker_body(machine_id, container_group_id, attempt_id),
+    )
+
+
+def commit_checkpoint(job_id: str, commit: CheckpointCommit) -> Call[CheckpointCommitted]:
+    """`POST /jobs/{id}/checkpoints`: the holding attempt commits a generation. Safe to repeat:
+    the server answers a repeat of a commit it already took (same attempt, same generation,
+    same files) with that commit; anything else from a non-holder is a 409 (`Conflict`)."""
+    return Call(
+        "POST",
+        f"/jobs/{_segment(job_id)}/checkpoints",
+        RetryPolicy.IDEMPOTENT,
+        _model(CheckpointCommitted),
+        body=commit.model_dump(mode="json"),
+    )
+
+
+def list_checkpoints(job_id: str) -> Call[list[CheckpointOut]]:
+    """`GET /jobs/{id}/checkpoints`: every committed generation, oldest first. A read."""
+    return Call(
+        "GET",
+        f"/jobs/{_segment(job_id)}/checkpoints",
+        RetryPolicy.IDEMPOTENT,
+        _models(CheckpointOut),
+    )
+
+
+def get_checkpoint(job_id: str, generation: int) -> Call[CheckpointManifestOut]:
+    """`GET /jobs/{id}/checkpoints/{generation}`: a kept generation with its files. A read."""
+    return Call(
+        "GET",
+        f"/jobs/{_segment(job_id)}/checkpoints/{int(generation)}",
+        RetryPolicy.IDEMPOTENT,
+        _model(CheckpointManifestOut),
     )
 
 

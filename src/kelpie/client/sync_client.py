@@ -16,7 +16,17 @@ from kelpie.client.calls import Call, JobSubmission
 from kelpie.client.config import ClientConfig, env_settings
 from kelpie.client.errors import KelpieError
 from kelpie.client.retry import Backoff, Outcome, Retrying
-from kelpie.schemas import AttemptOut, JobList, JobOut, JobStatus, MeOut, ScalingRuleOut, UserOut
+from kelpie.schemas import (
+    AttemptOut,
+    CheckpointManifestOut,
+    CheckpointOut,
+    JobList,
+    JobOut,
+    JobStatus,
+    MeOut,
+    ScalingRuleOut,
+    UserOut,
+)
 
 T = TypeVar("T")
 
@@ -141,6 +151,14 @@ class KelpieClient:
 
     def list_attempts(self, job_id: str) -> list[AttemptOut]:
         return self._run(calls.list_attempts(job_id))
+
+    def list_checkpoints(self, job_id: str) -> list[CheckpointOut]:
+        """Every committed checkpoint generation of the job, oldest first."""
+        return self._run(calls.list_checkpoints(job_id))
+
+    def get_checkpoint(self, job_id: str, generation: int) -> CheckpointManifestOut:
+        """A kept generation with its files (bucket, key, size, SHA-256 of each)."""
+        return self._run(calls.get_checkpoint(job_id, generation))
 
     def delete_all_jobs(self) -> None:
         """Admin: remove every job (test resets)."""
