@@ -368,6 +368,37 @@ class CheckpointCommitted(BaseModel):
     expired: list[ObjectRef] = Field(default_factory=list)
 
 
+EventDataKey = Annotated[str, Field(min_length=1, max_length=64)]
+EventDataValue = int | float | bool | Annotated[str, Field(max_length=1000)] | None
+WorkerEventKind = Literal[
+    "inputs_downloaded", "checkpoint_restored", "checkpoint_fallback", "started", "warning"
+]
+
+
+class JobEventIn(_Request):
+    """`POST /jobs/{id}/events`: something the holding worker saw (downloads, restores,
+    warnings). Only the holding attempt may post."""
+
+    machine_id: MachineId
+    container_group_id: GroupId
+    attempt_id: AttemptId
+    kind: WorkerEventKind
+    message: Annotated[str, Field(min_length=1, max_length=2000)]
+    data: Annotated[dict[EventDataKey, EventDataValue] | None, Field(max_length=20)] = None
+
+
+class JobEventOut(BaseModel):
+    """One thing that happened to a job (`GET /jobs/{id}/events`)."""
+
+    id: int
+    time: Timestamp
+    kind: str
+    message: str
+    attempt_id: int | None = None
+    machine_id: str | None = None
+    data: dict[str, Any] | None = None
+
+
 class HeartbeatOut(BaseModel):
     status: JobStatus
 

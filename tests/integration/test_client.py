@@ -240,11 +240,13 @@ async def test_a_worker_claims_beats_and_completes(
     assert (claimed.id, claimed.status, claimed.machine_id) == (job.id, "running", "m1")
     assert await async_client.poll_work("m2", group) is None
 
-    assert await async_client.heartbeat(job.id, "m1", group) == "running"
+    attempt_id = claimed.attempt_id
+    assert attempt_id is not None
+    assert await async_client.heartbeat(job.id, "m1", group, attempt_id) == "running"
     assert await async_client.heartbeat(job.id, "m2", group) == "canceled"
-    await async_client.report_completed(job.id, "m1", group)
-    with pytest.raises(Conflict):
-        await async_client.report_completed(job.id, "m1", group)
+    await async_client.report_completed(job.id, "m1", group, attempt_id)
+    with pytest.raises(Conflict):  # a repeat after success, with the token: refused
+        await async_client.report_completed(job.id, "m1", group, attempt_id)
 
     done = await async_client.get_job(job.id)
     assert (done.status, done.num_heartbeats) == ("completed", 1)

@@ -12,11 +12,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-import kelpie.store.postgres
-import kelpie.store.sqlite
 from kelpie.store import PostgresStore, SqliteStore, StoreError, open_store
-from kelpie.store.migrations import Dialect, Migration, load_migrations, schema_snapshot
-from kelpie.store.models import NewJob
+from kelpie.store.migrations import load_migrations, schema_snapshot
+from kelpie.store.models import HeldOutcome
 
 Catalog = dict[str, Any]
 
@@ -186,44 +184,85 @@ async def test_a_database_from_a_newer_kelpie_is_refused(database_url: str) -> N
         await open_store(database_url).open()
 
 
-async def test_an_older_database_is_upgraded_with_its_data_intact(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A database left by a kelpie that had only the first migration, with an event pending.
-    def first_migration_only(dialect: Dialect) -> list[Migration]:
-        return load_migrations(dialect)[:1]
+# A kelpie that had only the first migration left a user, a running job with its attempt, and
+# a queued webhook event: written here in that schema's own SQL, as that kelpie wrote them.
+_OLD_ROWS = {
+    "sqlite": [
+        "INSERT INTO users (id, username, created, is_admin, webhook_secret, webhook_token)"
+        " VALUES ('u1', 'from-before', 1700000000, 0, 'whsec_x', 'kwh_x')",
+        "INSERT INTO jobs (seq, id, user_id, status, container_group_id, created, started,"
+        " heartbeat, lease_expires, machine_id, max_failures, heartbeat_interval, webhook, spec)"
+        " VALUES (1, 'j1', 'u1', 'running', 'g', 1700000000, 1700000001, 1700000001,"
+        " 1700000061, 'm1', 3, 30, 'https://example.com/hook',"
+        ' \'{"command": "x", "arguments": []}\')',
+        "INSERT INTO attempts (job_id, machine_id, started, outcome)"
+        " VALUES ('j1', 'm1', 1700000001, 'running')",
+        "INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)"
+        " VALUES ('u1', 'https://example.com/hook', '{\"job_id\": \"j1\"}', 0, 0)",
+    ],
+    "postgresql": [
+        "INSERT INTO users (id, username, created, is_admin, webhook_secret, webhook_token)"
+        " VALUES ('u1', 'from-before', now(), false, 'whsec_x', 'kwh_x')",
+        "INSERT INTO jobs (id, user_id, status, container_group_id, created, started,"
+        " heartbeat, lease_expires, machine_id, max_failures, heartbeat_interval, webhook, spec)"
+        " VALUES ('j1', 'u1', 'running', 'g', now(), now(), now(), now(), 'm1', 3, 30,"
+        ' \'https://example.com/hook\', \'{"command": "x", "arguments": []}\')',
+        "INSERT INTO attempts (job_id, machine_id, started, outcome)"
+        " VALUES ('j1', 'm1', now(), 'running')",
+        "INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)"
+        " VALUES ('u1', 'https://example.com/hook', '{\"job_id\": \"j1\"}', now(), now())",
+    ],
+}
 
-    monkeypatch.setattr(kelpie.store.sqlite, "load_migrations", first_migration_only)
-    monkeypatch.setattr(kelpie.store.postgres, "load_migrations", first_migration_only)
-    old = open_store(database_url)
-    await old.open()
-    user = await old.create_user("from-before")
-    [job] = await old.create_jobs(
-        user.id,
-        [
-            NewJob(
-                container_group_id="g",
-                max_failures=3,
-                heartbeat_interval=30,
-                webhook="https://example.com/hook",
-                spec={"command": "x", "args": [], "environment": {}, "sync": None},
+
+async def _write_first_schema_with_rows(database_url: str) -> None:
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        try:
+            conn.executescript(load_migrations("sqlite")[0].sql)
+            conn.execute(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+                " applied_at REAL NOT NULL)"
             )
-        ],
-    )
-    assert await old.claim_job("m1", "g", None) is not None  # queues a `running` event
-    await old.close()
+            conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
+            for statement in _OLD_ROWS["sqlite"]:
+                conn.execute(statement)
+            conn.commit()
+        finally:
+            conn.close()
+        return
+    pg = await asyncpg.connect(database_url)
+    try:
+        await pg.execute(load_migrations("postgresql")[0].sql)
+        await pg.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL)"
+        )
+        await pg.execute("INSERT INTO schema_migrations VALUES (1, now())")
+        for statement in _OLD_ROWS["postgresql"]:
+            await pg.execute(statement)
+    finally:
+        await pg.close()
+
+
+async def test_an_older_database_is_upgraded_with_its_data_intact(database_url: str) -> None:
+    await _write_first_schema_with_rows(database_url)
     assert await applied_versions(database_url) == [1]
-    monkeypatch.undo()
 
     store = open_store(database_url)
     await store.open()
     try:
-        assert await store.get_user(user.id) == user
-        running = await store.get_job(job.id, None)
+        user = await store.get_user("u1")
+        assert user is not None and user.username == "from-before"
+        running = await store.get_job("j1", None)
         assert running is not None and running.status == "running"
+        assert (running.checkpoint_keep, running.checkpoint_generation) == (3, None)
         [event] = await store.claim_webhook_events(10, 30)
-        assert event.payload["job_id"] == job.id and event.lease_token
+        assert event.payload["job_id"] == "j1" and event.lease_token
         assert await store.webhook_delivered(event)
+        # The holder from before the upgrade (no attempt token) keeps its job.
+        assert await store.heartbeat("j1", "m1", None) == "running"
+        assert await store.complete_if_held("j1", "m1", None) is HeldOutcome.DONE
     finally:
         await store.close()
     assert sorted(await applied_versions(database_url)) == [

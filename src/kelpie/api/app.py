@@ -13,7 +13,8 @@ from fastapi import FastAPI
 
 from kelpie import __version__
 from kelpie.api.errors import install_error_handlers
-from kelpie.api.routers import health, jobs, scaling_rules, users, work
+from kelpie.api.liveness import Liveness
+from kelpie.api.routers import checkpoints, events, health, jobs, scaling_rules, users, work
 from kelpie.api.security import hash_api_key
 from kelpie.api.state import AppState
 from kelpie.config import ServerSettings
@@ -60,7 +61,9 @@ def create_app(settings: ServerSettings, fleet: FleetProvider | None = None) -> 
         store = open_store(settings.database_url)
         await store.open()
         provider = fleet or fleet_provider_from_env(os.environ)
-        state = AppState(settings=settings, store=store, fleet=provider)
+        state = AppState(settings=settings, store=store, fleet=provider, liveness=Liveness(store))
+        # Before serving: after an outage, leases are extended before the first claim.
+        await state.liveness.tick()
         if settings.admin_key:
             await store.ensure_admin(ADMIN_USERNAME, hash_api_key(settings.admin_key))
         await store.listen_for_new_jobs(state.notifier.notify)
@@ -70,6 +73,7 @@ def create_app(settings: ServerSettings, fleet: FleetProvider | None = None) -> 
             asyncio.create_task(_supervise(name, loop, state, stop), name=name)
             for name, loop in _background_loops()
         ]
+        tasks.append(asyncio.create_task(state.liveness.run(stop), name="api-liveness"))
         try:
             yield
         finally:
@@ -87,6 +91,14 @@ def create_app(settings: ServerSettings, fleet: FleetProvider | None = None) -> 
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (health.router, jobs.router, work.router, users.router, scaling_rules.router):
+    for router in (
+        health.router,
+        jobs.router,
+        checkpoints.router,
+        events.router,
+        work.router,
+        users.router,
+        scaling_rules.router,
+    ):
         app.include_router(router)
     return app

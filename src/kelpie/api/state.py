@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from kelpie.api.liveness import Liveness
 from kelpie.api.notifier import WorkNotifier
 from kelpie.config import ServerSettings
 from kelpie.fleet.base import FleetProvider
@@ -43,6 +44,7 @@ class AppState:
     settings: ServerSettings
     store: Store
     fleet: FleetProvider
+    liveness: Liveness
     notifier: WorkNotifier = field(default_factory=WorkNotifier)
     keys: KeyCache = field(default_factory=KeyCache)
     # Set after a state change that may have queued a webhook, so delivery starts at once.

@@ -5,12 +5,20 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from kelpie.schemas import JOB_STATUSES, AttemptOutcome, JobStatus
-from kelpie.store.models import Attempt, Job, ScalingRule, User
+from kelpie.store.models import (
+    Attempt,
+    Checkpoint,
+    Job,
+    JobEvent,
+    ManifestEntry,
+    ScalingRule,
+    User,
+)
 
 
 class Row(Protocol):
@@ -20,6 +28,32 @@ class Row(Protocol):
 
 
 NEW_JOBS_CHANNEL = "kelpie_new_jobs"
+
+# Job events the API writes with each state change, and those a holding worker may post.
+SERVER_EVENT_KINDS = (
+    "claimed",
+    "lost",
+    "completed",
+    "failed",
+    "interrupted",
+    "canceled",
+    "checkpoint_committed",
+)
+WORKER_EVENT_KINDS = (
+    "inputs_downloaded",
+    "checkpoint_restored",
+    "checkpoint_fallback",
+    "started",
+    "warning",
+)
+# Worker events shown as the attempt's `warnings`.
+WARNING_EVENT_KINDS = ("warning", "checkpoint_fallback")
+# A worker may post this many events per attempt; more are ignored (bounded store growth).
+MAX_WORKER_EVENTS_PER_ATTEMPT = 200
+
+# After this long without any API process reaching the store, the API counts it as an outage
+# in which heartbeats could not be heard (see Store.note_api_alive).
+OUTAGE_GAP_SECONDS = 3.0
 
 ATTEMPT_OUTCOMES: tuple[AttemptOutcome, ...] = (
     "running",
@@ -68,6 +102,67 @@ def as_attempt_outcome(value: str) -> AttemptOutcome:
     return value
 
 
+def claimed_message(machine_id: str) -> str:
+    return f"claimed by {machine_id}"
+
+
+def lost_message(next_machine_id: str) -> str:
+    return f"stopped heartbeating; the job was handed to {next_machine_id}"
+
+
+def completed_message(machine_id: str) -> str:
+    return f"completed on {machine_id}"
+
+
+def interrupted_message(machine_id: str) -> str:
+    return f"handed back by {machine_id} (its node is going away)"
+
+
+CANCELED_MESSAGE = "canceled by its owner"
+PURGED_MESSAGE = "canceled with the rest of its container group"
+
+
+def checkpoint_message(generation: int, files: int, size: int) -> str:
+    return f"checkpoint generation {generation} committed ({files} files, {size} bytes)"
+
+
+def failure_message(
+    machine_id: str, exit_code: int | None, error: str | None, *, ended: bool
+) -> str:
+    """The `failed` event's line: where, how, and what became of the job."""
+    how = "" if exit_code is None else f" (exit code {exit_code})"
+    why = "" if not error else f": {error[:500]}"
+    then = "it reached max_failures and failed" if ended else "it is pending again"
+    return f"failed on {machine_id}{how}{why}; {then}"
+
+
+def manifest_to_json(entries: Iterable[ManifestEntry]) -> list[list[Any]]:
+    """The stored form of a manifest: compact rows, in the order given."""
+    return [[e.target, e.path, e.key, e.size, e.sha256] for e in entries]
+
+
+def manifest_from_json(value: Any) -> tuple[ManifestEntry, ...]:
+    if value is None:
+        return ()
+    return tuple(
+        ManifestEntry(int(t), str(path), str(key), int(size), str(sha))
+        for t, path, key, size, sha in value
+    )
+
+
+def expired_objects(
+    dropped: Iterable[Sequence[ManifestEntry]], kept: Iterable[Sequence[ManifestEntry]]
+) -> tuple[tuple[int, str], ...]:
+    """(target, key) of the objects the dropped generations used and no kept one uses."""
+    still_used = {(e.target, e.key) for manifest in kept for e in manifest}
+    gone: dict[tuple[int, str], None] = {}
+    for manifest in dropped:
+        for entry in manifest:
+            if (entry.target, entry.key) not in still_used:
+                gone[(entry.target, entry.key)] = None
+    return tuple(gone)
+
+
 def page_offset(page: int, page_size: int) -> int:
     if page < 1 or page_size < 1:
         raise ValueError("page and page_size must be at least 1")
@@ -108,6 +203,9 @@ class RowDecoder:
             spec=self._json(row["spec"]),
             org_name=row["org_name"],
             project_name=row["project_name"],
+            attempt_id=row["attempt_id"],
+            checkpoint_generation=row["checkpoint_generation"],
+            checkpoint_keep=row["checkpoint_keep"],
         )
 
     def user(self, row: Row) -> User:
@@ -133,7 +231,7 @@ class RowDecoder:
             project_name=row["project_name"],
         )
 
-    def attempt(self, row: Row) -> Attempt:
+    def attempt(self, row: Row, warnings: Sequence[str] = ()) -> Attempt:
         return Attempt(
             job_id=row["job_id"],
             machine_id=row["machine_id"],
@@ -141,4 +239,33 @@ class RowDecoder:
             ended=self._optional_time(row["ended"]),
             outcome=as_attempt_outcome(row["outcome"]),
             exit_code=row["exit_code"],
+            id=row["id"],
+            warnings=tuple(warnings),
+        )
+
+    def checkpoint(self, row: Row, *, with_manifest: bool) -> Checkpoint:
+        manifest = self._json(row["manifest"]) if row["manifest"] is not None else None
+        return Checkpoint(
+            job_id=row["job_id"],
+            generation=row["generation"],
+            attempt_id=row["attempt_id"],
+            machine_id=row["machine_id"],
+            created=self._time(row["created"]),
+            files=row["files"],
+            bytes=row["bytes"],
+            kept=manifest is not None,
+            manifest=manifest_from_json(manifest) if with_manifest else (),
+        )
+
+    def event(self, row: Row) -> JobEvent:
+        data = row["data"]
+        return JobEvent(
+            id=row["id"],
+            job_id=row["job_id"],
+            created=self._time(row["created"]),
+            kind=row["kind"],
+            message=row["message"],
+            attempt_id=row["attempt_id"],
+            machine_id=row["machine_id"],
+            data=None if data is None else self._json(data),
         )

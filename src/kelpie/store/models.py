@@ -43,6 +43,7 @@ class NewJob:
     spec: Mapping[str, Any]
     org_name: str | None = None
     project_name: str | None = None
+    checkpoint_keep: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,10 @@ class Job:
     spec: Mapping[str, Any]
     org_name: str | None = None
     project_name: str | None = None
+    attempt_id: int | None = None
+    """The running (or last) attempt's id: the claim's fencing token."""
+    checkpoint_generation: int | None = None
+    checkpoint_keep: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,62 @@ class Attempt:
     ended: datetime | None
     outcome: AttemptOutcome
     exit_code: int | None
+    id: int | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    """One file of a checkpoint generation (see `kelpie.schemas.CheckpointFile`)."""
+
+    target: int
+    path: str
+    key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    job_id: str
+    generation: int
+    attempt_id: int
+    machine_id: str
+    created: datetime
+    files: int
+    bytes: int
+    kept: bool
+    manifest: tuple[ManifestEntry, ...] = ()
+    """Empty once the generation is no longer kept."""
+
+
+class CommitOutcome(enum.Enum):
+    DONE = "done"
+    REPEATED = "repeated"  # the same commit was taken before: answered again, nothing changes
+    NOT_HOLDER = "not_holder"  # 409
+    NOT_NEWER = "not_newer"  # a generation number that does not go forward: 409
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    outcome: CommitOutcome
+    checkpoint: Checkpoint | None = None
+    newest: int | None = None  # the newest committed generation, for the 409 message
+    expired: tuple[tuple[int, str], ...] = ()
+    """(target, key) of objects no kept generation refers to any more."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    id: int
+    job_id: str
+    created: datetime
+    kind: str
+    message: str
+    attempt_id: int | None = None
+    machine_id: str | None = None
+    data: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

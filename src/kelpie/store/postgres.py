@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -21,9 +21,23 @@ import asyncpg
 
 from kelpie.schemas import JobStatus
 from kelpie.store._common import (
+    CANCELED_MESSAGE,
+    MAX_WORKER_EVENTS_PER_ATTEMPT,
     NEW_JOBS_CHANNEL,
+    OUTAGE_GAP_SECONDS,
+    PURGED_MESSAGE,
+    WARNING_EVENT_KINDS,
     RowDecoder,
     as_job_status,
+    checkpoint_message,
+    claimed_message,
+    completed_message,
+    expired_objects,
+    failure_message,
+    interrupted_message,
+    lost_message,
+    manifest_from_json,
+    manifest_to_json,
     new_id,
     new_webhook_secret,
     new_webhook_token,
@@ -35,10 +49,15 @@ from kelpie.store.models import (
     Attempt,
     Blocked,
     CancelOutcome,
+    Checkpoint,
+    CommitOutcome,
+    CommitResult,
     FailureResult,
     HeldOutcome,
     Job,
+    JobEvent,
     JobQuery,
+    ManifestEntry,
     NewJob,
     Principal,
     ScalingRule,
@@ -77,6 +96,9 @@ _JOB_FIELDS = (
     "spec",
     "org_name",
     "project_name",
+    "attempt_id",
+    "checkpoint_generation",
+    "checkpoint_keep",
 )
 _JOB_COLUMNS = ", ".join(_JOB_FIELDS)
 _USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
@@ -84,8 +106,21 @@ _RULE_COLUMNS = (
     "user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,"
     " created, updated, org_name, project_name"
 )
-# $1 job id, $2 machine id, $3 user id or NULL for any user
-_HELD = "id = $1 AND status = 'running' AND machine_id = $2 AND ($3::text IS NULL OR user_id = $3)"
+_CHECKPOINT_COLUMNS = "job_id, generation, attempt_id, machine_id, created, files, bytes, manifest"
+_EVENT_COLUMNS = "id, job_id, attempt_id, machine_id, kind, message, data, created"
+
+
+def _held(attempt: str) -> str:
+    """The caller holds the job: $1 job id, $2 machine id, $3 user id or NULL for any user,
+    `attempt` the parameter of the attempt id (NULL: fenced by machine only)."""
+    return (
+        "id = $1 AND status = 'running' AND machine_id = $2"
+        " AND ($3::text IS NULL OR user_id = $3)"
+        f" AND ({attempt}::bigint IS NULL OR attempt_id = {attempt}::bigint)"
+    )
+
+
+_HELD = _held("$4")
 
 _SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -113,9 +148,17 @@ def _end_running_attempt(source: str, outcome: str, exit_code: str = "NULL") -> 
         FROM {source} WHERE attempts.job_id = {source}.id AND attempts.outcome = 'running'"""
 
 
-def _claimable(status: Literal["running", "pending"], priority: int) -> str:
+def _add_event(source: str, kind: str, message: str, data: str = "NULL") -> str:
+    """INSERT of a job event for each job `source` returns (with its attempt and machine)."""
+    return f"""
+        INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
+        SELECT id, attempt_id, machine_id, '{kind}', {message}, {data}, now() FROM {source}"""
+
+
+def _claimable(status: Literal["running", "pending"], gate: str = "TRUE") -> str:
     """The oldest job of the group in `status` (stalled, when running) that the machine may
-    take, locked, as (id, priority). $1 machine, $2 group, $3 user or NULL."""
+    take, locked. $1 machine, $2 group, $3 user or NULL. `gate` is a condition on nothing in
+    the row: when false, the scan never runs and locks nothing."""
     # lease_expires is a lower bound of the true deadline (see _HEARTBEAT): it finds the
     # candidates through the index, the heartbeat decides.
     stalled = (
@@ -125,16 +168,14 @@ def _claimable(status: Literal["running", "pending"], priority: int) -> str:
         else ""
     )
     return f"""
-        SELECT id, {priority} AS priority FROM (
-            SELECT j.id FROM jobs AS j
-            WHERE j.status = '{status}' AND j.container_group_id = $2 {stalled}
-              AND ($3::text IS NULL OR j.user_id = $3)
-              AND NOT EXISTS (
-                  SELECT 1 FROM job_blocks AS b WHERE b.job_id = j.id AND b.machine_id = $1)
-            ORDER BY j.created, j.seq
-            LIMIT 1
-            FOR UPDATE OF j SKIP LOCKED
-        ) AS {status}_job"""
+        SELECT j.id FROM jobs AS j
+        WHERE {gate} AND j.status = '{status}' AND j.container_group_id = $2 {stalled}
+          AND ($3::text IS NULL OR j.user_id = $3)
+          AND NOT EXISTS (
+              SELECT 1 FROM job_blocks AS b WHERE b.job_id = j.id AND b.machine_id = $1)
+        ORDER BY j.created, j.seq
+        LIMIT 1
+        FOR UPDATE OF j SKIP LOCKED"""
 
 
 # A job is stalled when its heartbeat is older than two intervals. lease_expires (indexed,
@@ -152,34 +193,55 @@ UPDATE jobs SET heartbeat = now(), num_heartbeats = num_heartbeats + 1,
 WHERE {_HELD}
 RETURNING true"""
 
+# A stalled job first, else the oldest pending one. The pending scan runs (and locks a row)
+# only when no stalled job was found, so a claim never holds a second job that concurrent
+# claimers would then skip. The attempt id is drawn first so that the job and its attempt
+# row carry it in one statement. $4 the claimed event's message, $5 the lost one's.
 _CLAIM = f"""
-WITH chosen AS (
-    SELECT id FROM ({_claimable("running", 0)} UNION ALL {_claimable("pending", 1)}) AS candidate
-    ORDER BY priority
-    LIMIT 1
+WITH stalled AS ({_claimable("running")}
+), pending AS ({_claimable("pending", gate="NOT EXISTS (SELECT 1 FROM stalled)")}
+), chosen AS (
+    SELECT id FROM stalled UNION ALL SELECT id FROM pending
 ), claimed AS (
     UPDATE jobs AS j
     SET status = 'running', machine_id = $1, heartbeat = now(),
         lease_expires = now() + j.heartbeat_interval * interval '2 s',
-        started = coalesce(j.started, now())
+        started = coalesce(j.started, now()),
+        attempt_id = nextval(pg_get_serial_sequence('attempts', 'id'))
     FROM chosen WHERE j.id = chosen.id
     RETURNING {", ".join("j." + field for field in _JOB_FIELDS)}
-), lost_attempt AS ({_end_running_attempt("claimed", "lost")}
+), lost_attempt AS (
+    UPDATE attempts SET outcome = 'lost', ended = now()
+    FROM claimed WHERE attempts.job_id = claimed.id AND attempts.outcome = 'running'
+    RETURNING attempts.job_id AS id, attempts.id AS attempt_id, attempts.machine_id
 ), new_attempt AS (
-    INSERT INTO attempts (job_id, machine_id, started, outcome)
-    SELECT id, machine_id, now(), 'running' FROM claimed
+    INSERT INTO attempts (id, job_id, machine_id, started, outcome) OVERRIDING SYSTEM VALUE
+    SELECT attempt_id, id, machine_id, now(), 'running' FROM claimed
+), job_events AS (
+    -- one INSERT, so the lost attempt's event comes before the claim's, in id order
+    INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, created)
+    SELECT id, attempt_id, machine_id, kind, message, now() FROM (
+        SELECT 1 AS position, id, attempt_id, machine_id, 'lost' AS kind, $5 AS message
+        FROM lost_attempt
+        UNION ALL
+        SELECT 2, id, attempt_id, machine_id, 'claimed', $4 FROM claimed
+    ) AS happened
+    ORDER BY position
 ), event AS ({_queue_event("claimed")})
 SELECT * FROM claimed"""
 
+# $4 attempt id or NULL, $5 the event's message
 _COMPLETE = f"""
 WITH completed_job AS (
     UPDATE jobs SET status = 'completed', completed = now() WHERE {_HELD}
-    RETURNING id, user_id, status, machine_id, container_group_id, webhook
+    RETURNING id, user_id, status, machine_id, container_group_id, webhook, attempt_id
 ), ended_attempt AS ({_end_running_attempt("completed_job", "completed")}
+), job_event AS ({_add_event("completed_job", "completed", "$5")}
 ), event AS ({_queue_event("completed_job")})
 SELECT id FROM completed_job"""
 
-# $4 exit code, $5 error
+# $4 exit code, $5 error, $6 attempt id or NULL, $7/$8 the event's message when the job
+# failed for good / is pending again, $9 the event's data
 _FAIL = f"""
 WITH failed_job AS (
     UPDATE jobs SET
@@ -187,9 +249,13 @@ WITH failed_job AS (
         last_exit_code = $4, last_error = $5,
         status = CASE WHEN num_failures + 1 >= max_failures THEN 'failed' ELSE 'pending' END,
         failed = CASE WHEN num_failures + 1 >= max_failures THEN now() ELSE failed END
-    WHERE {_HELD}
+    WHERE {_held("$6")}
     RETURNING {_JOB_COLUMNS}
-), block AS (
+), job_event AS ({
+    _add_event(
+        "failed_job", "failed", "CASE WHEN status = 'failed' THEN $7 ELSE $8 END", "$9::jsonb"
+    )
+}), block AS (
     INSERT INTO job_blocks (job_id, machine_id, blocked_at)
     SELECT id, machine_id, now() FROM failed_job
     ON CONFLICT DO NOTHING
@@ -201,27 +267,33 @@ SELECT failed_job.*,
        + (SELECT count(*) FROM block) AS machine_blocked_jobs
 FROM failed_job"""
 
+# $4 attempt id or NULL, $5 the event's message
 _INTERRUPT = f"""
 WITH interrupted_job AS (
-    UPDATE jobs SET status = 'pending' WHERE {_HELD} RETURNING id
-), ended_attempt AS ({_end_running_attempt("interrupted_job", "interrupted")})
+    UPDATE jobs SET status = 'pending' WHERE {_HELD} RETURNING id, attempt_id, machine_id
+), ended_attempt AS ({_end_running_attempt("interrupted_job", "interrupted")}
+), job_event AS ({_add_event("interrupted_job", "interrupted", "$5")})
 SELECT id FROM interrupted_job"""
 
+# $3 the event's message
 _CANCEL = f"""
 WITH canceled_job AS (
     UPDATE jobs SET status = 'canceled', canceled = now()
     WHERE id = $1 AND status IN ('pending', 'running') AND ($2::text IS NULL OR user_id = $2)
-    RETURNING id
-), ended_attempt AS ({_end_running_attempt("canceled_job", "canceled")})
+    RETURNING id, NULL::bigint AS attempt_id, NULL::text AS machine_id
+), ended_attempt AS ({_end_running_attempt("canceled_job", "canceled")}
+), job_event AS ({_add_event("canceled_job", "canceled", "$3")})
 SELECT id FROM canceled_job"""
 
-# $1 user, $2 group; the group's pending and running jobs are locked first (see purge_group)
+# $1 user, $2 group, $3 the event's message; the group's pending and running jobs are locked
+# first (see purge_group)
 _PURGE = f"""
 WITH canceled_job AS (
     UPDATE jobs SET status = 'canceled', canceled = now()
     WHERE user_id = $1 AND container_group_id = $2 AND status = 'running'
-    RETURNING id
+    RETURNING id, NULL::bigint AS attempt_id, NULL::text AS machine_id
 ), ended_attempt AS ({_end_running_attempt("canceled_job", "canceled")}
+), job_event AS ({_add_event("canceled_job", "canceled", "$3")}
 ), deleted_job AS (
     DELETE FROM jobs WHERE user_id = $1 AND container_group_id = $2 AND status = 'pending'
     RETURNING id
@@ -230,12 +302,12 @@ SELECT (SELECT count(*) FROM canceled_job) + (SELECT count(*) FROM deleted_job)"
 
 # $1 user, $2.. one array per column: all jobs or none, in order (seq follows `position`).
 _CREATE_JOBS = f"""
-INSERT INTO jobs (id, user_id, status, container_group_id, created,
-                  max_failures, heartbeat_interval, webhook, spec, org_name, project_name)
-SELECT id, $1, 'pending', grp, now(), mf, hi, wh, sp::jsonb, org, prj
+INSERT INTO jobs (id, user_id, status, container_group_id, created, max_failures,
+                  heartbeat_interval, webhook, spec, org_name, project_name, checkpoint_keep)
+SELECT id, $1, 'pending', grp, now(), mf, hi, wh, sp::jsonb, org, prj, ck
 FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::text[],
-            $7::text[], $8::text[], $9::text[])
-     WITH ORDINALITY AS t(id, grp, mf, hi, wh, sp, org, prj, position)
+            $7::text[], $8::text[], $9::text[], $10::int[])
+     WITH ORDINALITY AS t(id, grp, mf, hi, wh, sp, org, prj, ck, position)
 ORDER BY position
 RETURNING {_JOB_COLUMNS}"""
 
@@ -512,6 +584,7 @@ class PostgresStore:
             [json.dumps(dict(job.spec)) for job in jobs],
             [job.org_name for job in jobs],
             [job.project_name for job in jobs],
+            [job.checkpoint_keep for job in jobs],
         )
         try:
             rows = await self._connected().fetch(_CREATE_JOBS, user_id, *columns)
@@ -576,7 +649,7 @@ class PostgresStore:
 
     async def cancel_job(self, job_id: str, user_id: str | None) -> CancelOutcome:
         pool = self._connected()
-        if await pool.fetchrow(_CANCEL, job_id, user_id) is not None:
+        if await pool.fetchrow(_CANCEL, job_id, user_id, CANCELED_MESSAGE) is not None:
             return CancelOutcome.CANCELED
         status = await pool.fetchval(
             "SELECT status FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
@@ -601,7 +674,7 @@ class PostgresStore:
                 user_id,
                 container_group_id,
             )
-            touched = await conn.fetchval(_PURGE, user_id, container_group_id)
+            touched = await conn.fetchval(_PURGE, user_id, container_group_id, PURGED_MESSAGE)
         return int(touched)
 
     async def delete_all_jobs(self) -> None:
@@ -617,29 +690,43 @@ class PostgresStore:
         if not visible:
             return None
         rows = await pool.fetch(
-            "SELECT job_id, machine_id, started, ended, outcome, exit_code FROM attempts"
+            "SELECT id, job_id, machine_id, started, ended, outcome, exit_code FROM attempts"
             " WHERE job_id = $1 ORDER BY id",
             job_id,
         )
-        return [_decode.attempt(row) for row in rows]
+        warnings: dict[int, list[str]] = {}
+        for event in await pool.fetch(
+            "SELECT attempt_id, message FROM job_events WHERE job_id = $1"
+            " AND kind = ANY($2::text[]) AND attempt_id IS NOT NULL ORDER BY id",
+            job_id,
+            list(WARNING_EVENT_KINDS),
+        ):
+            warnings.setdefault(event["attempt_id"], []).append(event["message"])
+        return [_decode.attempt(row, warnings.get(row["id"], ())) for row in rows]
 
     # -- jobs, worker side -------------------------------------------------------------
     async def claim_job(
         self, machine_id: str, container_group_id: str, user_id: str | None
     ) -> Job | None:
-        row = await self._connected().fetchrow(_CLAIM, machine_id, container_group_id, user_id)
+        row = await self._connected().fetchrow(
+            _CLAIM,
+            machine_id,
+            container_group_id,
+            user_id,
+            claimed_message(machine_id),
+            lost_message(machine_id),
+        )
         return None if row is None else _decode.job(row)
 
     async def heartbeat(
-        self, job_id: str, machine_id: str, user_id: str | None
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int | None = None,
     ) -> JobStatus | None:
         pool = self._connected()
-        beat = await pool.fetchval(
-            _HEARTBEAT,
-            job_id,
-            machine_id,
-            user_id,
-        )
+        beat = await pool.fetchval(_HEARTBEAT, job_id, machine_id, user_id, attempt_id)
         if beat:
             return "running"
         status = await pool.fetchval(
@@ -653,9 +740,16 @@ class PostgresStore:
         return "canceled" if status == "running" else as_job_status(status)
 
     async def complete_if_held(
-        self, job_id: str, machine_id: str, user_id: str | None
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int | None = None,
     ) -> HeldOutcome:
-        if await self._connected().fetchrow(_COMPLETE, job_id, machine_id, user_id) is not None:
+        row = await self._connected().fetchrow(
+            _COMPLETE, job_id, machine_id, user_id, attempt_id, completed_message(machine_id)
+        )
+        if row is not None:
             return HeldOutcome.DONE
         return await self._why_not_held(job_id, user_id)
 
@@ -666,8 +760,20 @@ class PostgresStore:
         user_id: str | None,
         exit_code: int | None,
         error: str | None,
+        attempt_id: int | None = None,
     ) -> FailureResult:
-        row = await self._connected().fetchrow(_FAIL, job_id, machine_id, user_id, exit_code, error)
+        row = await self._connected().fetchrow(
+            _FAIL,
+            job_id,
+            machine_id,
+            user_id,
+            exit_code,
+            error,
+            attempt_id,
+            failure_message(machine_id, exit_code, error, ended=True),
+            failure_message(machine_id, exit_code, error, ended=False),
+            {"exit_code": exit_code, "error": error},
+        )
         if row is None:
             return FailureResult(await self._why_not_held(job_id, user_id))
         return FailureResult(
@@ -675,9 +781,16 @@ class PostgresStore:
         )
 
     async def interrupt_if_held(
-        self, job_id: str, machine_id: str, user_id: str | None
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int | None = None,
     ) -> HeldOutcome:
-        if await self._connected().fetchrow(_INTERRUPT, job_id, machine_id, user_id) is not None:
+        row = await self._connected().fetchrow(
+            _INTERRUPT, job_id, machine_id, user_id, attempt_id, interrupted_message(machine_id)
+        )
+        if row is not None:
             return HeldOutcome.DONE
         return await self._why_not_held(job_id, user_id)
 
@@ -688,6 +801,204 @@ class PostgresStore:
             user_id,
         )
         return HeldOutcome.NOT_HOLDER if exists else HeldOutcome.NOT_FOUND
+
+    async def note_api_alive(self) -> float:
+        async with self._transaction() as conn:
+            # The row lock makes processes that come back together credit one outage once.
+            last_seen = await conn.fetchval(
+                "SELECT last_seen FROM api_liveness WHERE id = 1 FOR UPDATE"
+            )
+            if last_seen is None:
+                # First start on this database (or after an upgrade): the last sign of life
+                # is the newest heartbeat heard.
+                last_seen = await conn.fetchval(
+                    "SELECT coalesce(max(heartbeat), now()) FROM jobs WHERE status = 'running'"
+                )
+            gap: float = await conn.fetchval(
+                "SELECT extract(epoch FROM now() - $1::timestamptz)::float8", last_seen
+            )
+            if gap > OUTAGE_GAP_SECONDS:
+                # Nobody could hear heartbeats since `last_seen`: a job whose lease was still
+                # good then gets a full lease from now, to beat again.
+                await conn.execute(
+                    "UPDATE jobs SET lease_expires ="
+                    " greatest(lease_expires, now() + heartbeat_interval * interval '2 s')"
+                    " WHERE status = 'running'"
+                    " AND heartbeat >= $1::timestamptz - heartbeat_interval * interval '2 s'",
+                    last_seen,
+                )
+            await conn.execute(
+                "INSERT INTO api_liveness (id, last_seen) VALUES (1, now())"
+                " ON CONFLICT (id) DO UPDATE"
+                " SET last_seen = greatest(api_liveness.last_seen, excluded.last_seen)"
+            )
+        return gap if gap > OUTAGE_GAP_SECONDS else 0.0
+
+    # -- checkpoints and events --------------------------------------------------------
+    async def commit_checkpoint(
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int,
+        generation: int,
+        manifest: Sequence[ManifestEntry],
+    ) -> CommitResult:
+        stored = manifest_to_json(manifest)
+        size = sum(entry.size for entry in manifest)
+        async with self._transaction() as conn:
+            # The job's row lock orders commits (and claims) of one job.
+            job = await conn.fetchrow(
+                "SELECT checkpoint_generation, checkpoint_keep, status, machine_id, attempt_id"
+                " FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2) FOR UPDATE",
+                job_id,
+                user_id,
+            )
+            if job is None:
+                return CommitResult(CommitOutcome.NOT_FOUND)
+            newest = job["checkpoint_generation"]
+            same = await conn.fetchrow(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints"
+                " WHERE job_id = $1 AND generation = $2",
+                job_id,
+                generation,
+            )
+            if same is not None:
+                if same["attempt_id"] == attempt_id and (
+                    same["manifest"] is None or same["manifest"] == stored
+                ):
+                    return CommitResult(
+                        CommitOutcome.REPEATED, _decode.checkpoint(same, with_manifest=False)
+                    )
+                return CommitResult(CommitOutcome.NOT_NEWER, newest=newest)
+            held = (
+                job["status"] == "running"
+                and job["machine_id"] == machine_id
+                and job["attempt_id"] == attempt_id
+            )
+            if not held:
+                return CommitResult(CommitOutcome.NOT_HOLDER)
+            if newest is not None and generation <= newest:
+                return CommitResult(CommitOutcome.NOT_NEWER, newest=newest)
+            created = await conn.fetchval(
+                f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS})"
+                " VALUES ($1, $2, $3, $4, now(), $5, $6, $7) RETURNING created",
+                job_id,
+                generation,
+                attempt_id,
+                machine_id,
+                len(manifest),
+                size,
+                stored,
+            )
+            await conn.execute(
+                "UPDATE jobs SET checkpoint_generation = $2 WHERE id = $1", job_id, generation
+            )
+            kept_rows = await conn.fetch(
+                "SELECT generation, manifest FROM checkpoints"
+                " WHERE job_id = $1 AND manifest IS NOT NULL ORDER BY generation DESC",
+                job_id,
+            )
+            keep = job["checkpoint_keep"]
+            dropped = kept_rows[keep:]
+            if dropped:
+                await conn.execute(
+                    "UPDATE checkpoints SET manifest = NULL"
+                    " WHERE job_id = $1 AND generation = ANY($2::bigint[])",
+                    job_id,
+                    [row["generation"] for row in dropped],
+                )
+            expired = expired_objects(
+                (manifest_from_json(row["manifest"]) for row in dropped),
+                (manifest_from_json(row["manifest"]) for row in kept_rows[:keep]),
+            )
+            await conn.execute(
+                "INSERT INTO job_events"
+                " (job_id, attempt_id, machine_id, kind, message, data, created)"
+                " VALUES ($1, $2, $3, 'checkpoint_committed', $4, $5, now())",
+                job_id,
+                attempt_id,
+                machine_id,
+                checkpoint_message(generation, len(manifest), size),
+                {"generation": generation, "files": len(manifest), "bytes": size},
+            )
+        checkpoint = Checkpoint(
+            job_id, generation, attempt_id, machine_id, created, len(manifest), size, True
+        )
+        return CommitResult(CommitOutcome.DONE, checkpoint, newest=generation, expired=expired)
+
+    async def list_checkpoints(self, job_id: str, user_id: str | None) -> list[Checkpoint] | None:
+        if await self.get_job(job_id, user_id) is None:
+            return None
+        rows = await self._connected().fetch(
+            "SELECT job_id, generation, attempt_id, machine_id, created, files, bytes,"
+            " CASE WHEN manifest IS NULL THEN NULL ELSE '[]'::jsonb END AS manifest"
+            " FROM checkpoints WHERE job_id = $1 ORDER BY generation",
+            job_id,
+        )
+        return [_decode.checkpoint(row, with_manifest=False) for row in rows]
+
+    async def get_checkpoint(
+        self, job_id: str, user_id: str | None, generation: int
+    ) -> Checkpoint | None:
+        if await self.get_job(job_id, user_id) is None:
+            return None
+        row = await self._connected().fetchrow(
+            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = $1 AND generation = $2",
+            job_id,
+            generation,
+        )
+        return None if row is None else _decode.checkpoint(row, with_manifest=True)
+
+    async def add_worker_event(
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int,
+        kind: str,
+        message: str,
+        data: Mapping[str, Any] | None,
+    ) -> HeldOutcome:
+        added = await self._connected().fetchval(
+            f"""
+            WITH held AS (
+                SELECT id, attempt_id, machine_id FROM jobs WHERE {_HELD}
+            ), room AS (
+                SELECT count(*) < $8 AS ok FROM job_events WHERE job_id = $1 AND attempt_id = $4
+            ), added AS (
+                INSERT INTO job_events
+                    (job_id, attempt_id, machine_id, kind, message, data, created)
+                SELECT id, attempt_id, machine_id, $5, $6, $7::jsonb, now()
+                FROM held, room WHERE room.ok
+            )
+            SELECT true FROM held""",
+            job_id,
+            machine_id,
+            user_id,
+            attempt_id,
+            kind,
+            message,
+            None if data is None else dict(data),
+            MAX_WORKER_EVENTS_PER_ATTEMPT,
+        )
+        if added:
+            return HeldOutcome.DONE
+        return await self._why_not_held(job_id, user_id)
+
+    async def list_job_events(
+        self, job_id: str, user_id: str | None, after_id: int = 0, limit: int = 1000
+    ) -> list[JobEvent] | None:
+        if await self.get_job(job_id, user_id) is None:
+            return None
+        rows = await self._connected().fetch(
+            f"SELECT {_EVENT_COLUMNS} FROM job_events WHERE job_id = $1 AND id > $2"
+            " ORDER BY id LIMIT $3",
+            job_id,
+            after_id,
+            limit,
+        )
+        return [_decode.event(row) for row in rows]
 
     async def claim_reallocation(self, machine_id: str, threshold: int) -> Blocked | None:
         row = await self._connected().fetchrow(_CLAIM_REALLOCATION, machine_id, threshold)

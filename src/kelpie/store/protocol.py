@@ -17,18 +17,22 @@ keeps:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from kelpie.schemas import JobStatus
 from kelpie.store.models import (
     Attempt,
     Blocked,
     CancelOutcome,
+    Checkpoint,
+    CommitResult,
     FailureResult,
     HeldOutcome,
     Job,
+    JobEvent,
     JobQuery,
+    ManifestEntry,
     NewJob,
     Principal,
     ScalingRule,
@@ -123,14 +127,26 @@ class Store(Protocol):
         set on first start; a new attempt is recorded and a `running` webhook event
         queued."""
 
+    # The holder of a running job is its machine and, for callers that send it, the claim's
+    # attempt id: with `attempt_id` a call is fenced by attempt (two workers on one machine
+    # are told apart), without it by machine (the reference worker).
+
     async def heartbeat(
-        self, job_id: str, machine_id: str, user_id: str | None
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int | None = None,
     ) -> JobStatus | None:
-        """While the machine holds the job: refresh heartbeat, count it, answer running.
-        Another machine holds it: answer canceled. Else the job's status; None if unknown."""
+        """While the caller holds the job: refresh heartbeat, count it, answer running.
+        Another holds it: answer canceled. Else the job's status; None if unknown."""
 
     async def complete_if_held(
-        self, job_id: str, machine_id: str, user_id: str | None
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int | None = None,
     ) -> HeldOutcome:
         """running → completed, only for the holder; queues a `completed` event."""
 
@@ -141,15 +157,70 @@ class Store(Protocol):
         user_id: str | None,
         exit_code: int | None,
         error: str | None,
+        attempt_id: int | None = None,
     ) -> FailureResult:
         """Only the holder: counts the failure, blocks the machine from the job for good,
         records exit code and error. At max_failures the job is `failed` (event queued);
         otherwise it is pending again at once."""
 
     async def interrupt_if_held(
-        self, job_id: str, machine_id: str, user_id: str | None
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int | None = None,
     ) -> HeldOutcome:
         """The holder is going away: back to pending at once, no failure counted."""
+
+    async def note_api_alive(self) -> float:
+        """Record that an API process reaches the store now. If no process had for longer
+        than OUTAGE_GAP_SECONDS, nobody could hear heartbeats meanwhile: every running job
+        whose lease was still good when the silence began gets a full lease (two heartbeat
+        intervals) from now, so a holder that beats again in time keeps its job. Returns the
+        gap credited (0 when there was no outage). Atomic across processes: one outage is
+        credited once."""
+
+    # -- checkpoints and events --------------------------------------------------------
+    async def commit_checkpoint(
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int,
+        generation: int,
+        manifest: Sequence[ManifestEntry],
+    ) -> CommitResult:
+        """Commit a generation for the holding attempt. The same commit repeated is answered
+        REPEATED; a generation that does not go forward is NOT_NEWER; a caller that does not
+        hold the job NOT_HOLDER. Generations beyond the job's `checkpoint_keep` newest lose
+        their manifest, and the objects only they used are returned as `expired`."""
+
+    async def list_checkpoints(self, job_id: str, user_id: str | None) -> list[Checkpoint] | None:
+        """Every committed generation, oldest first, without manifests; None when the job is
+        not visible."""
+
+    async def get_checkpoint(
+        self, job_id: str, user_id: str | None, generation: int
+    ) -> Checkpoint | None:
+        """One generation with its manifest (empty once no longer kept)."""
+
+    async def add_worker_event(
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int,
+        kind: str,
+        message: str,
+        data: Mapping[str, Any] | None,
+    ) -> HeldOutcome:
+        """An event the holding attempt reports (downloads, restores, warnings); at most
+        MAX_WORKER_EVENTS_PER_ATTEMPT are kept per attempt, later ones are dropped."""
+
+    async def list_job_events(
+        self, job_id: str, user_id: str | None, after_id: int = 0, limit: int = 1000
+    ) -> list[JobEvent] | None:
+        """The job's events with id > after_id, oldest first; None when not visible."""
 
     async def claim_reallocation(self, machine_id: str, threshold: int) -> Blocked | None:
         """If the machine is blocked from at least `threshold` jobs and was never

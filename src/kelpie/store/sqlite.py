@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -32,8 +33,22 @@ import aiosqlite
 
 from kelpie.schemas import JobStatus
 from kelpie.store._common import (
+    CANCELED_MESSAGE,
+    MAX_WORKER_EVENTS_PER_ATTEMPT,
+    OUTAGE_GAP_SECONDS,
+    PURGED_MESSAGE,
+    WARNING_EVENT_KINDS,
     RowDecoder,
     as_job_status,
+    checkpoint_message,
+    claimed_message,
+    completed_message,
+    expired_objects,
+    failure_message,
+    interrupted_message,
+    lost_message,
+    manifest_from_json,
+    manifest_to_json,
     new_id,
     new_webhook_secret,
     new_webhook_token,
@@ -46,10 +61,15 @@ from kelpie.store.models import (
     Attempt,
     Blocked,
     CancelOutcome,
+    Checkpoint,
+    CommitOutcome,
+    CommitResult,
     FailureResult,
     HeldOutcome,
     Job,
+    JobEvent,
     JobQuery,
+    ManifestEntry,
     NewJob,
     Principal,
     ScalingRule,
@@ -75,7 +95,8 @@ NEW_JOBS_CHECK_S = 0.02
 _JOB_COLUMNS = (
     "id, user_id, status, container_group_id, created, started, completed, canceled, failed,"
     " heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,"
-    " max_failures, heartbeat_interval, webhook, spec, org_name, project_name"
+    " max_failures, heartbeat_interval, webhook, spec, org_name, project_name,"
+    " attempt_id, checkpoint_generation, checkpoint_keep"
 )
 _USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
 _RULE_COLUMNS = (
@@ -83,7 +104,13 @@ _RULE_COLUMNS = (
     " created, updated, org_name, project_name"
 )
 _VISIBLE = "(:user_id IS NULL OR user_id = :user_id)"
-_HELD = f"id = :job_id AND status = 'running' AND machine_id = :machine_id AND {_VISIBLE}"
+# The caller holds the job: fenced by attempt when it sent its claim's token, else by machine.
+_HELD = (
+    "id = :job_id AND status = 'running' AND machine_id = :machine_id"
+    f" AND (:attempt_id IS NULL OR attempt_id = :attempt_id) AND {_VISIBLE}"
+)
+_CHECKPOINT_COLUMNS = "job_id, generation, attempt_id, machine_id, created, files, bytes, manifest"
+_EVENT_COLUMNS = "id, job_id, attempt_id, machine_id, kind, message, data, created"
 
 _SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -118,7 +145,7 @@ WHERE id = (
     ORDER BY priority
     LIMIT 1
 )
-RETURNING {_JOB_COLUMNS}"""
+RETURNING seq, {_JOB_COLUMNS}"""
 
 
 def _split_statements(script: str) -> list[str]:
@@ -179,6 +206,55 @@ def _end_running_attempt(
         "UPDATE attempts SET outcome = ?, ended = ?, exit_code = ?"
         " WHERE job_id = ? AND outcome = 'running'",
         (outcome, now, exit_code, job_id),
+    )
+
+
+def _add_event(
+    conn: sqlite3.Connection,
+    job_id: str,
+    kind: str,
+    message: str,
+    now: float,
+    *,
+    attempt_id: int | None = None,
+    machine_id: str | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            job_id,
+            attempt_id,
+            machine_id,
+            kind,
+            message,
+            None if data is None else json.dumps(dict(data)),
+            now,
+        ),
+    )
+
+
+def _end_held_attempt(
+    conn: sqlite3.Connection,
+    job: Job,
+    outcome: str,
+    now: float,
+    message: str,
+    exit_code: int | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> None:
+    """The holder's attempt ends with `outcome`, and the job's record says so."""
+    _end_running_attempt(conn, job.id, outcome, now, exit_code)
+    _add_event(
+        conn,
+        job.id,
+        outcome,
+        message,
+        now,
+        attempt_id=job.attempt_id,
+        machine_id=job.machine_id,
+        data=data,
     )
 
 
@@ -475,8 +551,9 @@ class SqliteStore:
             now = time.time()
             conn.executemany(
                 "INSERT INTO jobs (id, user_id, status, container_group_id, created,"
-                " max_failures, heartbeat_interval, webhook, spec, org_name, project_name)"
-                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+                " max_failures, heartbeat_interval, webhook, spec, org_name, project_name,"
+                " checkpoint_keep)"
+                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         job_id,
@@ -489,6 +566,7 @@ class SqliteStore:
                         spec,
                         job.org_name,
                         job.project_name,
+                        job.checkpoint_keep,
                     )
                     for job_id, job, spec in zip(ids, jobs, specs, strict=True)
                 ],
@@ -522,6 +600,7 @@ class SqliteStore:
                 spec=json.loads(spec),
                 org_name=job.org_name,
                 project_name=job.project_name,
+                checkpoint_keep=job.checkpoint_keep,
             )
             for job_id, job, spec in zip(ids, jobs, specs, strict=True)
         ]
@@ -555,11 +634,12 @@ class SqliteStore:
                 conn,
                 "UPDATE jobs SET status = 'canceled', canceled = :now"
                 f" WHERE id = :job_id AND status IN ('pending', 'running') AND {_VISIBLE}"
-                " RETURNING id",
+                " RETURNING id, status, attempt_id, machine_id",
                 {**params, "now": now},
             )
             if canceled:
                 _end_running_attempt(conn, job_id, "canceled", now)
+                _add_event(conn, job_id, "canceled", CANCELED_MESSAGE, now)
                 return CancelOutcome.CANCELED
             row = _one(conn, f"SELECT status FROM jobs WHERE id = :job_id AND {_VISIBLE}", params)
             if row is None:
@@ -588,6 +668,8 @@ class SqliteStore:
                 " WHERE job_id = ? AND outcome = 'running'",
                 [(now, row["id"]) for row in canceled],
             )
+            for row in canceled:
+                _add_event(conn, row["id"], "canceled", PURGED_MESSAGE, now)
             deleted = _all(
                 conn,
                 "DELETE FROM jobs"
@@ -606,11 +688,19 @@ class SqliteStore:
         if await self.get_job(job_id, user_id) is None:
             return None
         rows = await self._read(
-            "SELECT job_id, machine_id, started, ended, outcome, exit_code FROM attempts"
+            "SELECT id, job_id, machine_id, started, ended, outcome, exit_code FROM attempts"
             " WHERE job_id = ? ORDER BY id",
             (job_id,),
         )
-        return [_decode.attempt(row) for row in rows]
+        kinds = ", ".join(f"'{kind}'" for kind in WARNING_EVENT_KINDS)
+        warnings: dict[int, list[str]] = {}
+        for event in await self._read(
+            f"SELECT attempt_id, message FROM job_events WHERE job_id = ? AND kind IN ({kinds})"
+            " AND attempt_id IS NOT NULL ORDER BY id",
+            (job_id,),
+        ):
+            warnings.setdefault(event["attempt_id"], []).append(event["message"])
+        return [_decode.attempt(row, warnings.get(row["id"], ())) for row in rows]
 
     # -- jobs, worker side -------------------------------------------------------------
     async def claim_job(
@@ -631,13 +721,39 @@ class SqliteStore:
             )
             if row is None:
                 return None
-            job = _decode.job(row)
+            previous = _decode.job(row)
             # a running attempt left on the job belongs to the stalled previous holder
-            _end_running_attempt(conn, job.id, "lost", now)
-            conn.execute(
+            lost = _all(
+                conn,
+                "UPDATE attempts SET outcome = 'lost', ended = ?"
+                " WHERE job_id = ? AND outcome = 'running' RETURNING id, machine_id",
+                (now, previous.id),
+            )
+            for attempt in lost:
+                _add_event(
+                    conn,
+                    previous.id,
+                    "lost",
+                    lost_message(machine_id),
+                    now,
+                    attempt_id=attempt["id"],
+                    machine_id=attempt["machine_id"],
+                )
+            attempt_id = conn.execute(
                 "INSERT INTO attempts (job_id, machine_id, started, outcome)"
                 " VALUES (?, ?, ?, 'running')",
-                (job.id, machine_id, now),
+                (previous.id, machine_id, now),
+            ).lastrowid
+            conn.execute("UPDATE jobs SET attempt_id = ? WHERE seq = ?", (attempt_id, row["seq"]))
+            job = dataclasses.replace(previous, attempt_id=attempt_id)
+            _add_event(
+                conn,
+                job.id,
+                "claimed",
+                claimed_message(machine_id),
+                now,
+                attempt_id=attempt_id,
+                machine_id=machine_id,
             )
             _queue_event(conn, job, "running", machine_id, now)
             return job
@@ -645,9 +761,13 @@ class SqliteStore:
         return await self._write(claim)
 
     async def heartbeat(
-        self, job_id: str, machine_id: str, user_id: str | None
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int | None = None,
     ) -> JobStatus | None:
-        params = {"job_id": job_id, "machine_id": machine_id, "user_id": user_id}
+        params = _held_params(job_id, machine_id, user_id, attempt_id)
 
         def beat(conn: sqlite3.Connection) -> JobStatus | None:
             beaten = _all(
@@ -667,9 +787,13 @@ class SqliteStore:
         return await self._write(beat)
 
     async def complete_if_held(
-        self, job_id: str, machine_id: str, user_id: str | None
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int | None = None,
     ) -> HeldOutcome:
-        params = {"job_id": job_id, "machine_id": machine_id, "user_id": user_id}
+        params = _held_params(job_id, machine_id, user_id, attempt_id)
 
         def complete(conn: sqlite3.Connection) -> HeldOutcome:
             now = time.time()
@@ -682,7 +806,7 @@ class SqliteStore:
             if row is None:
                 return _why_not_held(conn, params)
             job = _decode.job(row)
-            _end_running_attempt(conn, job_id, "completed", now)
+            _end_held_attempt(conn, job, "completed", now, completed_message(machine_id))
             _queue_event(conn, job, "completed", machine_id, now)
             return HeldOutcome.DONE
 
@@ -695,8 +819,9 @@ class SqliteStore:
         user_id: str | None,
         exit_code: int | None,
         error: str | None,
+        attempt_id: int | None = None,
     ) -> FailureResult:
-        params = {"job_id": job_id, "machine_id": machine_id, "user_id": user_id}
+        params = _held_params(job_id, machine_id, user_id, attempt_id)
 
         def fail(conn: sqlite3.Connection) -> FailureResult:
             now = time.time()
@@ -718,7 +843,15 @@ class SqliteStore:
                 " ON CONFLICT DO NOTHING",
                 (job_id, machine_id, now),
             )
-            _end_running_attempt(conn, job_id, "failed", now, exit_code)
+            _end_held_attempt(
+                conn,
+                job,
+                "failed",
+                now,
+                failure_message(machine_id, exit_code, error, ended=job.status == "failed"),
+                exit_code,
+                {"exit_code": exit_code, "error": error},
+            )
             if job.status == "failed":
                 _queue_event(conn, job, "failed", machine_id, now)
             count = _one(
@@ -730,21 +863,222 @@ class SqliteStore:
         return await self._write(fail)
 
     async def interrupt_if_held(
-        self, job_id: str, machine_id: str, user_id: str | None
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int | None = None,
     ) -> HeldOutcome:
-        params = {"job_id": job_id, "machine_id": machine_id, "user_id": user_id}
+        params = _held_params(job_id, machine_id, user_id, attempt_id)
 
         def interrupt(conn: sqlite3.Connection) -> HeldOutcome:
             now = time.time()
-            interrupted = _all(
-                conn, f"UPDATE jobs SET status = 'pending' WHERE {_HELD} RETURNING id", params
+            row = _one(
+                conn,
+                f"UPDATE jobs SET status = 'pending' WHERE {_HELD} RETURNING {_JOB_COLUMNS}",
+                params,
             )
-            if not interrupted:
+            if row is None:
                 return _why_not_held(conn, params)
-            _end_running_attempt(conn, job_id, "interrupted", now)
+            job = _decode.job(row)
+            _end_held_attempt(conn, job, "interrupted", now, interrupted_message(machine_id))
             return HeldOutcome.DONE
 
         return await self._write(interrupt)
+
+    # -- checkpoints and events --------------------------------------------------------
+    async def commit_checkpoint(
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int,
+        generation: int,
+        manifest: Sequence[ManifestEntry],
+    ) -> CommitResult:
+        params = _held_params(job_id, machine_id, user_id, attempt_id)
+        stored = manifest_to_json(manifest)
+        size = sum(entry.size for entry in manifest)
+
+        def commit(conn: sqlite3.Connection) -> CommitResult:
+            now = time.time()
+            job_row = _one(
+                conn,
+                f"SELECT checkpoint_generation, checkpoint_keep FROM jobs"
+                f" WHERE id = :job_id AND {_VISIBLE}",
+                params,
+            )
+            if job_row is None:
+                return CommitResult(CommitOutcome.NOT_FOUND)
+            newest = job_row["checkpoint_generation"]
+            same = _one(
+                conn,
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints"
+                " WHERE job_id = ? AND generation = ?",
+                (job_id, generation),
+            )
+            if same is not None:
+                repeated = same["attempt_id"] == attempt_id and (
+                    same["manifest"] is None or json.loads(same["manifest"]) == stored
+                )
+                if repeated:
+                    return CommitResult(
+                        CommitOutcome.REPEATED, _decode.checkpoint(same, with_manifest=False)
+                    )
+                return CommitResult(CommitOutcome.NOT_NEWER, newest=newest)
+            if _one(conn, f"SELECT 1 FROM jobs WHERE {_HELD}", params) is None:
+                return CommitResult(CommitOutcome.NOT_HOLDER)
+            if newest is not None and generation <= newest:
+                return CommitResult(CommitOutcome.NOT_NEWER, newest=newest)
+            conn.execute(
+                f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    generation,
+                    attempt_id,
+                    machine_id,
+                    now,
+                    len(manifest),
+                    size,
+                    json.dumps(stored),
+                ),
+            )
+            conn.execute(
+                "UPDATE jobs SET checkpoint_generation = ? WHERE id = ?", (generation, job_id)
+            )
+            kept_rows = _all(
+                conn,
+                "SELECT generation, manifest FROM checkpoints"
+                " WHERE job_id = ? AND manifest IS NOT NULL ORDER BY generation DESC",
+                (job_id,),
+            )
+            keep = job_row["checkpoint_keep"]
+            dropped = kept_rows[keep:]
+            if dropped:
+                conn.executemany(
+                    "UPDATE checkpoints SET manifest = NULL WHERE job_id = ? AND generation = ?",
+                    [(job_id, row["generation"]) for row in dropped],
+                )
+            expired = expired_objects(
+                (manifest_from_json(json.loads(row["manifest"])) for row in dropped),
+                (manifest_from_json(json.loads(row["manifest"])) for row in kept_rows[:keep]),
+            )
+            checkpoint = Checkpoint(
+                job_id, generation, attempt_id, machine_id, _dt(now), len(manifest), size, True
+            )
+            _add_event(
+                conn,
+                job_id,
+                "checkpoint_committed",
+                checkpoint_message(generation, len(manifest), size),
+                now,
+                attempt_id=attempt_id,
+                machine_id=machine_id,
+                data={"generation": generation, "files": len(manifest), "bytes": size},
+            )
+            return CommitResult(CommitOutcome.DONE, checkpoint, newest=generation, expired=expired)
+
+        return await self._write(commit)
+
+    async def list_checkpoints(self, job_id: str, user_id: str | None) -> list[Checkpoint] | None:
+        if await self.get_job(job_id, user_id) is None:
+            return None
+        rows = await self._read(
+            "SELECT job_id, generation, attempt_id, machine_id, created, files, bytes,"
+            " CASE WHEN manifest IS NULL THEN NULL ELSE '[]' END AS manifest"
+            " FROM checkpoints WHERE job_id = ? ORDER BY generation",
+            (job_id,),
+        )
+        return [_decode.checkpoint(row, with_manifest=False) for row in rows]
+
+    async def get_checkpoint(
+        self, job_id: str, user_id: str | None, generation: int
+    ) -> Checkpoint | None:
+        if await self.get_job(job_id, user_id) is None:
+            return None
+        row = await self._read_one(
+            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? AND generation = ?",
+            (job_id, generation),
+        )
+        return None if row is None else _decode.checkpoint(row, with_manifest=True)
+
+    async def add_worker_event(
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int,
+        kind: str,
+        message: str,
+        data: Mapping[str, Any] | None,
+    ) -> HeldOutcome:
+        params = _held_params(job_id, machine_id, user_id, attempt_id)
+
+        def add(conn: sqlite3.Connection) -> HeldOutcome:
+            if _one(conn, f"SELECT 1 FROM jobs WHERE {_HELD}", params) is None:
+                return _why_not_held(conn, params)
+            count = _one(
+                conn,
+                "SELECT count(*) FROM job_events WHERE job_id = ? AND attempt_id = ?",
+                (job_id, attempt_id),
+            )
+            assert count is not None
+            if count[0] < MAX_WORKER_EVENTS_PER_ATTEMPT:
+                _add_event(
+                    conn,
+                    job_id,
+                    kind,
+                    message,
+                    time.time(),
+                    attempt_id=attempt_id,
+                    machine_id=machine_id,
+                    data=data,
+                )
+            return HeldOutcome.DONE
+
+        return await self._write(add)
+
+    async def list_job_events(
+        self, job_id: str, user_id: str | None, after_id: int = 0, limit: int = 1000
+    ) -> list[JobEvent] | None:
+        if await self.get_job(job_id, user_id) is None:
+            return None
+        rows = await self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM job_events WHERE job_id = ? AND id > ?"
+            " ORDER BY id LIMIT ?",
+            (job_id, after_id, limit),
+        )
+        return [_decode.event(row) for row in rows]
+
+    async def note_api_alive(self) -> float:
+        def note(conn: sqlite3.Connection) -> float:
+            now = time.time()
+            row = _one(conn, "SELECT last_seen FROM api_liveness WHERE id = 1")
+            if row is None:
+                # First start on this database (or after an upgrade): the last sign of life
+                # is the newest heartbeat heard.
+                heard = _one(conn, "SELECT max(heartbeat) FROM jobs WHERE status = 'running'")
+                last_seen = heard[0] if heard is not None and heard[0] is not None else now
+            else:
+                last_seen = row["last_seen"]
+            gap = now - last_seen
+            if gap > OUTAGE_GAP_SECONDS:
+                # Nobody could hear heartbeats since `last_seen`: a job whose lease was
+                # still good then gets a full lease from now, to beat again.
+                conn.execute(
+                    "UPDATE jobs SET lease_expires = max(lease_expires,"
+                    " :now + 2 * heartbeat_interval)"
+                    " WHERE status = 'running' AND lease_expires > :last_seen",
+                    {"now": now, "last_seen": last_seen},
+                )
+            conn.execute(
+                "INSERT INTO api_liveness (id, last_seen) VALUES (1, :now)"
+                " ON CONFLICT (id) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+                {"now": now},
+            )
+            return gap if gap > OUTAGE_GAP_SECONDS else 0.0
+
+        return await self._write(note)
 
     async def claim_reallocation(self, machine_id: str, threshold: int) -> Blocked | None:
         def mark(conn: sqlite3.Connection) -> Blocked | None:
@@ -990,6 +1324,17 @@ class SqliteStore:
             )
 
         return await self._write(take)
+
+
+def _held_params(
+    job_id: str, machine_id: str, user_id: str | None, attempt_id: int | None
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "machine_id": machine_id,
+        "user_id": user_id,
+        "attempt_id": attempt_id,
+    }
 
 
 def _why_not_held(conn: sqlite3.Connection, params: Mapping[str, Any]) -> HeldOutcome:

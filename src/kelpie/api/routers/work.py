@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from kelpie.api.convert import job_body
+from kelpie.api.convert import claimed_job_body
 from kelpie.api.deps import CurrentPrincipal, JobId, State, scope
 from kelpie.api.errors import ApiError, error_responses, not_found
 from kelpie.api.state import AppState
@@ -47,11 +47,14 @@ async def claim_work(
 ) -> JSONResponse:
     deadline = time.monotonic() + wait
     while True:
+        # After an outage the leases of running jobs are extended before anything is handed
+        # out, so a holder that beats again in time keeps its job.
+        await state.liveness.ensure_fresh()
         job = await state.store.claim_job(machine_id, container_group_id, scope(principal))
         if job is not None:
             if job.webhook:
                 state.webhooks_due.set()
-            return JSONResponse([job_body(job)])
+            return JSONResponse([claimed_job_body(job)])
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return JSONResponse([])
@@ -72,9 +75,13 @@ async def claim_work(
 async def heartbeat(
     job_id: JobId, report: WorkerReport, principal: CurrentPrincipal, state: State
 ) -> JSONResponse:
-    status = await state.store.heartbeat(str(job_id), report.machine_id, scope(principal))
+    status = await state.store.heartbeat(
+        str(job_id), report.machine_id, scope(principal), report.attempt_id
+    )
     if status is None:
         raise not_found()
+    if report.attempt_id is not None and status != "running":
+        raise ApiError(409, _not_holder_because(status, report.attempt_id))
     return JSONResponse({"status": status})
 
 
@@ -88,8 +95,11 @@ async def heartbeat(
 async def report_completed(
     job_id: JobId, report: WorkerReport, principal: CurrentPrincipal, state: State
 ) -> JSONResponse:
-    outcome = await state.store.complete_if_held(str(job_id), report.machine_id, scope(principal))
-    _raise_unless_done(outcome)
+    outcome = await state.store.complete_if_held(
+        str(job_id), report.machine_id, scope(principal), report.attempt_id
+    )
+    if ignored := _unless_done(outcome, report):
+        return ignored
     state.webhooks_due.set()
     return JSONResponse({"message": "Job completed"})
 
@@ -106,9 +116,15 @@ async def report_failed(
     job_id: JobId, report: FailureReport, principal: CurrentPrincipal, state: State
 ) -> JSONResponse:
     result = await state.store.fail_if_held(
-        str(job_id), report.machine_id, scope(principal), report.exit_code, report.error
+        str(job_id),
+        report.machine_id,
+        scope(principal),
+        report.exit_code,
+        report.error,
+        report.attempt_id,
     )
-    _raise_unless_done(result.outcome)
+    if ignored := _unless_done(result.outcome, report, status_code=202):
+        return ignored
     if result.job is not None and result.job.status == "failed":
         state.webhooks_due.set()
     if result.machine_blocked_jobs >= state.settings.max_blocked_jobs:
@@ -129,17 +145,34 @@ async def report_failed(
 async def report_interrupted(
     job_id: JobId, report: WorkerReport, principal: CurrentPrincipal, state: State
 ) -> JSONResponse:
-    outcome = await state.store.interrupt_if_held(str(job_id), report.machine_id, scope(principal))
-    _raise_unless_done(outcome)
+    outcome = await state.store.interrupt_if_held(
+        str(job_id), report.machine_id, scope(principal), report.attempt_id
+    )
+    if ignored := _unless_done(outcome, report, status_code=202):
+        return ignored
     state.notifier.notify(report.container_group_id)
     return JSONResponse({"message": "Job interrupted"}, status_code=202)
 
 
-def _raise_unless_done(outcome: HeldOutcome) -> None:
+def _unless_done(
+    outcome: HeldOutcome, report: WorkerReport, status_code: int = 200
+) -> JSONResponse | None:
+    """None when the report took effect. A caller that does not hold the job gets 409 when it
+    sent its attempt id; without one (the reference worker, which crashes on any error
+    answer) it gets a success that says the report was ignored."""
     if outcome is HeldOutcome.NOT_FOUND:
         raise not_found()
     if outcome is HeldOutcome.NOT_HOLDER:
-        raise ApiError(409, _NOT_HOLDER)
+        if report.attempt_id is not None:
+            raise ApiError(409, _NOT_HOLDER)
+        return JSONResponse({"message": f"ignored: {_NOT_HOLDER}"}, status_code=status_code)
+    return None
+
+
+def _not_holder_because(status: str, attempt_id: int) -> str:
+    if status == "canceled":
+        return f"attempt {attempt_id} does not hold the job (canceled, or held by another)"
+    return f"attempt {attempt_id} does not hold the job: the job is {status}"
 
 
 _background: set[asyncio.Task[None]] = set()

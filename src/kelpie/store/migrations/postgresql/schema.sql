@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0002 (postgresql). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0003 (postgresql). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
@@ -53,7 +53,10 @@ CREATE TABLE jobs (
     webhook            text,
     spec               jsonb NOT NULL,
     org_name           text,
-    project_name       text
+    project_name       text,
+    attempt_id         bigint,               -- the running attempt (attempts.id): its fencing token
+    checkpoint_generation bigint,            -- newest committed checkpoint generation
+    checkpoint_keep    integer NOT NULL DEFAULT 3
 );
 -- claim_job: the oldest pending job of a group, the stalled running jobs of a group
 -- (lease_expires: heartbeat + 2 x heartbeat_interval, kept while running)
@@ -136,4 +139,39 @@ CREATE TABLE leases (
     name       text PRIMARY KEY,
     holder     text NOT NULL,
     expires_at timestamptz NOT NULL
+);
+
+-- Committed checkpoint generations. The manifest lists the files (never their contents):
+-- [[target, path, key, size, sha256], ...]; NULL once the generation is no longer kept.
+CREATE TABLE checkpoints (
+    job_id     text NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    generation bigint NOT NULL,
+    attempt_id bigint NOT NULL,
+    machine_id text NOT NULL,
+    created    timestamptz NOT NULL,
+    files      integer NOT NULL,
+    bytes      bigint NOT NULL,
+    manifest   jsonb,
+    PRIMARY KEY (job_id, generation)
+);
+
+-- What happened to a job, in order: written by the API with each state change, and by the
+-- holding worker (downloads, restores, warnings).
+CREATE TABLE job_events (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id     text NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    attempt_id bigint,
+    machine_id text,
+    kind       text NOT NULL,
+    message    text NOT NULL,
+    data       jsonb,
+    created    timestamptz NOT NULL
+);
+CREATE INDEX job_events_by_job ON job_events (job_id, id);
+
+-- When any API process last reached the store. A gap means nobody could hear heartbeats:
+-- the leases of jobs running then are extended instead of being counted as stalled.
+CREATE TABLE api_liveness (
+    id        integer PRIMARY KEY CHECK (id = 1),
+    last_seen timestamptz NOT NULL
 );

@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0002 (sqlite). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0003 (sqlite). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
@@ -56,7 +56,10 @@ CREATE TABLE jobs (
     webhook            TEXT,
     spec               TEXT NOT NULL,
     org_name           TEXT,
-    project_name       TEXT
+    project_name       TEXT,
+    attempt_id         INTEGER,               -- the running attempt (attempts.id): its fencing token
+    checkpoint_generation INTEGER,            -- newest committed checkpoint generation
+    checkpoint_keep    INTEGER NOT NULL DEFAULT 3
 );
 -- claim_job: the oldest pending job of a group, the stalled running jobs of a group
 -- (lease_expires: heartbeat + 2 x heartbeat_interval, kept while running)
@@ -136,3 +139,38 @@ CREATE TABLE leases (
     holder     TEXT NOT NULL,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+
+-- Committed checkpoint generations. The manifest lists the files (never their contents):
+-- JSON [[target, path, key, size, sha256], ...]; NULL once the generation is no longer kept.
+CREATE TABLE checkpoints (
+    job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    generation INTEGER NOT NULL,
+    attempt_id INTEGER NOT NULL,
+    machine_id TEXT NOT NULL,
+    created    REAL NOT NULL,
+    files      INTEGER NOT NULL,
+    bytes      INTEGER NOT NULL,
+    manifest   TEXT,
+    PRIMARY KEY (job_id, generation)
+) WITHOUT ROWID;
+
+-- What happened to a job, in order: written by the API with each state change, and by the
+-- holding worker (downloads, restores, warnings).
+CREATE TABLE job_events (
+    id         INTEGER PRIMARY KEY,
+    job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    attempt_id INTEGER,
+    machine_id TEXT,
+    kind       TEXT NOT NULL,
+    message    TEXT NOT NULL,
+    data       TEXT,
+    created    REAL NOT NULL
+);
+CREATE INDEX job_events_by_job ON job_events (job_id, id);
+
+-- When any API process last reached the store. A gap means nobody could hear heartbeats:
+-- the leases of jobs running then are extended instead of being counted as stalled.
+CREATE TABLE api_liveness (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    last_seen REAL NOT NULL
+);
