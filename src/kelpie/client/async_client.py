@@ -22,6 +22,8 @@ from kelpie.schemas import (
     CheckpointCommitted,
     CheckpointManifestOut,
     CheckpointOut,
+    JobEventIn,
+    JobEventOut,
     JobList,
     JobOut,
     JobStatus,
@@ -220,6 +222,14 @@ class AsyncKelpieClient:
     async def commit_checkpoint(self, job_id: str, commit: CheckpointCommit) -> CheckpointCommitted:
         """Commit a checkpoint generation for the holding attempt; `Conflict` otherwise."""
         return await self._run(calls.commit_checkpoint(job_id, commit))
+
+    async def add_job_event(self, job_id: str, event: JobEventIn) -> None:
+        """Record an event of the holding attempt; `Conflict` if it no longer holds the job."""
+        await self._run(calls.add_job_event(job_id, event))
+
+    async def list_job_events(self, job_id: str, after: int = 0) -> list[JobEventOut]:
+        """The job's events after id `after`, oldest first."""
+        return await self._run(calls.list_job_events(job_id, after))
 
     async def list_checkpoints(self, job_id: str) -> list[CheckpointOut]:
         """Every committed generation of the job, oldest first."""

@@ -25,6 +25,8 @@ from kelpie.schemas import (
     HealthOut,
     HeartbeatOut,
     JobCreate,
+    JobEventIn,
+    JobEventOut,
     JobList,
     JobOut,
     JobStatus,
@@ -323,6 +325,30 @@ def commit_checkpoint(job_id: str, commit: CheckpointCommit) -> Call[CheckpointC
         RetryPolicy.IDEMPOTENT,
         _model(CheckpointCommitted),
         body=commit.model_dump(mode="json"),
+    )
+
+
+def add_job_event(job_id: str, event: JobEventIn) -> Call[None]:
+    """`POST /jobs/{id}/events`: the holding attempt reports something it saw. Retried only
+    when never sent: a repeat would record the event twice."""
+    return Call(
+        "POST",
+        f"/jobs/{_segment(job_id)}/events",
+        RetryPolicy.UNSENT_ONLY,
+        _nothing,
+        body=event.model_dump(mode="json", exclude_none=True),
+    )
+
+
+def list_job_events(job_id: str, after: int = 0) -> Call[list[JobEventOut]]:
+    """`GET /jobs/{id}/events`: the job's events after id `after`, oldest first. A read."""
+    params: dict[str, QueryValue] = {"after": after} if after else {}
+    return Call(
+        "GET",
+        f"/jobs/{_segment(job_id)}/events",
+        RetryPolicy.IDEMPOTENT,
+        _models(JobEventOut),
+        params=params,
     )
 
 

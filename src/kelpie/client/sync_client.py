@@ -20,6 +20,7 @@ from kelpie.schemas import (
     AttemptOut,
     CheckpointManifestOut,
     CheckpointOut,
+    JobEventOut,
     JobList,
     JobOut,
     JobStatus,
@@ -151,6 +152,10 @@ class KelpieClient:
 
     def list_attempts(self, job_id: str) -> list[AttemptOut]:
         return self._run(calls.list_attempts(job_id))
+
+    def list_job_events(self, job_id: str, after: int = 0) -> list[JobEventOut]:
+        """The job's events after id `after`, oldest first."""
+        return self._run(calls.list_job_events(job_id, after))
 
     def list_checkpoints(self, job_id: str) -> list[CheckpointOut]:
         """Every committed checkpoint generation of the job, oldest first."""
