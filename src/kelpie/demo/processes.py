@@ -161,8 +161,10 @@ def start_worker(
     log_dir: Path,
     *,
     extra_env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> KelpieProcess:
-    """Start `kelpie worker` with its own INPUT/CHECKPOINT/OUTPUT dirs under work_dir."""
+    """Start `kelpie worker` with its own INPUT/CHECKPOINT/OUTPUT dirs under work_dir
+    (and in `cwd`, where relative `sync` folders resolve; default: this process's)."""
     env = {
         **os.environ,
         "KELPIE_API_URL": api_url,
@@ -180,6 +182,7 @@ def start_worker(
         proc = subprocess.Popen(
             [*KELPIE, "worker"],
             env=env,
+            cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

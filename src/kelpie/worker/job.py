@@ -209,7 +209,9 @@ class JobAttempt:
             os.environ, dirs=plan.dirs, job_id=self.job.id, job_env=self.job.environment
         )
         try:
-            return await JobProcess.start(self.job.command, self.job.arguments, env)
+            return await JobProcess.start(
+                self.job.command, self.job.arguments, env, cwd=plan.working_dir
+            )
         except JobStartError as exc:
             raise _Failure(exc.reason, exit_code=exc.exit_code, local=False) from exc
 
