@@ -65,7 +65,7 @@ def test_legacy_pairs_map_to_the_three_dirs() -> None:
         ),
         settings(),
     )
-    assert [(d.prefix, d.local_dir, d.must_exist) for d in plan.downloads] == [
+    assert [(d.prefix, d.local_dir, d.warn_if_empty) for d in plan.downloads] == [
         ("in/", ROOTS[0], True),
         ("ck/", ROOTS[1], False),
     ]
@@ -106,7 +106,7 @@ def test_sync_entries_become_downloads_and_targets_with_patterns() -> None:
     )
     assert plan.compress
     assert plan.downloads[0].local_dir == Path("/work/input/data")
-    assert not plan.downloads[0].must_exist
+    assert not plan.downloads[0].warn_if_empty
     assert plan.during[0].mirror_deletes and not plan.after[0].mirror_deletes
     target = plan.after[0]
     assert target.key_for(Path("/work/output/logs/a/train.log")) == "p/a/train.log"

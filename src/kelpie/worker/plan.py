@@ -50,8 +50,9 @@ class Download:
     prefix: str
     local_dir: Path
     pattern: re.Pattern[str] | None
-    must_exist: bool
-    """True for the legacy input prefix: naming inputs that are not there is a mistake."""
+    warn_if_empty: bool
+    """True for the legacy input prefix: the job runs without inputs (as on the reference
+    worker), but naming inputs that are not there is likely a mistake worth a warning."""
 
     @property
     def source(self) -> str:
@@ -124,7 +125,7 @@ def plan_transfers(
                     e.prefix,
                     _local(e, f"sync.before[{i}]", roots, base),
                     _pattern(e),
-                    must_exist=False,
+                    warn_if_empty=False,
                 )
                 for i, e in enumerate(job.sync.before)
             ),

@@ -168,6 +168,22 @@ def test_relative_sync_paths_mean_the_same_folders_to_the_worker_and_the_job(
     assert not (lab.tmp / "elsewhere").exists()
 
 
+def test_legacy_job_whose_input_prefix_is_empty_runs_without_inputs(lab: WorkerLab) -> None:
+    job = lab.submit(
+        "count.py",
+        max_failures=1,
+        input_bucket=lab.bucket.name,
+        input_prefix="nothing-here/",
+        output_bucket=lab.bucket.name,
+        output_prefix="out/",
+        environment={"COUNT_TO": "2", "STEP_S": "0"},
+    )
+    lab.start_worker("m1")
+    done = lab.wait_status(job["id"], "completed", "failed")
+    assert (done["status"], done["num_failures"]) == ("completed", 0)
+    assert json.loads(lab.wait_key("out/result.json"))["count"] == 2
+
+
 def test_deleted_checkpoint_file_is_deleted_in_the_bucket(lab: WorkerLab) -> None:
     job = lab.submit(
         "count.py",
@@ -247,12 +263,6 @@ def test_bad_input_is_reported_clearly_and_the_worker_keeps_serving(lab: WorkerL
                     }
                 ]
             },
-        ),
-        "holds no objects": lab.submit(
-            "count.py",
-            max_failures=1,
-            input_bucket=b,
-            input_prefix="nothing-here/",
         ),
         "command not found: 'no-such-command-kelpie'": lab.user.submit(
             command="no-such-command-kelpie",
