@@ -7,10 +7,11 @@ does: it makes the process a child subreaper, which must not happen to the test 
 itself. The job is tests/support/jobs/spawn_tree.py. SCENARIO is how the job ends:
 `exit` (exit 0 once its tree is up), `kill-main` (its main process gets SIGKILL), `churn`
 (the same while one of its processes forks without pause), `stop` (`JobProcess.stop`, as
-a cancel does) or `refused-cgroup` (exit 0, with the kernel refusing to move the job into
-its cgroup, as a cgroup delegated without that right does). The report, JSON in
-PIDS_FILE.report, says which containment was used, the exit code, and which of the recorded
-pids were alive the moment `wait()` or `stop()` returned.
+a cancel does), `stop-nested` (the same, with one process in a cgroup the job made) or
+`refused-cgroup` (exit 0, with the kernel refusing to move the job into its cgroup, as a
+cgroup delegated without that right does). The report, JSON in PIDS_FILE.report, says
+which containment was used, the exit code, which of the recorded pids were alive the
+moment `wait()` or `stop()` returned, and the job cgroups left behind.
 """
 
 from __future__ import annotations
@@ -58,7 +59,12 @@ async def until(condition: Callable[[], bool], what: str) -> None:
 
 
 async def run(scenario: str, pids_file: Path) -> ExitStatus:
-    env = {**os.environ, "PIDS_FILE": str(pids_file), "CHURN": str(int(scenario == "churn"))}
+    env = {
+        **os.environ,
+        "PIDS_FILE": str(pids_file),
+        "CHURN": str(int(scenario == "churn")),
+        "NESTED_CGROUP": str(int(scenario == "stop-nested")),
+    }
     then = "exit" if scenario in ("exit", "refused-cgroup") else "wait"
     process = await JobProcess.start(sys.executable, [str(JOB), then], env)
     if then == "exit":
@@ -76,6 +82,10 @@ async def run(scenario: str, pids_file: Path) -> ExitStatus:
     return await process.stop([signal.SIGINT, signal.SIGTERM], grace=1.0)
 
 
+def ours(cgroups: Path) -> list[str]:
+    return [str(path) for path in cgroups.glob(f"kelpie-job-{os.getpid()}-*")]
+
+
 def refuse_to_join(tree: proctree.CgroupTree) -> None:
     raise PermissionError(13, "Permission denied")
 
@@ -87,10 +97,12 @@ def main() -> None:
         if scenario == "refused-cgroup":
             patches.enter_context(mock.patch.object(proctree.CgroupTree, "_join", refuse_to_join))
         status = asyncio.run(run(scenario, pids_file))
+    cgroups = containment.cgroup_dir
     report = {
         "containment": containment.kind,
         "exit_code": status.exit_code,
         "alive": [pid for pid in recorded_pids(pids_file) if alive(pid)],
+        "cgroups_left": [] if cgroups is None else ours(cgroups),
     }
     Path(f"{pids_file}.report").write_text(json.dumps(report))
 

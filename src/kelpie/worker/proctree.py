@@ -320,10 +320,11 @@ class CgroupTree:
         return None  # the main process joined the cgroup before it ran anything
 
     def members(self) -> list[ProcessInfo]:
-        try:
-            pids = (self.path / "cgroup.procs").read_text().split()
-        except FileNotFoundError:
-            return []
+        pids: list[str] = []
+        # With the cgroups the job may have made inside its own (a container runtime does).
+        for folder, _, _ in os.walk(self.path):
+            with contextlib.suppress(FileNotFoundError):
+                pids.extend((Path(folder) / "cgroup.procs").read_text().split())
         found = (read_process(int(pid)) for pid in pids)
         return [p for p in found if p is not None and p.alive]
 
@@ -332,7 +333,8 @@ class CgroupTree:
             lines = Path(f"/proc/{process.pid}/cgroup").read_text().splitlines()
         except OSError:
             return False
-        return f"0::{self._cgroup_name}" in lines
+        mine = f"0::{self._cgroup_name}"
+        return any(line == mine or line.startswith(f"{mine}/") for line in lines)
 
     def kill(self) -> list[ProcessInfo]:
         return [] if _kill_cgroup(self.path) else self.members()
@@ -340,7 +342,7 @@ class CgroupTree:
     def close(self) -> None:
         os.close(self._procs_fd)
         try:
-            self.path.rmdir()
+            _remove_cgroup(self.path)
         except OSError as exc:
             logger.warning("could not remove the job's cgroup %s: %s", self.path, exc)
 
@@ -403,10 +405,12 @@ class Containment:
         return "cgroup" if self.cgroup_dir is not None else "subreaper"
 
     def new_tree(self) -> JobTree:
-        if self.cgroup_dir is not None:
+        while self.cgroup_dir is not None:
             name = f"kelpie-job-{os.getpid()}-{next(self._names)}"
             try:
                 return CgroupTree(self.cgroup_dir / name, f"{self._cgroup_name}/{name}")
+            except FileExistsError:
+                continue  # a leftover of a worker that had this pid before (and is gone)
             except OSError as exc:
                 self.give_up_cgroups(f"cannot create {self.cgroup_dir / name}: {exc}")
         return AdoptedTree(self)
@@ -485,13 +489,16 @@ def clear_stale_cgroups(directory: Path) -> None:
     """Kill and remove the job cgroups of workers that are gone (killed, not stopped: a
     worker that stops removes its own), so a restarted worker finds no job of theirs still
     running on the GPU. Those of a live worker (two in one container) are left alone."""
+    me = str(os.getpid())
     for stale in directory.glob("kelpie-job-*-*"):
         worker_pid = stale.name.split("-")[2]
-        if not worker_pid.isdigit() or Path(f"/proc/{worker_pid}").exists():
+        # This process's pid on a cgroup it has not made yet: a worker before a restart of
+        # the container (new pid namespace, same cgroup) had it.
+        if worker_pid != me and Path(f"/proc/{worker_pid}").exists():
             continue
         try:
             _kill_cgroup(stale)
-            stale.rmdir()
+            _remove_cgroup(stale)
         except OSError as exc:
             logger.warning("could not clear the stale job cgroup %s: %s", stale, exc)
             continue
@@ -509,6 +516,12 @@ def _kill_cgroup(cgroup: Path) -> bool:
         time.sleep(pause)
         pause = min(_POLL_MAX_S, pause * 2)
     return True
+
+
+def _remove_cgroup(cgroup: Path) -> None:
+    """Remove an empty cgroup and any the job made inside it, innermost first."""
+    for folder, _, _ in os.walk(cgroup, topdown=False):
+        os.rmdir(folder)
 
 
 def _populated(cgroup: Path) -> bool:

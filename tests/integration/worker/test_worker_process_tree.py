@@ -87,6 +87,7 @@ def drive(containment: str, scenario: str, tmp_path: Path) -> tuple[dict[str, An
             )
         assert finished.returncode == 0, log.read_text()
         report: dict[str, Any] = json.loads(Path(f"{pids_file}.report").read_text())
+        assert report["cgroups_left"] == []
         return report, pids_file
     finally:
         kill_leftovers(pids_file)
@@ -132,6 +133,13 @@ def test_stop_signals_every_process_of_the_job_then_kills_them_all(
 ) -> None:
     report, pids_file = drive(containment, "stop", tmp_path)
     assert report["exit_code"] == 137  # the job ignores SIGINT and SIGTERM
+    assert report["alive"] == []
+    assert signals_seen(pids_file) == {role: {"SIGINT", "SIGTERM"} for role in ROLES}
+
+
+@needs_cgroup
+def test_stop_reaches_processes_in_cgroups_the_job_made_inside_its_own(tmp_path: Path) -> None:
+    report, pids_file = drive("cgroup", "stop-nested", tmp_path)
     assert report["alive"] == []
     assert signals_seen(pids_file) == {role: {"SIGINT", "SIGTERM"} for role in ROLES}
 

@@ -9,6 +9,9 @@ argument `exit`, exits 0, or with `wait`, sleeps. Every process appends "<role> 
 to PIDS_FILE.signals for each SIGINT or SIGTERM it gets and carries on: only SIGKILL, or the
 main process exiting, ends this job.
 
+With NESTED_CGROUP=1, `loader` first moves itself into a cgroup it makes inside the job's
+own cgroup v2, as a container runtime run by a job would (when the job has one).
+
 With CHURN=1, `loader` also forks without pause while it runs: every 5 ms a child that
 leaves its session, appends its pid to PIDS_FILE.churn and sleeps (300 at most), so the
 job is forking while it is being killed.
@@ -57,6 +60,23 @@ def daemonize() -> None:
         os._exit(0)
 
 
+def enter_nested_cgroup() -> None:
+    own = next(
+        line[3:]
+        for line in Path("/proc/self/cgroup").read_text().splitlines()
+        if line.startswith("0::")
+    )
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, fstype = line.partition(" - ")
+        root, mountpoint = fields.split()[3:5]
+        if fstype.startswith("cgroup2 ") and own.startswith(root):
+            nested = Path(mountpoint, own[len(root) :].lstrip("/"), "nested")
+            nested.mkdir()
+            (nested / "cgroup.procs").write_text("0")
+            return
+    raise RuntimeError("no cgroup2 mount")
+
+
 def churn() -> None:
     for _ in range(CHURN_MAX):
         if os.fork() == 0:
@@ -87,6 +107,8 @@ if __name__ == "__main__":
         append(PIDS_FILE, f"main {os.getpid()}")
         main(then)
     else:
+        if role == "loader" and os.environ.get("NESTED_CGROUP") == "1":
+            enter_nested_cgroup()
         append(PIDS_FILE, f"{role} {os.getpid()}")
         if role == "agent":
             start("gpu-worker")
