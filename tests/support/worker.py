@@ -101,8 +101,9 @@ class WorkerLab:
     imds_url: str = field(default_factory=no_imds_url)
     workers: list[KelpieProcess] = field(default_factory=list)
 
-    def start_worker(self, name: str, **extra_env: str) -> KelpieProcess:
-        """A worker with its own dirs under tmp/<name> (the machine id is `name`)."""
+    def start_worker(self, name: str, cwd: Path | None = None, **extra_env: str) -> KelpieProcess:
+        """A worker with its own dirs under tmp/<name> (the machine id is `name`), run in
+        `cwd` (default: the test's working directory)."""
         work_dir = self.tmp / name
         env = {
             **self.s3_env,
@@ -118,6 +119,7 @@ class WorkerLab:
             work_dir,
             self.tmp / "logs",
             extra_env=env,
+            cwd=cwd,
         )
         self.workers.append(worker)
         return worker

@@ -12,6 +12,7 @@ from kelpie.worker.config import WorkerSettings
 from kelpie.worker.plan import InvalidJob, check_local_path, plan_transfers
 
 ROOTS = (Path("/work/input"), Path("/work/checkpoint"), Path("/work/output"))
+CWD = Path("/work/input")
 
 
 def settings(**overrides: Any) -> WorkerSettings:
@@ -64,7 +65,7 @@ def test_legacy_pairs_map_to_the_three_dirs() -> None:
         ),
         settings(),
     )
-    assert [(d.prefix, d.local_dir, d.must_exist) for d in plan.downloads] == [
+    assert [(d.prefix, d.local_dir, d.warn_if_empty) for d in plan.downloads] == [
         ("in/", ROOTS[0], True),
         ("ck/", ROOTS[1], False),
     ]
@@ -105,7 +106,7 @@ def test_sync_entries_become_downloads_and_targets_with_patterns() -> None:
     )
     assert plan.compress
     assert plan.downloads[0].local_dir == Path("/work/input/data")
-    assert not plan.downloads[0].must_exist
+    assert not plan.downloads[0].warn_if_empty
     assert plan.during[0].mirror_deletes and not plan.after[0].mirror_deletes
     target = plan.after[0]
     assert target.key_for(Path("/work/output/logs/a/train.log")) == "p/a/train.log"
@@ -117,17 +118,33 @@ def test_sync_entries_become_downloads_and_targets_with_patterns() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ("/etc", "outside the folders this worker may use"),
+        ("/etc", "'/etc' is outside the folders this worker may use"),
         ("/", "outside the folders this worker may use"),
-        ("/work/input/../../etc", "must not contain '..'"),
-        ("/work/input/..", "must not contain '..'"),
-        ("relative/dir", "must be an absolute path"),
+        ("/work/input/../../etc", r"\(that is /etc\) is outside"),
+        ("/work/input/..", r"\(that is /work\) is outside"),
+        ("../../etc", r"'../../etc' \(that is /etc\) is outside"),
+        ("..", r"\(that is /work\) is outside"),
         ("/work/inputs-not-a-root", "outside"),
     ],
 )
 def test_bad_local_paths_are_refused(raw: str, message: str) -> None:
     with pytest.raises(InvalidJob, match=message):
-        check_local_path(raw, ROOTS, "sync.before[0].local_path")
+        check_local_path(raw, ROOTS, "sync.before[0].local_path", CWD)
+
+
+@pytest.mark.parametrize(
+    ("raw", "resolved"),
+    [
+        ("checkpoints/", "/work/input/checkpoints"),
+        ("./checkpoints", "/work/input/checkpoints"),
+        (".", "/work/input"),
+        ("a/../b", "/work/input/b"),
+        ("../output/logs", "/work/output/logs"),
+        ("/work/checkpoint/x/../y", "/work/checkpoint/y"),
+    ],
+)
+def test_relative_and_dotted_paths_resolve_from_the_working_dir(raw: str, resolved: str) -> None:
+    assert check_local_path(raw, ROOTS, "x", CWD) == Path(resolved)
 
 
 def test_a_symlink_out_of_a_root_is_refused(tmp_path: Path) -> None:
@@ -135,8 +152,66 @@ def test_a_symlink_out_of_a_root_is_refused(tmp_path: Path) -> None:
     root.mkdir()
     (root / "escape").symlink_to("/etc")
     with pytest.raises(InvalidJob, match="outside"):
-        check_local_path(str(root / "escape" / "cron.d"), [root], "x")
-    assert check_local_path(str(root / "a" / "b"), [root], "x") == root / "a" / "b"
+        check_local_path(str(root / "escape" / "cron.d"), [root], "x", tmp_path)
+    with pytest.raises(InvalidJob, match=r"'escape/cron.d' \(that is /etc/cron.d\) is outside"):
+        check_local_path("escape/cron.d", [root], "x", root)
+    assert check_local_path(str(root / "a" / "b"), [root], "x", tmp_path) == root / "a" / "b"
+
+
+def test_dotdot_after_a_symlink_is_read_as_the_kernel_reads_it(tmp_path: Path) -> None:
+    # root/link/.. is root to the eye, but the kernel follows the link first: outside/.
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    root.mkdir()
+    (root / "link").symlink_to(outside / "deep")
+    with pytest.raises(InvalidJob, match=f"that is {outside / 'x'}"):
+        check_local_path("link/../x", [root], "x", root)
+
+
+def test_relative_sync_paths_name_folders_under_the_working_dir(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    plan = plan_transfers(
+        job(
+            sync={
+                "before": [sync_entry("inputs/", "download")],
+                "during": [sync_entry("checkpoints/", "upload")],
+                "after": [sync_entry("./outputs", "upload")],
+            }
+        ),
+        settings(sync_roots=[app]),
+        working_dir=app,
+    )
+    assert plan.working_dir == app
+    assert plan.downloads[0].local_dir == app / "inputs"
+    assert plan.during[0].local_dir == app / "checkpoints"
+    assert plan.after[0].local_dir == app / "outputs"
+    assert plan.during[0].key_for(app / "checkpoints" / "step-1.pt") == "p/step-1.pt"
+
+
+def test_the_working_dir_is_the_workers_own_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    plan = plan_transfers(
+        job(sync={"during": [sync_entry("ckpt", "upload")]}), settings(sync_roots=[tmp_path])
+    )
+    assert plan.working_dir == tmp_path
+    assert plan.during[0].local_dir == tmp_path / "ckpt"
+
+
+def test_relative_sync_path_outside_the_roots_says_where_it_leads() -> None:
+    with pytest.raises(InvalidJob, match=r"'checkpoints/' \(that is /srv/app/checkpoints\)"):
+        plan_transfers(
+            job(sync={"during": [sync_entry("checkpoints/", "upload")]}),
+            settings(),
+            working_dir=Path("/srv/app"),
+        )
+
+
+def test_relative_dir_in_the_job_environment_is_given_to_the_job_absolute() -> None:
+    plan = plan_transfers(job(environment={"OUTPUT_DIR": "../output/run1"}), settings(), CWD)
+    assert plan.dirs.output == Path("/work/output/run1")
+    assert plan.dirs.as_env()["OUTPUT_DIR"] == "/work/output/run1"
 
 
 def test_sync_roots_widen_what_a_job_may_name() -> None:

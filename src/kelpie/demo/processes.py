@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from kelpie.worker import proctree
+
 KELPIE = [sys.executable, "-m", "kelpie"]
 
 
@@ -29,23 +31,15 @@ def free_port() -> int:
 
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid`, read from /proc (children first found, deepest last)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found: list[int] = []
-    frontier = [pid]
-    while frontier:
-        children = parents.get(frontier.pop(), [])
-        found.extend(children)
-        frontier.extend(children)
-    return found
+    return [p.pid for p in proctree.descendants(proctree.read_processes(), [pid]) if p.alive]
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL `pid` and every descendant, whatever its session, robust against forks
+    during the kill (see `proctree.kill_process_tree`)."""
+    survivors = proctree.kill_process_tree(pid)
+    if survivors:
+        raise RuntimeError(f"still alive after SIGKILL: {[p.pid for p in survivors]}")
 
 
 def wait_until_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -79,12 +73,14 @@ class KelpieProcess:
         self.proc.wait(timeout=10)
 
     def kill_with_descendants(self) -> None:
-        """SIGKILL the process and everything it started (its jobs run in their own process
-        groups): what a node disappearing looks like."""
-        for pid in [*descendants(self.proc.pid), self.proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        """SIGKILL the process and everything it started, in whatever session (its jobs run
+        in sessions of their own, and may start more): what a node disappearing looks like."""
+        if self.proc.poll() is None:
+            kill_process_tree(self.proc.pid)
         self.proc.wait(timeout=10)
+        # A dead node takes its cgroups with it; here, the job cgroups the worker left.
+        with contextlib.suppress(proctree.ContainmentUnavailable):
+            proctree.clear_stale_cgroups(proctree.usable_cgroup()[0])
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
@@ -165,8 +161,10 @@ def start_worker(
     log_dir: Path,
     *,
     extra_env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> KelpieProcess:
-    """Start `kelpie worker` with its own INPUT/CHECKPOINT/OUTPUT dirs under work_dir."""
+    """Start `kelpie worker` with its own INPUT/CHECKPOINT/OUTPUT dirs under work_dir
+    (and in `cwd`, where relative `sync` folders resolve; default: this process's)."""
     env = {
         **os.environ,
         "KELPIE_API_URL": api_url,
@@ -184,6 +182,7 @@ def start_worker(
         proc = subprocess.Popen(
             [*KELPIE, "worker"],
             env=env,
+            cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

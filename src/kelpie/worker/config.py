@@ -13,6 +13,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kelpie.worker.proctree import ContainmentMode
+
 DEFAULT_INPUT_DIR = Path("/input")
 DEFAULT_CHECKPOINT_DIR = Path("/checkpoint")
 DEFAULT_OUTPUT_DIR = Path("/output")
@@ -77,6 +79,10 @@ class WorkerSettings(BaseSettings):
 
     Empty (the default) means the worker's INPUT_DIR, CHECKPOINT_DIR and OUTPUT_DIR.
     """
+
+    containment: ContainmentMode = Field("auto", validation_alias="KELPIE_WORKER_CONTAINMENT")
+    """How the worker holds every process of a job: a cgroup v2 per job, or as a child
+    subreaper tracking them from /proc; `auto` takes a cgroup where the container allows it."""
 
     reallocate_on_idle: bool = Field(True, validation_alias="KELPIE_WORKER_REALLOCATE_ON_IDLE")
     imds_url: str = Field("http://169.254.169.254", validation_alias="SALAD_IMDS_URL")

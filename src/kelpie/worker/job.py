@@ -6,7 +6,7 @@ The phases of an attempt and what ends it:
                  │          │        ├─ exit ≠ 0 / signal ─▶ flush checkpoints ─▶ report failed
                  │          │        ├─ lease lost ─▶ stop uploading, stop the job (no report)
                  │          │        └─ worker stopping ─▶ SIGTERM, flush, report interrupted
-                 └── bad input, missing inputs, command not found ─▶ report failed
+                 └── bad input, missing bucket, command not found ─▶ report failed
 
 Heartbeats run from the claim to the report, so a long download or a long final upload
 keeps the lease. Whatever happens, the job's process is gone and its folders are empty
@@ -126,6 +126,8 @@ class JobAttempt:
         self._process: JobProcess | None = None
         self._live: LiveSync | None = None
         self._dirs: tuple[Path, ...] = settings.job_dirs
+        self.warnings: list[str] = []
+        """What a user should know about this attempt that did not stop it."""
 
     async def run(self) -> Outcome:
         logger.info("job %s: claimed (%s)", self.job.id, self.job.command)
@@ -196,11 +198,10 @@ class JobAttempt:
             # A missing bucket is the submitter's mistake, not this node's.
             node_fault = "NoSuchBucket" not in str(exc)
             raise _Failure(f"download of {item.source} failed: {exc}", local=node_fault) from exc
-        if item.must_exist and stats.files == 0:
-            raise _Failure(
-                f"input prefix {item.source} holds no objects (leave input_bucket/input_prefix "
-                "out for a job without inputs)",
-                local=False,
+        if item.warn_if_empty and stats.files == 0:
+            self._warn(
+                f"input prefix {item.source} holds no objects: the job runs without inputs "
+                "(leave input_bucket/input_prefix out for a job that has none)"
             )
         return stats
 
@@ -209,7 +210,9 @@ class JobAttempt:
             os.environ, dirs=plan.dirs, job_id=self.job.id, job_env=self.job.environment
         )
         try:
-            return await JobProcess.start(self.job.command, self.job.arguments, env)
+            return await JobProcess.start(
+                self.job.command, self.job.arguments, env, cwd=plan.working_dir
+            )
         except JobStartError as exc:
             raise _Failure(exc.reason, exit_code=exc.exit_code, local=False) from exc
 
@@ -414,6 +417,10 @@ class JobAttempt:
             if exc is not None:
                 raise _Failure(f"the worker's heartbeat task crashed: {exc!r}", local=False)
         raise _Disturbed()
+
+    def _warn(self, warning: str) -> None:
+        logger.warning("job %s: %s", self.job.id, warning)
+        self.warnings.append(warning)
 
     def _heartbeat_finished(self) -> bool:
         return self._heartbeat_task is not None and self._heartbeat_task.done()

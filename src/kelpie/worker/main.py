@@ -23,6 +23,7 @@ from kelpie.schemas import JobOut
 from kelpie.worker.config import WorkerSettings
 from kelpie.worker.job import JobAttempt, Outcome, Storage, empty_dirs
 from kelpie.worker.node import Node
+from kelpie.worker.proctree import ContainmentUnavailable, install
 from kelpie.worker.tasks import cancel_and_wait, spawn
 
 logger = logging.getLogger("kelpie.worker")
@@ -212,6 +213,12 @@ def main() -> int:
         settings = WorkerSettings()
     except ValidationError as exc:
         logger.error("worker: invalid configuration:\n%s", exc)
+        return EXIT_BAD_CONFIG
+    try:
+        # Before anything else runs: children the worker has now are not a job's.
+        install(settings.containment)
+    except ContainmentUnavailable as exc:
+        logger.error("worker: KELPIE_WORKER_CONTAINMENT=%s: %s", settings.containment, exc)
         return EXIT_BAD_CONFIG
     # The stock loop: a worker handles a few requests a second, and uvloop would cost ~3 MB
     # of the idle footprint for no measurable gain.

@@ -4,6 +4,10 @@ Both storage forms (legacy bucket/prefix pairs and `sync` blocks) become the sam
 the rest of the worker knows one shape. Every local folder a job names is checked here
 against the allowed roots: the worker downloads into these folders and empties them after
 the job, so a path like `/` or `/etc` must be refused before it is touched.
+
+A relative folder means what it means to the reference worker, which hands it to Node's
+`fs` as given: relative to the worker's working directory. The job's command runs in that
+same directory, so `checkpoints/` names the same folder for the job and for the worker.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from kelpie.schemas import JobOut, SyncEntry
 from kelpie.worker.config import WorkerSettings
@@ -46,8 +50,9 @@ class Download:
     prefix: str
     local_dir: Path
     pattern: re.Pattern[str] | None
-    must_exist: bool
-    """True for the legacy input prefix: naming inputs that are not there is a mistake."""
+    warn_if_empty: bool
+    """True for the legacy input prefix: the job runs without inputs (as on the reference
+    worker), but naming inputs that are not there is likely a mistake worth a warning."""
 
     @property
     def source(self) -> str:
@@ -79,6 +84,8 @@ class UploadTarget:
 
 @dataclass(frozen=True)
 class TransferPlan:
+    working_dir: Path
+    """Where relative folders were resolved from, and where the job's command runs."""
     dirs: JobDirs
     downloads: tuple[Download, ...]
     during: tuple[UploadTarget, ...]
@@ -98,25 +105,32 @@ class TransferPlan:
         return tuple(seen)
 
 
-def plan_transfers(job: JobOut, settings: WorkerSettings) -> TransferPlan:
-    """The transfers of `job` on this worker; raises InvalidJob with a reason a user can act on."""
+def plan_transfers(
+    job: JobOut, settings: WorkerSettings, working_dir: Path | None = None
+) -> TransferPlan:
+    """The transfers of `job` on this worker; raises InvalidJob with a reason a user can act on.
+
+    Relative folders are resolved from `working_dir` (default: the worker's own).
+    """
+    base = working_dir if working_dir is not None else Path.cwd()
     roots = allowed_roots(settings)
-    dirs = job_dirs(job.environment, settings, roots)
+    dirs = job_dirs(job.environment, settings, roots, base)
     if job.sync is not None:
         return TransferPlan(
+            working_dir=base,
             dirs=dirs,
             downloads=tuple(
                 Download(
                     e.bucket,
                     e.prefix,
-                    _local(e, f"sync.before[{i}]", roots),
+                    _local(e, f"sync.before[{i}]", roots, base),
                     _pattern(e),
-                    must_exist=False,
+                    warn_if_empty=False,
                 )
                 for i, e in enumerate(job.sync.before)
             ),
-            during=_targets(job.sync.during, "sync.during", roots, mirror_deletes=True),
-            after=_targets(job.sync.after, "sync.after", roots, mirror_deletes=False),
+            during=_targets(job.sync.during, "sync.during", roots, base, mirror_deletes=True),
+            after=_targets(job.sync.after, "sync.after", roots, base, mirror_deletes=False),
             compress=job.compression,
         )
     downloads: list[Download] = []
@@ -132,7 +146,7 @@ def plan_transfers(job: JobOut, settings: WorkerSettings) -> TransferPlan:
         output = UploadTarget(job.output_bucket, job.output_prefix, dirs.output, None, False)
         during.append(output)
         after.append(output)
-    return TransferPlan(dirs, tuple(downloads), tuple(during), tuple(after), job.compression)
+    return TransferPlan(base, dirs, tuple(downloads), tuple(during), tuple(after), job.compression)
 
 
 def allowed_roots(settings: WorkerSettings) -> tuple[Path, ...]:
@@ -141,7 +155,7 @@ def allowed_roots(settings: WorkerSettings) -> tuple[Path, ...]:
 
 
 def job_dirs(
-    job_env: Mapping[str, str], settings: WorkerSettings, roots: Sequence[Path]
+    job_env: Mapping[str, str], settings: WorkerSettings, roots: Sequence[Path], base: Path
 ) -> JobDirs:
     """The three dirs with the job's `environment` winning; an override must stay in the roots."""
 
@@ -149,7 +163,7 @@ def job_dirs(
         raw = job_env.get(name)
         if raw is None or Path(raw) == container_value:
             return container_value
-        return check_local_path(raw, roots, f"environment.{name}")
+        return check_local_path(raw, roots, f"environment.{name}", base)
 
     return JobDirs(
         input=pick("INPUT_DIR", settings.input_dir),
@@ -158,28 +172,31 @@ def job_dirs(
     )
 
 
-def check_local_path(raw: str, roots: Iterable[Path], what: str) -> Path:
-    """`raw` normalized, if inside one of `roots` (symlinks resolved); else InvalidJob."""
-    if not raw.startswith("/"):
-        raise InvalidJob(f"{what} {raw!r} must be an absolute path")
-    if ".." in PurePosixPath(raw).parts:
-        raise InvalidJob(f"{what} {raw!r} must not contain '..'")
-    path = Path(os.path.normpath(raw))
-    resolved = path.resolve()
+def check_local_path(raw: str, roots: Iterable[Path], what: str, base: Path) -> Path:
+    """`raw` as an absolute, normalized path (a relative one is taken from `base`), if it
+    lies inside one of `roots`; else InvalidJob.
+
+    Inside means with symlinks resolved, both ways a `..` can be read: lexically (how the
+    worker uses the path) and after the symlinks before it (how the kernel, and so the
+    reference worker, would), so neither `..` nor a symlink leads out.
+    """
+    given = base / raw  # an absolute `raw` replaces `base`
+    path = Path(os.path.normpath(given))
     roots = tuple(roots)
-    for root in roots:
-        real_root = root.resolve()
-        if resolved == real_root or resolved.is_relative_to(real_root):
-            return path
-    shown = ", ".join(str(root) for root in roots)
-    raise InvalidJob(
-        f"{what} {raw!r} is outside the folders this worker may use ({shown}); "
-        "set KELPIE_SYNC_ROOTS on the worker to allow more"
-    )
+    real_roots = [root.resolve() for root in roots]
+    for resolved in dict.fromkeys([path.resolve(), given.resolve()]):
+        if not any(resolved == r or resolved.is_relative_to(r) for r in real_roots):
+            shown = ", ".join(str(root) for root in roots)
+            where = "" if str(resolved) == raw else f" (that is {resolved})"
+            raise InvalidJob(
+                f"{what} {raw!r}{where} is outside the folders this worker may use ({shown}); "
+                "set KELPIE_SYNC_ROOTS on the worker to allow more"
+            )
+    return path
 
 
-def _local(entry: SyncEntry, what: str, roots: Sequence[Path]) -> Path:
-    return check_local_path(entry.local_path, roots, f"{what}.local_path")
+def _local(entry: SyncEntry, what: str, roots: Sequence[Path], base: Path) -> Path:
+    return check_local_path(entry.local_path, roots, f"{what}.local_path", base)
 
 
 def _pattern(entry: SyncEntry) -> re.Pattern[str] | None:
@@ -187,11 +204,20 @@ def _pattern(entry: SyncEntry) -> re.Pattern[str] | None:
 
 
 def _targets(
-    entries: Sequence[SyncEntry], phase: str, roots: Sequence[Path], *, mirror_deletes: bool
+    entries: Sequence[SyncEntry],
+    phase: str,
+    roots: Sequence[Path],
+    base: Path,
+    *,
+    mirror_deletes: bool,
 ) -> tuple[UploadTarget, ...]:
     return tuple(
         UploadTarget(
-            e.bucket, e.prefix, _local(e, f"{phase}[{i}]", roots), _pattern(e), mirror_deletes
+            e.bucket,
+            e.prefix,
+            _local(e, f"{phase}[{i}]", roots, base),
+            _pattern(e),
+            mirror_deletes,
         )
         for i, e in enumerate(entries)
     )

@@ -1,4 +1,9 @@
-"""The job's process: started in its own process group, stopped by escalating signals.
+"""The job's process and every process it starts, stopped by escalating signals.
+
+The job runs in its own session; each signal goes to its whole tree, whatever session or
+process group its processes moved to, and when the main process exits, whatever it left
+running is killed (see `proctree`): after `wait()` or `stop()` returns, nothing of the job
+is alive.
 
 Exit codes follow the shell's convention, so users read them the way they read `docker ps`:
 a process killed by signal N reports 128 + N (SIGKILL, the OOM killer's signal, is 137), a
@@ -11,17 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from kelpie.worker import proctree
 
 logger = logging.getLogger("kelpie.worker")
 
 EXIT_NOT_FOUND = 127
 EXIT_NOT_EXECUTABLE = 126
+ORPHAN_SWEEP_S = 1.0
+"""While the job runs, how often the worker reaps the orphans it adopted that have exited."""
 
 
 class JobStartError(Exception):
@@ -64,12 +72,19 @@ def _signal_name(signum: int) -> str:
 
 
 class JobProcess:
-    """A running job command; signals go to its whole process group."""
+    """A running job command; signals go to every process of the job."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        tree: proctree.JobTree,
+        containment: proctree.Containment,
+    ) -> None:
         self._process = process
+        self._tree = tree
+        self._containment = containment
         self._status: ExitStatus | None = None
-        self._exited = asyncio.create_task(self._reap(), name=f"job-process-{process.pid}")
+        self._exited = asyncio.create_task(self._watch(), name=f"job-process-{process.pid}")
 
     @classmethod
     async def start(
@@ -80,30 +95,23 @@ class JobProcess:
         cwd: Path | None = None,
     ) -> JobProcess:
         """Start `command arguments…`; stdout and stderr pass through to the worker's."""
+        containment = proctree.installed()
+        tree = containment.new_tree()
         try:
-            process = await asyncio.create_subprocess_exec(
-                command,
-                *arguments,
-                env=dict(env),
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        except FileNotFoundError as exc:
-            where = "" if "/" in command else f" in PATH {env.get('PATH', '')!r}"
-            raise JobStartError(
-                EXIT_NOT_FOUND, f"command not found: {command!r}{where} ({exc.strerror})"
-            ) from exc
-        except PermissionError as exc:
-            raise JobStartError(
-                EXIT_NOT_EXECUTABLE, f"command {command!r} is not executable ({exc.strerror})"
-            ) from exc
-        except OSError as exc:
-            raise JobStartError(
-                EXIT_NOT_EXECUTABLE, f"command {command!r} could not be started: {exc}"
-            ) from exc
-        logger.info("job process %d started: %s", process.pid, command)
-        return cls(process)
+            process = await _spawn(command, arguments, env, cwd, tree.preexec)
+        except subprocess.SubprocessError as exc:
+            # The child could not join its cgroup (it ran nothing): track it from /proc.
+            tree.close()
+            containment.give_up_cgroups(f"the job could not join its cgroup: {exc}")
+            tree = containment.new_tree()
+            process = await _spawn(command, arguments, env, cwd, tree.preexec)
+        except BaseException:
+            tree.close()
+            raise
+        containment.started(process.pid)
+        tree.attach(process.pid)
+        logger.info("job process %d started (%s): %s", process.pid, tree.kind, command)
+        return cls(process, tree, containment)
 
     @property
     def pid(self) -> int:
@@ -111,25 +119,36 @@ class JobProcess:
 
     @property
     def status(self) -> ExitStatus | None:
+        """The main process's exit status, once it and every other process of the job are gone."""
         return self._status
 
     async def wait(self) -> ExitStatus:
-        """Wait for the process to exit (cancelling the wait leaves the process alone)."""
+        """Wait for the job to exit (cancelling the wait leaves the process alone)."""
         return await asyncio.shield(self._exited)
 
-    async def _reap(self) -> ExitStatus:
-        returncode = await self._process.wait()
-        status = ExitStatus.from_returncode(returncode)
+    async def _watch(self) -> ExitStatus:
+        main = asyncio.ensure_future(self._process.wait())
+        while not main.done():
+            await asyncio.wait({main}, timeout=ORPHAN_SWEEP_S)
+            self._containment.reap_orphans()
+        status = ExitStatus.from_returncode(main.result())
+        self._containment.finished(self._process.pid)
+        # The job is over: whatever it left running goes with it, in whatever session.
+        survivors = await asyncio.to_thread(self._tree.kill)
+        if survivors:
+            logger.error("job process %d: could not kill %s", self.pid, [p.pid for p in survivors])
+        self._containment.reap_orphans()
+        self._tree.close()
         self._status = status
-        # The job is over: whatever it left running in its group goes with it.
-        self._signal_group(signal.SIGKILL)
         return status
 
     def send_signal(self, signum: int) -> None:
-        """Signal the job's process group (its children too), if it is still there."""
+        """Signal every process of the job, if it is still there."""
         if self._status is None:
-            logger.info("job process %d: sending %s", self.pid, _signal_name(signum))
-            self._signal_group(signum)
+            sent = proctree.signal_members(self._tree, signum)
+            logger.info(
+                "job process %d: sent %s to %d process(es)", self.pid, _signal_name(signum), sent
+            )
 
     async def stop(self, signals: Sequence[int], grace: float) -> ExitStatus:
         """Send each of `signals` in turn, then SIGKILL; `grace` seconds from first signal to kill.
@@ -145,6 +164,34 @@ class JobProcess:
         self.send_signal(signal.SIGKILL)
         return await self.wait()
 
-    def _signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._process.pid, signum)
+
+async def _spawn(
+    command: str,
+    arguments: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path | None,
+    preexec: Callable[[], None] | None,
+) -> asyncio.subprocess.Process:
+    try:
+        return await asyncio.create_subprocess_exec(
+            command,
+            *arguments,
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
+    except FileNotFoundError as exc:
+        where = "" if "/" in command else f" in PATH {env.get('PATH', '')!r}"
+        raise JobStartError(
+            EXIT_NOT_FOUND, f"command not found: {command!r}{where} ({exc.strerror})"
+        ) from exc
+    except PermissionError as exc:
+        raise JobStartError(
+            EXIT_NOT_EXECUTABLE, f"command {command!r} is not executable ({exc.strerror})"
+        ) from exc
+    except OSError as exc:
+        raise JobStartError(
+            EXIT_NOT_EXECUTABLE, f"command {command!r} could not be started: {exc}"
+        ) from exc

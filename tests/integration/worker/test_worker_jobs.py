@@ -122,6 +122,68 @@ def test_sync_form_moves_exactly_the_matching_files_and_gzip_round_trips(lab: Wo
     assert unzipped("logs/train.log.gz") == b"loss=0.1\n" * 100
 
 
+def test_relative_sync_paths_mean_the_same_folders_to_the_worker_and_the_job(
+    lab: WorkerLab,
+) -> None:
+    """As in the reference README: `inputs/`, `checkpoints/`, `outputs/` under the workdir."""
+    lab.bucket.put("data/a.txt", "alpha")
+    app = lab.tmp / "app"
+    app.mkdir()
+    b = lab.bucket.name
+
+    def entry(prefix: str, local_path: str, direction: str) -> dict[str, str]:
+        return {"bucket": b, "prefix": prefix, "local_path": local_path, "direction": direction}
+
+    job = lab.submit(
+        "transform.py",
+        environment={
+            "SYNC_LAYOUT": "1",
+            "DATA_DIR": "inputs",
+            "MODEL_DIR": "checkpoints",
+            "LOGS_DIR": "outputs/logs",
+        },
+        sync={
+            "before": [entry("data/", "inputs/", "download")],
+            "during": [entry("model/", "checkpoints/", "upload")],
+            "after": [entry("logs/", "./outputs/logs", "upload")],
+        },
+    )
+    escaping = lab.submit(
+        "count.py", max_failures=1, sync={"during": [entry("x/", "../elsewhere/", "upload")]}
+    )
+    lab.start_worker("m1", cwd=app, KELPIE_SYNC_ROOTS=str(app))
+
+    lab.wait_status(job["id"], "completed")
+    assert lab.bucket.get("model/a.txt") == b"ALPHA"  # the job read what the worker put there
+    assert lab.bucket.keys("model/") == ["model/a.txt", "model/scratch.tmp", "model/weights.bin"]
+    assert lab.bucket.keys("logs/") == ["logs/debug.trace", "logs/train.log"]
+    # the folders were the worker's working directory's: emptied there after the job
+    wait_for(
+        lambda: (app / "checkpoints").is_dir() and not any(p.is_file() for p in app.rglob("*")),
+        "the job's folders under the working directory to be emptied",
+    )
+
+    refused = lab.wait_status(escaping["id"], "failed")
+    assert f"(that is {lab.tmp / 'elsewhere'}) is outside" in str(refused["last_error"])
+    assert not (lab.tmp / "elsewhere").exists()
+
+
+def test_legacy_job_whose_input_prefix_is_empty_runs_without_inputs(lab: WorkerLab) -> None:
+    job = lab.submit(
+        "count.py",
+        max_failures=1,
+        input_bucket=lab.bucket.name,
+        input_prefix="nothing-here/",
+        output_bucket=lab.bucket.name,
+        output_prefix="out/",
+        environment={"COUNT_TO": "2", "STEP_S": "0"},
+    )
+    lab.start_worker("m1")
+    done = lab.wait_status(job["id"], "completed", "failed")
+    assert (done["status"], done["num_failures"]) == ("completed", 0)
+    assert json.loads(lab.wait_key("out/result.json"))["count"] == 2
+
+
 def test_deleted_checkpoint_file_is_deleted_in_the_bucket(lab: WorkerLab) -> None:
     job = lab.submit(
         "count.py",
@@ -188,7 +250,7 @@ def test_bad_input_is_reported_clearly_and_the_worker_keeps_serving(lab: WorkerL
                 ]
             },
         ),
-        "must not contain '..'": lab.submit(
+        f"(that is {checkpoint_dir.parent.parent / 'escape'}) is outside": lab.submit(
             "count.py",
             max_failures=1,
             sync={
@@ -206,12 +268,6 @@ def test_bad_input_is_reported_clearly_and_the_worker_keeps_serving(lab: WorkerL
             command="no-such-command-kelpie",
             container_group_id=lab.group,
             max_failures=1,
-        ),
-        "holds no objects": lab.submit(
-            "count.py",
-            max_failures=1,
-            input_bucket=b,
-            input_prefix="nothing-here/",
         ),
         "no-such-bucket-kelpie": lab.submit(
             "count.py",
