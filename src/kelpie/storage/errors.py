@@ -34,8 +34,15 @@ MAX_SUMMARY_CHARS = 400
 class StorageError(Exception):
     """An S3 transfer failed for good: after retries, or at once when retrying cannot help.
 
-    The message names the bucket and key and the cause.
+    The message names the bucket and key and the cause. `transient` is True when the storage
+    was unreachable or failing (5xx, 429, timeouts) for as long as retries went on: a storage
+    outage, which another attempt later may not meet, rather than a mistake (missing bucket,
+    refused credentials) that no retry fixes.
     """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -51,6 +58,16 @@ def is_transient(exc: BaseException) -> bool:
     if status is None:
         # A transport failure obstore does not retry itself: a timed-out write, a body
         # cut off mid-stream.
+        return True
+    code = int(status.group(1))
+    return code >= 500 or code in (408, 429)
+
+
+def is_transient_cause(text: str) -> bool:
+    """True when an error report whose retries are spent was about an outage: a 5xx, 408, 429
+    or a transport failure, not a 4xx answer."""
+    status = _STATUS.search(text)
+    if status is None:
         return True
     code = int(status.group(1))
     return code >= 500 or code in (408, 429)

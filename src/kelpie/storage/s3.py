@@ -27,7 +27,7 @@ import obstore
 from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import S3Store
 
-from kelpie.storage.errors import StorageError, is_transient, summarize
+from kelpie.storage.errors import StorageError, is_transient, is_transient_cause, summarize
 from kelpie.storage.files import PART_SIZE, Download, fetch_to_file, send_file
 from kelpie.storage.progress import TransferProgress
 from kelpie.storage.settings import S3Settings
@@ -254,9 +254,11 @@ class ObjectStorage:
                 now = time.monotonic()
                 first_failure = now if first_failure is None else first_failure
                 failing_for = now - first_failure
-                if not is_transient(exc) or failing_for >= OPERATION_RETRY_WINDOW_S:
+                transient = is_transient(exc)
+                if not transient or failing_for >= OPERATION_RETRY_WINDOW_S:
                     raise StorageError(
-                        f"{action} {_url(bucket, key)} failed: {summarize(exc)}"
+                        f"{action} {_url(bucket, key)} failed: {summarize(exc)}",
+                        transient=transient or _retries_spent_on_outage(exc),
                     ) from exc
                 delay = random.uniform(
                     0, min(OPERATION_BACKOFF_MAX_S, OPERATION_BACKOFF_S * 2 ** min(number, 8))
@@ -271,6 +273,16 @@ class ObjectStorage:
                     failing_for,
                 )
                 await asyncio.sleep(delay)
+
+
+def _retries_spent_on_outage(exc: BaseException) -> bool:
+    """obstore gave up retrying a request that failed with a connection error or 5xx: the
+    storage was unreachable for its whole retry budget."""
+    return (
+        isinstance(exc, ObstoreError)
+        and not isinstance(exc, FileNotFoundError)
+        and (is_transient_cause(str(exc)))
+    )
 
 
 def _make_store(settings: S3Settings, bucket: str) -> S3Store:

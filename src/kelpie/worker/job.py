@@ -6,7 +6,11 @@ The phases of an attempt and what ends it:
                  │          │        ├─ exit ≠ 0 / signal ─▶ flush checkpoints ─▶ report failed
                  │          │        ├─ lease lost ─▶ stop uploading, stop the job (no report)
                  │          │        └─ worker stopping ─▶ SIGTERM, flush, report interrupted
+                 │          └── storage unreachable ─▶ report interrupted (not the job's fault)
                  └── bad input, missing bucket, command not found ─▶ report failed
+
+Every call about the job carries the claim's attempt id: a call the API refuses (409) means
+another attempt holds the job now, and this one drops it without another word.
 
 Heartbeats run from the claim to the report, so a long download or a long final upload
 keeps the lease. Whatever happens, the job's process is gone and its folders are empty
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from kelpie.client import ApiUnavailable, AsyncKelpieClient, KelpieError
-from kelpie.schemas import JobOut
+from kelpie.schemas import JobEventIn, JobOut, WorkerEventKind
 from kelpie.storage import StorageError, TransferStats
 from kelpie.worker.config import WorkerSettings
 from kelpie.worker.environment import job_environment
@@ -45,6 +49,7 @@ T = TypeVar("T")
 
 REPORT_BACKOFF_MAX_S = 10.0
 MAX_ERROR_CHARS = 4000
+EVENT_FLUSH_S = 2.0
 
 
 class Storage(Uploader, Protocol):
@@ -81,10 +86,16 @@ class Outcome(enum.Enum):
     """Reported failed for a reason no other node would fix (bad input, command not found)."""
     DROPPED = "dropped"
     INTERRUPTED = "interrupted"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    """Handed back because the bucket could not be reached: the worker waits a while."""
 
 
 class _Disturbed(Exception):
     """The phase was cut short: the worker is stopping, or the lease is lost."""
+
+
+class _StorageUnavailable(Exception):
+    """The bucket could not be reached for as long as retries went on."""
 
 
 class _Failure(Exception):
@@ -118,6 +129,7 @@ class JobAttempt:
             job.id,
             settings.machine_id,
             settings.container_group_id,
+            job.attempt_id,
             float(job.heartbeat_interval),
             node.working,
         )
@@ -128,6 +140,7 @@ class JobAttempt:
         self._dirs: tuple[Path, ...] = settings.job_dirs
         self.warnings: list[str] = []
         """What a user should know about this attempt that did not stop it."""
+        self._events: set[asyncio.Task[None]] = set()
 
     async def run(self) -> Outcome:
         logger.info("job %s: claimed (%s)", self.job.id, self.job.command)
@@ -161,6 +174,8 @@ class JobAttempt:
             status = await self._guarded(self._process.wait(), also=self._live.died)
         except _Disturbed:
             return await self._disturbed()
+        except _StorageUnavailable as exc:
+            return await self._hand_back_for_storage(str(exc))
         except _Failure as exc:
             return await self._fail_after_flush(exc.reason, exc.exit_code, local=exc.local)
         if not status.succeeded:
@@ -181,12 +196,14 @@ class JobAttempt:
                 raise result
         files = sum(r.files for r in results if isinstance(r, TransferStats))
         size = sum(r.bytes for r in results if isinstance(r, TransferStats))
+        seconds = time.monotonic() - started
         logger.info(
-            "job %s: downloaded %d files (%d bytes) in %.2f s",
-            self.job.id,
-            files,
-            size,
-            time.monotonic() - started,
+            "job %s: downloaded %d files (%d bytes) in %.2f s", self.job.id, files, size, seconds
+        )
+        self._event(
+            "inputs_downloaded",
+            f"downloaded {files} files ({size} bytes) in {seconds:.1f} s",
+            {"files": files, "bytes": size, "seconds": round(seconds, 3)},
         )
 
     async def _download_one(self, storage: Storage, item: Download) -> TransferStats:
@@ -195,9 +212,10 @@ class JobAttempt:
                 item.bucket, item.prefix, item.local_dir, pattern=item.pattern, decompress=True
             )
         except StorageError as exc:
-            # A missing bucket is the submitter's mistake, not this node's.
-            node_fault = "NoSuchBucket" not in str(exc)
-            raise _Failure(f"download of {item.source} failed: {exc}", local=node_fault) from exc
+            if exc.transient:
+                raise _StorageUnavailable(f"download of {item.source} failed: {exc}") from exc
+            # A missing bucket or refused credentials are the submitter's, not this node's.
+            raise _Failure(f"download of {item.source} failed: {exc}", local=False) from exc
         if item.warn_if_empty and stats.files == 0:
             self._warn(
                 f"input prefix {item.source} holds no objects: the job runs without inputs "
@@ -210,11 +228,13 @@ class JobAttempt:
             os.environ, dirs=plan.dirs, job_id=self.job.id, job_env=self.job.environment
         )
         try:
-            return await JobProcess.start(
+            process = await JobProcess.start(
                 self.job.command, self.job.arguments, env, cwd=plan.working_dir
             )
         except JobStartError as exc:
             raise _Failure(exc.reason, exit_code=exc.exit_code, local=False) from exc
+        self._event("started", f"started {self.job.command} (pid {process.pid})", None)
+        return process
 
     async def _finish(self, plan: TransferPlan) -> Outcome:
         """Exit 0: every upload done, then `completed`."""
@@ -224,11 +244,14 @@ class JobAttempt:
             await self._guarded(self._final_uploads(plan, deadline))
         except _Disturbed:
             return await self._disturbed()
+        except _StorageUnavailable as exc:
+            return await self._hand_back_for_storage(str(exc))
         except _Failure as exc:
             return await self._report_failed(exc.reason, 0, local=True)
         logger.info("job %s: completed", self.job.id)
-        await self._report("completed", self._client.report_completed)
-        return Outcome.COMPLETED
+        if await self._report("completed", self._client.report_completed):
+            return Outcome.COMPLETED
+        return Outcome.DROPPED
 
     async def _final_uploads(self, plan: TransferPlan, deadline: float) -> None:
         if self._live is not None:
@@ -258,10 +281,13 @@ class JobAttempt:
                 attempt += 1
                 delay = min(REPORT_BACKOFF_MAX_S, 0.5 * 2**attempt)
                 if time.monotonic() + delay > deadline:
-                    raise _Failure(
+                    what = (
                         f"upload of {target.local_dir} to s3://{target.bucket}/{target.prefix} "
                         f"failed: {exc}"
-                    ) from exc
+                    )
+                    if isinstance(exc, StorageError) and exc.transient:
+                        raise _StorageUnavailable(what) from exc
+                    raise _Failure(what) from exc
                 logger.warning(
                     "upload of %s failed, retrying in %.1f s: %s", target.local_dir, delay, exc
                 )
@@ -283,6 +309,17 @@ class JobAttempt:
             if failures:
                 reason = f"{reason}; {_upload_failure(failures)}"
         return await self._report_failed(reason, exit_code, local=local)
+
+    async def _hand_back_for_storage(self, reason: str) -> Outcome:
+        """The bucket is unreachable: not the job's fault nor this node's. Hand the job back
+        without counting a failure; the worker waits before it claims again."""
+        logger.warning("job %s: handing the job back, storage unreachable: %s", self.job.id, reason)
+        if self._process is not None and self._process.status is None:
+            await self._process.stop([signal.SIGTERM], self._settings.stop_grace_s)
+        self._event("warning", f"handed back: storage unreachable ({reason[:500]})", None)
+        if await self._report("interrupted", self._client.report_interrupted):
+            return Outcome.STORAGE_UNAVAILABLE
+        return Outcome.DROPPED
 
     async def _disturbed(self) -> Outcome:
         if self._heartbeat.lost_reason is not None or self._heartbeat_finished():
@@ -317,8 +354,9 @@ class JobAttempt:
                     self.job.id,
                     _upload_failure(failures),
                 )
-        await self._report("interrupted", self._client.report_interrupted)
-        return Outcome.INTERRUPTED
+        if await self._report("interrupted", self._client.report_interrupted):
+            return Outcome.INTERRUPTED
+        return Outcome.DROPPED
 
     # -- reports -----------------------------------------------------------------------------
 
@@ -326,14 +364,21 @@ class JobAttempt:
         reason = reason[:MAX_ERROR_CHARS]
         logger.error("job %s: failed (exit code %s): %s", self.job.id, exit_code, reason)
 
-        async def call(job_id: str, machine_id: str, group_id: str) -> None:
-            await self._client.report_failed(job_id, machine_id, group_id, exit_code, reason)
+        async def call(job_id: str, machine_id: str, group_id: str, attempt_id: int | None) -> None:
+            await self._client.report_failed(
+                job_id, machine_id, group_id, exit_code, reason, attempt_id
+            )
 
-        await self._report("failed", call)
+        if not await self._report("failed", call):
+            return Outcome.DROPPED
         return Outcome.FAILED if local else Outcome.REJECTED
 
-    async def _report(self, what: str, call: Callable[[str, str, str], Awaitable[None]]) -> bool:
-        """Send a final report, retrying while the API is unreachable.
+    async def _report(
+        self, what: str, call: Callable[[str, str, str, int | None], Awaitable[None]]
+    ) -> bool:
+        """Send a final report, retrying while the API is unreachable; True once it took
+        effect, False if the API refused it (another attempt holds the job) or, when the
+        worker is stopping, could not be reached in time.
 
         A finished job waits for the API as long as it takes; once the worker is stopping,
         only until the upload grace runs out (the node is going away: the lease will expire
@@ -349,7 +394,10 @@ class JobAttempt:
                 # Once stopping, a hanging API must not hold the node past its grace.
                 async with asyncio.timeout(budget):
                     await call(
-                        self.job.id, self._settings.machine_id, self._settings.container_group_id
+                        self.job.id,
+                        self._settings.machine_id,
+                        self._settings.container_group_id,
+                        self.job.attempt_id,
                     )
                 logger.info("job %s: reported %s", self.job.id, what)
                 return True
@@ -421,6 +469,28 @@ class JobAttempt:
     def _warn(self, warning: str) -> None:
         logger.warning("job %s: %s", self.job.id, warning)
         self.warnings.append(warning)
+        self._event("warning", warning, None)
+
+    def _event(self, kind: WorkerEventKind, message: str, data: dict[str, Any] | None) -> None:
+        """Tell the API, in the background, what this attempt saw (best effort: an event that
+        cannot be sent is only logged)."""
+        if self.job.attempt_id is None:
+            return
+        event = JobEventIn(
+            machine_id=self._settings.machine_id,
+            container_group_id=self._settings.container_group_id,
+            attempt_id=self.job.attempt_id,
+            kind=kind,
+            message=message[:2000],
+            data=data,
+        )
+        self._events.add(spawn(self._send_event(event), f"event-{kind}"))
+
+    async def _send_event(self, event: JobEventIn) -> None:
+        try:
+            await self._client.add_job_event(self.job.id, event)
+        except KelpieError as exc:
+            logger.info("job %s: event %s not recorded: %s", self.job.id, event.kind, exc)
 
     def _heartbeat_finished(self) -> bool:
         return self._heartbeat_task is not None and self._heartbeat_task.done()
@@ -453,6 +523,10 @@ class JobAttempt:
         if self._live is not None:
             await self._live.close()
         await cancel_and_wait([self._heartbeat_task, self._stop_task])
+        # Events still in flight get a moment, not the node's remaining grace.
+        if self._events:
+            await asyncio.wait(self._events, timeout=EVENT_FLUSH_S)
+            await cancel_and_wait(self._events)
         await asyncio.to_thread(empty_dirs, self._dirs, create=False)
 
 

@@ -73,6 +73,7 @@ class Worker:
         self._node.idle()
         idle_since = time.monotonic()
         failed_polls = 0
+        storage_outages = 0
         while not self.stopping:
             if self._idle_too_long(idle_since):
                 await self._leave_idle_node()
@@ -99,6 +100,11 @@ class Worker:
             idle_since = time.monotonic()
             if await self._too_many_failures(outcome):
                 return EXIT_OK
+            if outcome is Outcome.STORAGE_UNAVAILABLE:
+                storage_outages += 1
+                await self._back_off(storage_outages, "the bucket could not be reached")
+            elif outcome is not Outcome.DROPPED:
+                storage_outages = 0
         logger.info("worker: stopped")
         return EXIT_OK
 
