@@ -8,7 +8,6 @@ deadline (`wait_for`), never a bare sleep.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import uuid
 from collections.abc import Iterator
@@ -157,10 +156,10 @@ class WorkerLab:
         return "\n".join(f"--- {w.log_path.name}\n{w.log()[-6000:]}" for w in self.workers)
 
     def stop_all(self) -> None:
+        """Every worker and whatever its jobs left running die, as when the node goes."""
         for worker in self.workers:
             if worker.proc.poll() is None:
-                worker.signal(signal.SIGKILL)
-                worker.proc.wait(timeout=10)
+                worker.kill_with_descendants()
 
 
 def pid_alive(pid: int) -> bool:
