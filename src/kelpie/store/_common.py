@@ -54,6 +54,9 @@ MAX_WORKER_EVENTS_PER_ATTEMPT = 200
 # After this long without any API process reaching the store, the API counts it as an outage
 # in which heartbeats could not be heard (see Store.note_api_alive).
 OUTAGE_GAP_SECONDS = 3.0
+# After an outage, a running job's holder has two heartbeat intervals plus this long to beat
+# again: the API's own start and every worker reconnecting at once take some seconds.
+OUTAGE_GRACE_SECONDS = 5.0
 
 ATTEMPT_OUTCOMES: tuple[AttemptOutcome, ...] = (
     "running",

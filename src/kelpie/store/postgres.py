@@ -25,6 +25,7 @@ from kelpie.store._common import (
     MAX_WORKER_EVENTS_PER_ATTEMPT,
     NEW_JOBS_CHANNEL,
     OUTAGE_GAP_SECONDS,
+    OUTAGE_GRACE_SECONDS,
     PURGED_MESSAGE,
     WARNING_EVENT_KINDS,
     RowDecoder,
@@ -821,11 +822,12 @@ class PostgresStore:
                 # Nobody could hear heartbeats since `last_seen`: a job whose lease was still
                 # good then gets a full lease from now, to beat again.
                 await conn.execute(
-                    "UPDATE jobs SET lease_expires ="
-                    " greatest(lease_expires, now() + heartbeat_interval * interval '2 s')"
+                    "UPDATE jobs SET lease_expires = greatest(lease_expires,"
+                    " now() + heartbeat_interval * interval '2 s' + $2::float8 * interval '1 s')"
                     " WHERE status = 'running'"
                     " AND heartbeat >= $1::timestamptz - heartbeat_interval * interval '2 s'",
                     last_seen,
+                    OUTAGE_GRACE_SECONDS,
                 )
             await conn.execute(
                 "INSERT INTO api_liveness (id, last_seen) VALUES (1, now())"

@@ -175,10 +175,10 @@ class Store(Protocol):
     async def note_api_alive(self) -> float:
         """Record that an API process reaches the store now. If no process had for longer
         than OUTAGE_GAP_SECONDS, nobody could hear heartbeats meanwhile: every running job
-        whose lease was still good when the silence began gets a full lease (two heartbeat
-        intervals) from now, so a holder that beats again in time keeps its job. Returns the
-        gap credited (0 when there was no outage). Atomic across processes: one outage is
-        credited once."""
+        whose lease was still good when the silence began gets two heartbeat intervals plus
+        OUTAGE_GRACE_SECONDS from now, so a holder that beats again in time keeps its job.
+        Returns the gap credited (0 when there was no outage). Atomic across processes: one
+        outage is credited once."""
 
     # -- checkpoints and events --------------------------------------------------------
     async def commit_checkpoint(

@@ -36,6 +36,7 @@ from kelpie.store._common import (
     CANCELED_MESSAGE,
     MAX_WORKER_EVENTS_PER_ATTEMPT,
     OUTAGE_GAP_SECONDS,
+    OUTAGE_GRACE_SECONDS,
     PURGED_MESSAGE,
     WARNING_EVENT_KINDS,
     RowDecoder,
@@ -1067,9 +1068,9 @@ class SqliteStore:
                 # still good then gets a full lease from now, to beat again.
                 conn.execute(
                     "UPDATE jobs SET lease_expires = max(lease_expires,"
-                    " :now + 2 * heartbeat_interval)"
+                    " :now + 2 * heartbeat_interval + :grace)"
                     " WHERE status = 'running' AND lease_expires > :last_seen",
-                    {"now": now, "last_seen": last_seen},
+                    {"now": now, "last_seen": last_seen, "grace": OUTAGE_GRACE_SECONDS},
                 )
             conn.execute(
                 "INSERT INTO api_liveness (id, last_seen) VALUES (1, :now)"

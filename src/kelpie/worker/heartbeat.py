@@ -24,7 +24,7 @@ logger = logging.getLogger("kelpie.worker")
 
 # While the API is unreachable: a beat every 1-2 s, each given this long to answer.
 UNREACHABLE_RETRY_S = (1.0, 2.0)
-UNREACHABLE_TIMEOUT_S = 1.5
+UNREACHABLE_TIMEOUT_S = 3.0
 # A beat while all is well may take up to an interval (within these bounds) to answer.
 BEAT_TIMEOUT_MIN_S = 2.0
 BEAT_TIMEOUT_MAX_S = 10.0
