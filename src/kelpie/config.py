@@ -23,6 +23,12 @@ class ServerSettings(BaseSettings):
     webhook_poll_interval_s: Annotated[float, Field(gt=0)] = 0.5
     webhook_max_age_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
     webhook_retention_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
+    # Request limits: a body cap (a batch of 1,000 ordinary jobs takes well under 1 MiB),
+    # the time a request's line and headers may take to arrive, and how long a connection
+    # may sit silent while kelpie waits for it (between requests, or within a body).
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    idle_timeout_s: Annotated[int, Field(ge=1)] = 30
     log_level: str = "info"
 
     @field_validator("database_url")

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from kelpie import __version__
 from kelpie.api.errors import install_error_handlers
+from kelpie.api.limits import BodySizeLimit
 from kelpie.api.routers import health, jobs, scaling_rules, users, work
 from kelpie.api.security import hash_api_key
 from kelpie.api.state import AppState
@@ -87,6 +88,7 @@ def create_app(settings: ServerSettings, fleet: FleetProvider | None = None) -> 
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for router in (health.router, jobs.router, work.router, users.router, scaling_rules.router):
         app.include_router(router)
     return app
