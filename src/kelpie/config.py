@@ -7,6 +7,9 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# An admin key guards every user's jobs: long enough that it cannot be guessed.
+MIN_ADMIN_KEY_LENGTH = 32
+
 
 class ServerSettings(BaseSettings):
     """Everything the API server reads at start; validated before anything listens."""
@@ -30,6 +33,17 @@ class ServerSettings(BaseSettings):
     header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     idle_timeout_s: Annotated[int, Field(ge=1)] = 30
     log_level: str = "info"
+
+    @field_validator("admin_key")
+    @classmethod
+    def _long_admin_key(cls, key: str | None) -> str | None:
+        if key is not None and len(key) < MIN_ADMIN_KEY_LENGTH:
+            raise ValueError(
+                f"KELPIE_ADMIN_KEY must be at least {MIN_ADMIN_KEY_LENGTH} characters, not"
+                f" {len(key)}; make one with: python3 -c 'import secrets;"
+                " print(secrets.token_urlsafe(32))'"
+            )
+        return key
 
     @field_validator("database_url")
     @classmethod

@@ -343,6 +343,25 @@ class TokenCreate(_Request):
 
 class TokenOut(BaseModel):
     token: str
+    id: str | None = None  # the key's id, to list or revoke it (None from older servers)
+
+
+class ApiKeyOut(BaseModel):
+    """An API key as listed: never the key itself, which is shown only when created."""
+
+    id: str
+    created: Timestamp
+    org_name: str | None = None
+    project_name: str | None = None
+    revoked: bool
+    bootstrap: bool = False  # the key came from KELPIE_ADMIN_KEY
+
+
+class ApiKeyList(BaseModel):
+    count: int = Field(alias="_count")
+    tokens: list[ApiKeyOut]
+
+    model_config = ConfigDict(populate_by_name=True)
 
 
 Replicas = Annotated[int, Field(ge=0, le=500)]

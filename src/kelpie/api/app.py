@@ -21,6 +21,7 @@ from kelpie.config import ServerSettings
 from kelpie.fleet import fleet_provider_from_env
 from kelpie.fleet.autoscaler import run_autoscaler
 from kelpie.fleet.base import FleetProvider
+from kelpie.fleet.reallocation import Reallocator
 from kelpie.store import open_store
 from kelpie.webhooks.delivery import run_webhook_delivery, run_webhook_retention
 
@@ -61,7 +62,12 @@ def create_app(settings: ServerSettings, fleet: FleetProvider | None = None) -> 
         store = open_store(settings.database_url)
         await store.open()
         provider = fleet or fleet_provider_from_env(os.environ)
-        state = AppState(settings=settings, store=store, fleet=provider)
+        state = AppState(
+            settings=settings,
+            store=store,
+            fleet=provider,
+            reallocator=Reallocator(store, provider, settings.max_blocked_jobs),
+        )
         if settings.admin_key:
             await store.ensure_admin(ADMIN_USERNAME, hash_api_key(settings.admin_key))
         await store.listen_for_new_jobs(state.notifier.notify)
@@ -78,6 +84,7 @@ def create_app(settings: ServerSettings, fleet: FleetProvider | None = None) -> 
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await state.reallocator.aclose()
             await provider.aclose()
             await store.close()
 

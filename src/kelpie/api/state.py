@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from kelpie.api.notifier import WorkNotifier
 from kelpie.config import ServerSettings
 from kelpie.fleet.base import FleetProvider
+from kelpie.fleet.reallocation import Reallocator
 from kelpie.store.models import Principal
 from kelpie.store.protocol import Store
 
@@ -43,6 +44,7 @@ class AppState:
     settings: ServerSettings
     store: Store
     fleet: FleetProvider
+    reallocator: Reallocator
     notifier: WorkNotifier = field(default_factory=WorkNotifier)
     keys: KeyCache = field(default_factory=KeyCache)
     # Set after a state change that may have queued a webhook, so delivery starts at once.

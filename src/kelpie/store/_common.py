@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from kelpie.schemas import JOB_STATUSES, AttemptOutcome, JobStatus
-from kelpie.store.models import Attempt, Job, ScalingRule, User
+from kelpie.store.models import ApiKey, Attempt, Job, ScalingRule, User
 
 
 class Row(Protocol):
@@ -20,6 +20,7 @@ class Row(Protocol):
 
 
 NEW_JOBS_CHANNEL = "kelpie_new_jobs"
+API_KEY_COLUMNS = "id, user_id, created, org_name, project_name, revoked, bootstrap"
 
 ATTEMPT_OUTCOMES: tuple[AttemptOutcome, ...] = (
     "running",
@@ -118,6 +119,17 @@ class RowDecoder:
             is_admin=bool(row["is_admin"]),
             webhook_secret=row["webhook_secret"],
             webhook_token=row["webhook_token"],
+        )
+
+    def api_key(self, row: Row) -> ApiKey:
+        return ApiKey(
+            id=row["id"],
+            user_id=row["user_id"],
+            created=self._time(row["created"]),
+            org_name=row["org_name"],
+            project_name=row["project_name"],
+            revoked=bool(row["revoked"]),
+            bootstrap=bool(row["bootstrap"]),
         )
 
     def rule(self, row: Row) -> ScalingRule:
