@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from kelpie.api.availability import StoreAvailability
 from kelpie.api.notifier import WorkNotifier
 from kelpie.config import ServerSettings
 from kelpie.fleet.base import FleetProvider
@@ -44,6 +45,7 @@ class AppState:
     settings: ServerSettings
     store: Store
     fleet: FleetProvider
+    availability: StoreAvailability
     reallocator: Reallocator
     notifier: WorkNotifier = field(default_factory=WorkNotifier)
     keys: KeyCache = field(default_factory=KeyCache)
