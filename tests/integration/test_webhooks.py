@@ -107,10 +107,15 @@ def receivers() -> Iterator[list[ReceiverProcess]]:
         receiver.stop()
 
 
+# One admin key for every server of these tests: processes sharing a database share it (a
+# start with another key would revoke it).
+ADMIN_KEY = new_admin_key()
+
+
 def serve(servers: list[ServerProcess], url: str, logs: Path, **env: str) -> ServerProcess:
     server = start_server(
         url,
-        new_admin_key(),
+        ADMIN_KEY,
         logs,
         extra_env={"KELPIE_LOG_LEVEL": "info", **env},
     )
