@@ -219,7 +219,7 @@ def run_backend(backend: str, samples: int, drain: int) -> dict[str, float]:
         else:
             database_url = asyncio.run(create_database())
         receiver: ReceiverProcess | None = None
-        server = start_server(database_url, f"admin-{secrets.token_hex(8)}", directory / "logs")
+        server = start_server(database_url, f"admin-{secrets.token_hex(16)}", directory / "logs")
         try:
             port = free_port()
             # The receiver checks signatures with the secret of the user the jobs belong to:

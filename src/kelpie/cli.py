@@ -648,7 +648,7 @@ def delete_users(api: Api, yes: bool) -> None:
 
 @main.group()
 def keys() -> None:
-    """Manage API keys (admin key)."""
+    """Manage API keys (admin key; a user may list and revoke its own)."""
 
 
 @keys.command("create")
@@ -660,6 +660,45 @@ def create_key(api: Api, user_id: str, org_name: str | None, project_name: str |
     """Create an API key for a user. It is printed once and cannot be shown again."""
     token = api.client.create_token(user_id, org_name, project_name)
     api.emit({"token": token}, token)
+
+
+@keys.command("list")
+@click.argument("user_id")
+@with_api
+def list_keys(api: Api, user_id: str) -> None:
+    """List a user's API keys: ids and where they act, never the keys themselves.
+
+    An admin key lists anyone's; any key lists its own user's."""
+    tokens = api.client.list_tokens(user_id)
+    if api.as_json:
+        emit_json([token.model_dump(mode="json") for token in tokens])
+        return
+    emit_table(
+        ("ID", "CREATED", "ORG", "PROJECT", "STATE"),
+        (
+            (
+                t.id,
+                when(t.created),
+                t.org_name or "-",
+                t.project_name or "-",
+                ("revoked" if t.revoked else "live")
+                + (" (KELPIE_ADMIN_KEY)" if t.bootstrap else ""),
+            )
+            for t in tokens
+        ),
+    )
+
+
+@keys.command("revoke")
+@click.argument("user_id")
+@click.argument("token_id")
+@with_api
+def revoke_key(api: Api, user_id: str, token_id: str) -> None:
+    """Revoke one of a user's API keys (TOKEN_ID from `kelpie keys list`); it stops working at
+    once on the API process that answers, within 5 s on the others."""
+    api.client.revoke_token(user_id, token_id)
+    message = f"revoked key {token_id}"
+    api.emit({"message": message}, message)
 
 
 @main.command()

@@ -7,6 +7,9 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# An admin key guards every user's jobs: long enough that it cannot be guessed.
+MIN_ADMIN_KEY_LENGTH = 32
+
 
 class ServerSettings(BaseSettings):
     """Everything the API server reads at start; validated before anything listens."""
@@ -23,7 +26,24 @@ class ServerSettings(BaseSettings):
     webhook_poll_interval_s: Annotated[float, Field(gt=0)] = 0.5
     webhook_max_age_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
     webhook_retention_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
+    # Request limits: a body cap (a batch of 1,000 ordinary jobs takes well under 1 MiB),
+    # the time a request's line and headers may take to arrive, and how long a connection
+    # may sit silent while kelpie waits for it (between requests, or within a body).
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    idle_timeout_s: Annotated[int, Field(ge=1)] = 30
     log_level: str = "info"
+
+    @field_validator("admin_key")
+    @classmethod
+    def _long_admin_key(cls, key: str | None) -> str | None:
+        if key is not None and len(key) < MIN_ADMIN_KEY_LENGTH:
+            raise ValueError(
+                f"KELPIE_ADMIN_KEY must be at least {MIN_ADMIN_KEY_LENGTH} characters, not"
+                f" {len(key)}; make one with: python3 -c 'import secrets;"
+                " print(secrets.token_urlsafe(32))'"
+            )
+        return key
 
     @field_validator("database_url")
     @classmethod

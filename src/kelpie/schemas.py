@@ -32,6 +32,16 @@ MAX_CHECKPOINT_FILES = 10_000
 _SHA256_HEX = r"^[0-9a-f]{64}$"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# Bounds of one submission, so that a stored job stays small: a page of `GET /jobs` holds up
+# to 1,000 of them, and every worker call returns one.
+MAX_ENVIRONMENT_VARIABLES = 128
+MAX_ENVIRONMENT_BYTES = 32 * 1024  # names and values, UTF-8
+MAX_ARGUMENTS = 1000
+MAX_ARGUMENTS_BYTES = 32 * 1024  # UTF-8
+MAX_SYNC_ENTRIES = 32  # per phase
+MAX_PATTERN_LENGTH = 1024
+MAX_JOB_BYTES = 128 * 1024  # the whole submission, as JSON
+
 
 def format_timestamp(value: datetime) -> str:
     """ISO-8601 UTC with milliseconds and a `Z`, as the reference service writes it."""
@@ -58,12 +68,26 @@ def _check_pattern(pattern: str | None) -> str | None:
 
 
 def _check_environment(env: dict[str, str]) -> dict[str, str]:
+    if len(env) > MAX_ENVIRONMENT_VARIABLES:
+        raise ValueError(f"at most {MAX_ENVIRONMENT_VARIABLES} variables, not {len(env)}")
+    size = sum(len(name.encode()) + len(value.encode()) for name, value in env.items())
+    if size > MAX_ENVIRONMENT_BYTES:
+        raise ValueError(
+            f"names and values take {size} bytes, more than the {MAX_ENVIRONMENT_BYTES} allowed"
+        )
     for name, value in env.items():
         if not _ENV_NAME.match(name):
             raise ValueError(f"{name!r} is not a valid environment variable name")
         if "\x00" in value:
             raise ValueError(f"value of {name!r} contains a NUL byte")
     return env
+
+
+def _check_arguments(arguments: list[str]) -> list[str]:
+    size = sum(len(argument.encode()) for argument in arguments)
+    if size > MAX_ARGUMENTS_BYTES:
+        raise ValueError(f"{size} bytes in all, more than the {MAX_ARGUMENTS_BYTES} allowed")
+    return arguments
 
 
 def _check_webhook(url: str | None) -> str | None:
@@ -140,15 +164,17 @@ class SyncEntry(_Request):
         str, Field(min_length=1, max_length=4096), AfterValidator(_check_local_path)
     ]
     direction: SyncDirection
-    pattern: Annotated[str | None, AfterValidator(_check_pattern)] = None
+    pattern: Annotated[
+        str | None, Field(max_length=MAX_PATTERN_LENGTH), AfterValidator(_check_pattern)
+    ] = None
 
 
 class SyncConfig(_Request):
     """Transfers before the command runs (downloads), while it runs and after it exits (uploads)."""
 
-    before: list[SyncEntry] = Field(default_factory=list)
-    during: list[SyncEntry] = Field(default_factory=list)
-    after: list[SyncEntry] = Field(default_factory=list)
+    before: list[SyncEntry] = Field(default_factory=list, max_length=MAX_SYNC_ENTRIES)
+    during: list[SyncEntry] = Field(default_factory=list, max_length=MAX_SYNC_ENTRIES)
+    after: list[SyncEntry] = Field(default_factory=list, max_length=MAX_SYNC_ENTRIES)
 
     @model_validator(mode="after")
     def _directions_fit_phases(self) -> SyncConfig:
@@ -175,7 +201,11 @@ class JobCreate(_Request):
     """A job submission (`POST /jobs`, one item of `POST /jobs/batch`)."""
 
     command: Annotated[str, Field(min_length=1, max_length=4096)]
-    arguments: list[Annotated[str, Field(max_length=65536)]] = Field(default_factory=list)
+    arguments: Annotated[
+        list[Annotated[str, Field(max_length=MAX_ARGUMENTS_BYTES)]],
+        Field(max_length=MAX_ARGUMENTS),
+        AfterValidator(_check_arguments),
+    ] = Field(default_factory=list)
     environment: Annotated[dict[str, str], AfterValidator(_check_environment)] = Field(
         default_factory=dict
     )
@@ -204,6 +234,15 @@ class JobCreate(_Request):
                 raise ValueError(
                     f"{missing} is required when {bucket.split('_')[0]} storage is given"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _job_is_not_too_large(self) -> JobCreate:
+        size = len(self.model_dump_json(exclude_defaults=True))
+        if size > MAX_JOB_BYTES:
+            raise ValueError(
+                f"the job takes {size} bytes as JSON, more than the {MAX_JOB_BYTES} allowed"
+            )
         return self
 
 
@@ -439,6 +478,25 @@ class TokenCreate(_Request):
 
 class TokenOut(BaseModel):
     token: str
+    id: str | None = None  # the key's id, to list or revoke it (None from older servers)
+
+
+class ApiKeyOut(BaseModel):
+    """An API key as listed: never the key itself, which is shown only when created."""
+
+    id: str
+    created: Timestamp
+    org_name: str | None = None
+    project_name: str | None = None
+    revoked: bool
+    bootstrap: bool = False  # the key came from KELPIE_ADMIN_KEY
+
+
+class ApiKeyList(BaseModel):
+    count: int = Field(alias="_count")
+    tokens: list[ApiKeyOut]
+
+    model_config = ConfigDict(populate_by_name=True)
 
 
 Replicas = Annotated[int, Field(ge=0, le=500)]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.api import Api
+from tests.support.api import Api, ApiUser, new_admin_key
+from tests.support.api_fixtures import BACKENDS
+from tests.support.processes import start_server
 
 
 def test_health_and_docs_need_no_key(api: Api) -> None:
@@ -153,5 +159,115 @@ def test_openapi_lists_stable_operation_ids(api: Api) -> None:
         "purge_container_group",
         "create_user",
         "create_token",
+        "list_tokens",
+        "revoke_token",
         "get_me",
     } <= operation_ids
+
+
+# -- one key at a time ----------------------------------------------------------------------
+
+
+def _second_key(api: Api, user: ApiUser, **body: str) -> tuple[str, str]:
+    """Another key for the user: (key, its id)."""
+    created = api.admin().http.post(f"/users/{user.id}/token", json=body)
+    assert created.status_code == 201, created.text
+    answer = created.json()
+    assert set(answer) == {"token", "id"}
+    return answer["token"], answer["id"]
+
+
+def test_keys_are_listed_by_id_and_revoked_one_at_a_time(api: Api) -> None:
+    user = api.new_user()
+    key, key_id = _second_key(api, user, org_name="acme", project_name="render")
+    admin = api.admin().http
+    assert api.http(key).get("/users/me").status_code == 200  # resolved, and so cached
+
+    listed = admin.get(f"/users/{user.id}/tokens")
+    assert listed.status_code == 200
+    assert user.key not in listed.text and key not in listed.text
+    tokens = listed.json()["tokens"]
+    assert listed.json()["_count"] == len(tokens) == 2
+    assert tokens[1] == {
+        "id": key_id,
+        "created": tokens[1]["created"],
+        "org_name": "acme",
+        "project_name": "render",
+        "revoked": False,
+        "bootstrap": False,
+    }
+
+    assert admin.delete(f"/users/{user.id}/tokens/{key_id}").status_code == 204
+
+    # At once in this process: the key cache does not keep it alive.
+    assert api.http(key).get("/users/me").status_code == 403
+    assert user.http.get("/users/me").status_code == 200
+    assert admin.delete(f"/users/{user.id}/tokens/{key_id}").status_code == 204  # a no-op
+    assert [t["revoked"] for t in admin.get(f"/users/{user.id}/tokens").json()["tokens"]] == [
+        False,
+        True,
+    ]
+
+
+def test_unknown_keys_and_users_are_404(api: Api) -> None:
+    admin = api.admin().http
+    user = api.new_user()
+
+    assert admin.delete(f"/users/{user.id}/tokens/{uuid.uuid4()}").status_code == 404
+    assert admin.get(f"/users/{uuid.uuid4()}/tokens").status_code == 404
+    assert admin.delete(f"/users/{user.id}/tokens/not-a-uuid").status_code == 400
+
+
+def test_a_user_manages_its_own_keys_and_no_one_elses(api: Api) -> None:
+    user, other = api.new_user(), api.new_user()
+    key, key_id = _second_key(api, user)
+    _, other_key_id = _second_key(api, other)
+
+    assert user.http.get(f"/users/{user.id}/tokens").json()["_count"] == 2
+    assert user.http.get(f"/users/{other.id}/tokens").status_code == 404
+    assert user.http.delete(f"/users/{other.id}/tokens/{other_key_id}").status_code == 404
+    assert user.http.delete(f"/users/{user.id}/tokens/{key_id}").status_code == 204
+
+    assert api.http(key).get("/users/me").status_code == 403
+    assert other.http.get("/users/me").status_code == 200
+    assert [
+        t["revoked"] for t in api.admin().http.get(f"/users/{other.id}/tokens").json()["tokens"]
+    ] == [False, False]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_new_admin_key_at_start_revokes_the_previous_one(
+    backend: str, fresh_database_url: Callable[[str], str], tmp_path: Path
+) -> None:
+    database = fresh_database_url(backend)
+    old_key, new_key = new_admin_key(), new_admin_key()
+    server = start_server(database, old_key, tmp_path / "logs")
+    try:
+        with httpx.Client(base_url=server.url, headers={"X-Kelpie-Key": old_key}) as old:
+            minted = old.post(f"/users/{old.get('/users/me').json()['id']}/token", json={})
+            assert minted.status_code == 201
+    finally:
+        server.stop()
+
+    restarted = start_server(database, new_key, tmp_path / "logs")
+    try:
+        for key, status in ((old_key, 403), (new_key, 200), (minted.json()["token"], 200)):
+            with httpx.Client(base_url=restarted.url, headers={"X-Kelpie-Key": key}) as http:
+                assert http.get("/users/me").status_code == status
+    finally:
+        restarted.stop()
+
+
+def test_a_short_admin_key_is_refused_at_start(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kelpie", "serve", "--port", "1"],
+        env={"KELPIE_ADMIN_KEY": "change-me", "KELPIE_DATABASE_URL": f"sqlite:///{tmp_path}/k.db"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "KELPIE_ADMIN_KEY" in proc.stderr and "32" in proc.stderr
+    assert not (tmp_path / "k.db").exists()

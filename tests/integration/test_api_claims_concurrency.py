@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.api import new_admin_key
 from tests.support.api_fixtures import BACKENDS
 from tests.support.processes import ServerProcess, start_server
 
@@ -59,7 +59,7 @@ def test_each_job_is_claimed_exactly_once(
     backend: str, fresh_database_url: Callable[[str], str], tmp_path: Path
 ) -> None:
     url = fresh_database_url(backend)
-    admin_key = f"admin-{secrets.token_hex(8)}"
+    admin_key = new_admin_key()
     servers = [start_server(url, admin_key, tmp_path / "logs") for _ in range(2)]
     admin = httpx.Client(base_url=servers[0].url, headers={"X-Kelpie-Key": admin_key})
     try:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.api import new_admin_key
 from tests.support.api_fixtures import BACKENDS
 from tests.support.processes import ServerProcess, start_server
 
@@ -63,7 +63,7 @@ def test_every_acknowledged_job_survives_sigkill(
     backend: str, fresh_database_url: Callable[[str], str], tmp_path: Path
 ) -> None:
     url = fresh_database_url(backend)
-    key = f"admin-{secrets.token_hex(8)}"
+    key = new_admin_key()
     server = start_server(url, key, tmp_path / "logs")
 
     acknowledged = asyncio.run(_burst_and_kill(server, key))

@@ -12,6 +12,7 @@ from tests.support.api import ApiUser
 GOOD: dict[str, Any] = {"command": "python", "container_group_id": "validation-group"}
 ENTRY = {"bucket": "b", "prefix": "p/", "local_path": "/input", "direction": "download"}
 UP = {**ENTRY, "direction": "upload", "local_path": "/output"}
+LONG_UP = {**UP, "local_path": "/output/" + "d" * 4000}
 
 BAD_SUBMISSIONS: list[tuple[str, Any, str]] = [
     ("missing command", {"container_group_id": "g"}, "command"),
@@ -56,6 +57,23 @@ BAD_SUBMISSIONS: list[tuple[str, Any, str]] = [
     ("NUL in an environment value", {**GOOD, "environment": {"A": "\x00"}}, "environment"),
     ("NUL in the command", {**GOOD, "command": "py\x00thon"}, "command"),
     ("NUL in a sync path", {**GOOD, "sync": {"before": [{**ENTRY, "prefix": "p\x00"}]}}, "prefix"),
+    (
+        "too many environment variables",
+        {**GOOD, "environment": {f"V{i}": "x" for i in range(129)}},
+        "environment",
+    ),
+    ("environment too large", {**GOOD, "environment": {"BLOB": "x" * 33_000}}, "environment"),
+    ("too many arguments", {**GOOD, "arguments": ["a"] * 1001}, "arguments"),
+    ("arguments too large", {**GOOD, "arguments": ["x" * 17_000] * 2}, "arguments"),
+    ("argument too long", {**GOOD, "arguments": ["x" * 40_000]}, "arguments[0]"),
+    ("command too long", {**GOOD, "command": "x" * 5000}, "command"),
+    ("too many sync entries", {**GOOD, "sync": {"during": [UP] * 33}}, "sync.during"),
+    ("pattern too long", {**GOOD, "sync": {"during": [{**UP, "pattern": "a" * 1025}]}}, "pattern"),
+    (
+        "job too large",
+        {**GOOD, "sync": {"during": [LONG_UP] * 20, "after": [LONG_UP] * 20}},
+        "the job takes",
+    ),
     ("body is a list", [GOOD], "body"),
     ("body is a string", "python", "body"),
 ]

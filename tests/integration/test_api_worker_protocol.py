@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 
@@ -157,24 +156,6 @@ def test_beating_job_is_not_taken_over(user: ApiUser, group: str) -> None:
         assert user.report(job["id"], "heartbeat", "holder", group).json() == {"status": "running"}
         assert user.claim("other", group) is None
         time.sleep(0.5)
-
-
-def test_long_poll_returns_as_soon_as_a_job_is_submitted(
-    api: Api, user: ApiUser, group: str
-) -> None:
-    claimed: list[dict[str, object] | None] = []
-    poller = ApiUser(user.id, user.key, api.http(user.key))
-    thread = threading.Thread(target=lambda: claimed.append(poller.claim("m1", group, wait=20)))
-    thread.start()
-    # Submit only once the poller has found the queue empty and is waiting: a server that
-    # did not long-poll would already have answered [].
-    time.sleep(0.3)
-    started = time.monotonic()
-    job = user.submit(container_group_id=group)
-    thread.join(timeout=25)
-
-    assert claimed and claimed[0] is not None and claimed[0]["id"] == job["id"]
-    assert time.monotonic() - started < 5
 
 
 def test_worker_calls_need_machine_and_group(user: ApiUser, group: str) -> None:

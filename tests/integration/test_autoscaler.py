@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.api import Api, ApiUser
+from tests.support.api import Api, ApiUser, new_admin_key
 from tests.support.api_fixtures import BACKENDS
 from tests.support.fake_salad import FakeSalad, RecordedRequest, Reply, problem
 from tests.support.processes import ServerProcess, start_server
@@ -27,17 +27,25 @@ SCALE_DEADLINE = 15.0
 
 
 class FlakySalad(FakeSalad):
-    """FakeSalad that can answer 500 to every call about chosen groups, forever."""
+    """FakeSalad that can answer 500 to every call about chosen groups, forever, and 404 to
+    every start of chosen groups (which still exist)."""
 
     def __init__(self, api_key: str) -> None:
         super().__init__(api_key)
         self.broken_names: set[str] = set()
+        self.unstartable_names: set[str] = set()
 
     def handle(self, request: RecordedRequest) -> Reply:
         with self.lock:
             broken = any(f"/containers/{name}" in request.path for name in self.broken_names)
+            unstartable = any(
+                request.path.endswith(f"/containers/{name}/start")
+                for name in self.unstartable_names
+            )
         if broken:
             return problem(500, "Internal Server Error", "this group is having a bad day")
+        if unstartable:
+            return problem(404, "Not Found", "no capacity for this group just now")
         return super().handle(request)
 
 
@@ -83,7 +91,7 @@ def fleet_server(
     try:
         server = start_server(
             fresh_database_url(request.param),
-            "admin-fleet",
+            new_admin_key(),
             tmp_path_factory.mktemp("fleet") / "logs",
             extra_env={
                 "SALAD_API_KEY": "salad-key",
@@ -107,6 +115,7 @@ def fleet(fleet_server: tuple[Api, FlakySalad]) -> Fleet:
     api, salad = fleet_server
     assert api.admin().http.delete("/scaling-rules").status_code == 204
     salad.broken_names.clear()
+    salad.unstartable_names.clear()
     return Fleet(api, salad, api.new_user(ORG, PROJECT))
 
 
@@ -179,6 +188,24 @@ def test_group_unknown_to_the_provider_loses_its_rule(fleet: Fleet) -> None:
         "the rule to be deleted",
         timeout=SCALE_DEADLINE,
     )
+
+
+def test_a_404_on_start_of_a_group_that_exists_keeps_its_rule(fleet: Fleet) -> None:
+    group = fleet.new_group(status="stopped")
+    name = f"g-{group[:8]}"
+    fleet.salad.unstartable_names.add(name)
+    fleet.add_rule(group, 0, 3)
+    fleet.user.submit(container_group_id=group)
+
+    wait_for(
+        lambda: len(fleet.salad.requests_to(f"/{name}/start", "POST")) >= 2,
+        "two rounds of refused starts",
+        timeout=SCALE_DEADLINE,
+    )
+    assert fleet.user.http.get(f"/scaling-rules/{group}").status_code == 200
+
+    fleet.salad.unstartable_names.clear()
+    wait_for(lambda: fleet.is_at(group, "running", 1), "the group to start", timeout=SCALE_DEADLINE)
 
 
 def test_one_failing_group_does_not_block_the_others(fleet: Fleet) -> None:
@@ -333,6 +360,24 @@ def test_machine_blocked_from_five_jobs_is_reallocated_exactly_once(fleet: Fleet
     assert len(fleet.salad.requests_to("/instances/bad-1/reallocate", "POST")) == 1
 
 
+def test_failures_under_another_tenants_machine_id_spend_only_their_own_reallocation(
+    fleet: Fleet,
+) -> None:
+    group = fleet.new_group(status="running", replicas=2)
+    theirs = str(uuid.uuid4())
+    fleet.salad.add_group("evil-org", "evil-project", theirs, f"g-{theirs[:8]}", "running", 1)
+    mallory = fleet.api.new_user("evil-org", "evil-project")
+
+    # Mallory reports five failures under the id of a machine of another tenant ...
+    fail_jobs_on(mallory, "victim-1", theirs, 5)
+    wait_for(lambda: "victim-1" in reallocations(fleet.salad, theirs), "mallory's reallocation")
+    # ... which leaves that tenant's own reallocation of the machine untouched.
+    fail_jobs_on(fleet.user, "victim-1", group, 5)
+
+    wait_for(lambda: "victim-1" in reallocations(fleet.salad, group), "the owner's reallocation")
+    assert reallocations(fleet.salad, group).count("victim-1") == 1
+
+
 def test_webhook_that_is_not_http_is_rejected(fleet: Fleet) -> None:
     response = fleet.user.http.post(
         "/jobs",
@@ -354,6 +399,7 @@ def test_exactly_one_of_two_api_processes_scales_and_the_other_takes_over(
     # Each process talks to its own fake SaladCloud holding the same group, so every call
     # tells which process made it.
     fakes = [FlakySalad("salad-key").start() for _ in range(2)]
+    admin_key = new_admin_key()  # one for both, as for every process of one deployment
     servers: list[ServerProcess] = []
     apis: list[Api] = []
     try:
@@ -364,7 +410,7 @@ def test_exactly_one_of_two_api_processes_scales_and_the_other_takes_over(
                 "KELPIE_SALAD_API_URL": fake.url,
                 "KELPIE_AUTOSCALE_INTERVAL_S": str(INTERVAL),
             }
-            servers.append(start_server(database, "admin-pair", tmp_path / "logs", extra_env=env))
+            servers.append(start_server(database, admin_key, tmp_path / "logs", extra_env=env))
             apis.append(Api(servers[-1], "postgres"))
         user = apis[0].new_user(ORG, PROJECT)
         fleet = Fleet(apis[0], fakes[0], user)

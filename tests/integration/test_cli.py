@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from click.testing import CliRunner, Result
 
 from kelpie.cli import main
 from kelpie.client import KelpieClient
+from tests.support.api import new_admin_key
 from tests.support.processes import ServerProcess, free_port, start_server
 
 KELPIE = [sys.executable, "-m", "kelpie"]
@@ -31,9 +31,7 @@ KELPIE = [sys.executable, "-m", "kelpie"]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp("cli-api")
-    server = start_server(
-        f"sqlite:///{directory / 'k.db'}", f"admin-{secrets.token_hex(8)}", directory / "logs"
-    )
+    server = start_server(f"sqlite:///{directory / 'k.db'}", new_admin_key(), directory / "logs")
     try:
         yield server
     finally:
@@ -266,6 +264,29 @@ def test_users_keys_and_whoami(admin: Cli) -> None:
     assert admin.run("users", "create", name, code=1).stderr.startswith("error: ")
 
 
+def test_keys_are_listed_and_revoked_one_at_a_time(admin: Cli) -> None:
+    user = admin.json("users", "create", f"kim-{uuid.uuid4().hex[:8]}")
+    first = admin.run("keys", "create", user["id"], "--org", "acme", "--project", "p1").stdout
+    second = admin.run("keys", "create", user["id"]).stdout.strip()
+    listed = admin.json("keys", "list", user["id"])
+    assert [(k["org_name"], k["revoked"]) for k in listed] == [("acme", False), (None, False)]
+    table = admin.run("keys", "list", user["id"]).stdout
+    assert listed[0]["id"] in table and "acme" in table
+    assert first.strip() not in table and second not in table  # never the keys themselves
+
+    revoked = admin.run("keys", "revoke", user["id"], listed[0]["id"]).stdout
+    assert revoked == f"revoked key {listed[0]['id']}\n"
+
+    admin.run("whoami", key=first.strip(), code=1)
+    admin.run("whoami", key=second)
+    assert [k["revoked"] for k in admin.json("keys", "list", user["id"])] == [True, False]
+    # A user manages its own keys.
+    own = Cli(admin.url, second, user["id"])
+    assert [k["id"] for k in own.json("keys", "list", user["id"])] == [k["id"] for k in listed]
+    proc = own.process("keys", "revoke", admin.user_id, str(uuid.uuid4()))
+    assert_clean_error(proc, 1, "not found")
+
+
 def test_a_user_cannot_use_admin_commands(cli: Cli) -> None:
     proc = cli.process("users", "create", "mallory")
     assert_clean_error(proc, 1, "error: ")
@@ -273,9 +294,9 @@ def test_a_user_cannot_use_admin_commands(cli: Cli) -> None:
 
 def test_delete_all_users_wants_confirmation(tmp_path: Path) -> None:
     # Its own server: deleting every user would pull the rug from other tests.
-    own = start_server(f"sqlite:///{tmp_path / 'k.db'}", "admin-own", tmp_path / "logs")
+    own = start_server(f"sqlite:///{tmp_path / 'k.db'}", new_admin_key(), tmp_path / "logs")
     try:
-        admin = Cli(own.url, "admin-own", "")
+        admin = Cli(own.url, own.admin_key, "")
         user_id = admin.run("users", "create", "erin").stdout.strip()
         key = admin.run("keys", "create", user_id).stdout.strip()
         aborted = admin.run("users", "delete-all", stdin="n\n", code=1)

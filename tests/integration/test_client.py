@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -22,13 +21,12 @@ from kelpie.client import (
     Unauthorized,
 )
 from kelpie.schemas import JobCreate, JobOut, SyncConfig, SyncEntry
+from tests.support.api import new_admin_key
 from tests.support.processes import ServerProcess, free_port, start_server
 
 
 def _start(directory: Path) -> ServerProcess:
-    return start_server(
-        f"sqlite:///{directory / 'k.db'}", f"admin-{secrets.token_hex(8)}", directory / "logs"
-    )
+    return start_server(f"sqlite:///{directory / 'k.db'}", new_admin_key(), directory / "logs")
 
 
 @pytest.fixture(scope="module")

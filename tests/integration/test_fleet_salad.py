@@ -171,18 +171,52 @@ async def test_deleted_group_raises_group_not_found_without_retrying(
     assert len(salad.requests_to(GROUP_PATH, "PATCH")) == 1
 
 
-async def test_group_recreated_under_a_new_name_is_found_again(
+async def test_a_renamed_group_is_found_under_its_new_name(
     salad: FakeSalad, provider: SaladFleetProvider
 ) -> None:
     await provider.get_group(TARGET)
     salad.remove_group(GROUP_ID)
     salad.add_group("acme", "prod", GROUP_ID, "render-farm-v2", status="running")
-    with pytest.raises(GroupNotFound):
-        await provider.get_group(TARGET)
 
     group = await provider.get_group(TARGET)
+    await provider.stop_group(TARGET)
 
     assert (group.name, group.status) == ("render-farm-v2", "running")
+    assert salad.group(GROUP_ID).status == "stopped"
+
+
+@pytest.mark.parametrize("call", ["start", "stop", "replicas", "get"])
+async def test_a_404_about_something_else_is_not_a_missing_group(
+    salad: FakeSalad, provider: SaladFleetProvider, call: str
+) -> None:
+    await provider.get_group(TARGET)  # the group's name is known
+    salad.fail_next(1, 404)  # the next call, on the group's own path
+
+    with pytest.raises(FleetError) as failure:
+        match call:
+            case "start":
+                await provider.start_group(TARGET)
+            case "stop":
+                await provider.stop_group(TARGET)
+            case "replicas":
+                await provider.set_replicas(TARGET, 3)
+            case _:
+                await provider.get_group(TARGET)
+
+    assert failure.value.status_code == 404
+    assert salad.group(GROUP_ID).name == "render-farm"  # still there, untouched
+
+
+async def test_reallocating_a_machine_the_group_does_not_have_is_a_fleet_error(
+    salad: FakeSalad, provider: SaladFleetProvider
+) -> None:
+    await provider.get_group(TARGET)
+    salad.fail_next(1, 404)  # "no such instance"
+
+    with pytest.raises(FleetError) as failure:
+        await provider.reallocate(TARGET, "gone-machine")
+
+    assert failure.value.status_code == 404
 
 
 async def test_name_taken_over_by_another_group_is_not_our_group(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+import kelpie.store.postgres
+import kelpie.store.sqlite
 from kelpie.store import PostgresStore, SqliteStore, StoreError, open_store
-from kelpie.store.migrations import load_migrations, schema_snapshot
-from kelpie.store.models import HeldOutcome
+from kelpie.store.migrations import Dialect, Migration, load_migrations, schema_snapshot
+from kelpie.store.models import HeldOutcome, NewJob
 
 Catalog = dict[str, Any]
 
@@ -268,3 +271,68 @@ async def test_an_older_database_is_upgraded_with_its_data_intact(database_url: 
     assert sorted(await applied_versions(database_url)) == [
         m.version for m in load_migrations("sqlite")
     ]
+
+
+async def test_keys_and_reallocations_get_ids_and_tenants_on_upgrade(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database from before key ids: an admin key from KELPIE_ADMIN_KEY, a key the admin
+    # minted for a SaladCloud project, a user's key, and a machine reallocated once.
+    def before_key_ids(dialect: Dialect) -> list[Migration]:
+        return [m for m in load_migrations(dialect) if m.version < 5]
+
+    monkeypatch.setattr(kelpie.store.sqlite, "load_migrations", before_key_ids)
+    monkeypatch.setattr(kelpie.store.postgres, "load_migrations", before_key_ids)
+    old = open_store(database_url)
+    await old.open()
+    admin = await old.create_user("admin", is_admin=True)
+    user = await old.create_user("someone")
+    job = NewJob(
+        container_group_id="g", max_failures=3, heartbeat_interval=30, webhook=None, spec={}
+    )
+    [failed] = await old.create_jobs(user.id, [job])
+    assert await old.claim_job("m1", "g", None) is not None
+    await old.fail_if_held(failed.id, "m1", None, 1, "boom")
+    await old.close()
+    now = "0" if database_url.startswith("sqlite") else "now()"
+    key = "INSERT INTO api_keys (key_hash, user_id, org_name, project_name, created) VALUES"
+    statements = [
+        f"{key} ('admin-hash', '{admin.id}', NULL, NULL, {now})",  # from KELPIE_ADMIN_KEY
+        f"{key} ('minted-hash', '{admin.id}', 'acme', 'render', {now})",
+        f"{key} ('user-hash', '{user.id}', NULL, NULL, {now})",
+        f"INSERT INTO machine_reallocations (machine_id, at) VALUES ('m1', {now})",
+    ]
+    await _execute(database_url, statements)
+    monkeypatch.undo()
+
+    store = open_store(database_url)
+    await store.open()
+    try:
+        for key_hash in ("admin-hash", "minted-hash", "user-hash"):
+            assert await store.principal_for_key(key_hash) is not None, key_hash
+        admin_keys = {key.org_name: key for key in await store.list_api_keys(admin.id)}
+        assert admin_keys[None].bootstrap and not admin_keys["acme"].bootstrap
+        [user_key] = await store.list_api_keys(user.id)
+        assert uuid.UUID(user_key.id) and not user_key.bootstrap
+        assert await store.claim_reallocation(user.id, "m1", 1) is None  # done already
+        await store.ensure_admin("admin", "next-admin-hash")
+        assert await store.principal_for_key("admin-hash") is None
+        assert await store.principal_for_key("minted-hash") is not None
+    finally:
+        await store.close()
+
+
+async def _execute(database_url: str, statements: list[str]) -> None:
+    if database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        with conn:
+            for statement in statements:
+                conn.execute(statement)
+        conn.close()
+        return
+    pg = await asyncpg.connect(database_url)
+    try:
+        for statement in statements:
+            await pg.execute(statement)
+    finally:
+        await pg.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import sqlite3
 import threading
 import uuid
@@ -19,13 +20,16 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
+import kelpie.store._group_commit
 from kelpie.store import (
     AlreadyExists,
+    InvalidChange,
     NotFound,
     PostgresStore,
     SqliteStore,
     Store,
     StoreError,
+    StoreUnavailable,
     open_store,
 )
 from kelpie.store._connection_pool import ConnectionPool
@@ -132,12 +136,35 @@ async def test_principal_for_key_names_user_org_and_project(store: Store) -> Non
 
 
 async def test_revoked_key_has_no_principal(store: Store) -> None:
-    user = await new_user(store)
-    await store.add_api_key(user.id, "hash-1", None, None)
+    user, other = await new_user(store), await new_user(store)
+    key = await store.add_api_key(user.id, "hash-1", None, None)
+    kept = await store.add_api_key(user.id, "hash-2", None, None)
 
-    assert await store.revoke_api_key("hash-1") is True
+    assert await store.revoke_api_key(other.id, key.id) is False  # not other's key
+    assert await store.principal_for_key("hash-1") is not None
+    assert await store.revoke_api_key(user.id, key.id) is True
     assert await store.principal_for_key("hash-1") is None
-    assert await store.revoke_api_key("hash-1") is False
+    assert await store.principal_for_key("hash-2") is not None
+    assert await store.revoke_api_key(user.id, key.id) is True  # again: a no-op
+    assert await store.revoke_api_key(user.id, str(uuid.uuid4())) is False
+    assert [(k.id, k.revoked) for k in await store.list_api_keys(user.id)] == [
+        (key.id, True),
+        (kept.id, False),
+    ]
+
+
+async def test_keys_are_listed_with_ids_never_with_the_key(store: Store) -> None:
+    user = await new_user(store)
+    first = await store.add_api_key(user.id, "hash-1", "acme", "render")
+    second = await store.add_api_key(user.id, "hash-2", None, None)
+
+    listed = await store.list_api_keys(user.id)
+
+    assert listed == [first, second]
+    assert first.id != second.id and uuid.UUID(first.id)
+    assert (first.user_id, first.org_name, first.project_name) == (user.id, "acme", "render")
+    assert not first.revoked and not first.bootstrap
+    assert await store.list_api_keys((await new_user(store)).id) == []
 
 
 async def test_key_for_unknown_user_is_not_found(store: Store) -> None:
@@ -148,18 +175,38 @@ async def test_key_for_unknown_user_is_not_found(store: Store) -> None:
 async def test_ensure_admin_is_idempotent(store: Store) -> None:
     first = await store.ensure_admin("admin", "admin-hash")
     again = await store.ensure_admin("admin", "admin-hash")
+
+    assert first == again and first.is_admin
+    principal = await store.principal_for_key("admin-hash")
+    assert principal is not None and principal.user.id == first.id
+    [key] = await store.list_api_keys(first.id)
+    assert key.bootstrap and not key.revoked
+
+
+async def test_a_new_admin_key_retires_the_previous_one_only(store: Store) -> None:
+    admin = await store.ensure_admin("admin", "old-admin-hash")
+    minted = await store.add_api_key(admin.id, "minted-hash", None, None)  # POST .../token
+    user = await new_user(store)
+    await store.add_api_key(user.id, "user-hash", None, None)
+
     rotated = await store.ensure_admin("admin", "new-admin-hash")
 
-    assert first == again == rotated and first.is_admin
-    for key in ("admin-hash", "new-admin-hash"):
-        principal = await store.principal_for_key(key)
-        assert principal is not None and principal.user.id == first.id
+    assert rotated == admin
+    assert await store.principal_for_key("old-admin-hash") is None
+    for live in ("new-admin-hash", "minted-hash", "user-hash"):
+        assert await store.principal_for_key(live) is not None, live
+    keys = {key.id: key for key in await store.list_api_keys(admin.id)}
+    assert not keys[minted.id].bootstrap and not keys[minted.id].revoked
+    # Going back to the old key revives it, and retires the new one.
+    await store.ensure_admin("admin", "old-admin-hash")
+    assert await store.principal_for_key("old-admin-hash") is not None
+    assert await store.principal_for_key("new-admin-hash") is None
 
 
 async def test_ensure_admin_promotes_existing_user_and_revives_its_key(store: Store) -> None:
     user = await store.create_user("root")
-    await store.add_api_key(user.id, "root-hash", None, None)
-    await store.revoke_api_key("root-hash")
+    key = await store.add_api_key(user.id, "root-hash", None, None)
+    await store.revoke_api_key(user.id, key.id)
 
     admin = await store.ensure_admin("root", "root-hash")
 
@@ -560,6 +607,18 @@ async def test_attempts_record_every_hold(store: Store) -> None:
     assert [a.started for a in attempts] == sorted(a.started for a in attempts)
 
 
+async def fail_on(store: Store, user: User, machine: str, count: int, group: str = GROUP) -> int:
+    """`count` of the user's jobs, each failed once by `machine`; returns the last count of
+    the user's jobs the machine is blocked from."""
+    blocked = 0
+    for job in await submit(store, user, count, group=group, org_name=user.username):
+        claimed = await store.claim_job(machine, group, user.id)
+        assert claimed is not None and claimed.id == job.id
+        result = await store.fail_if_held(job.id, machine, None, 1, "boom")
+        blocked = result.machine_blocked_jobs
+    return blocked
+
+
 async def test_reallocation_is_claimed_once_per_machine(store: Store) -> None:
     user = await new_user(store)
     jobs = await submit(store, user, 3, org_name="acme", project_name="render")
@@ -567,15 +626,36 @@ async def test_reallocation_is_claimed_once_per_machine(store: Store) -> None:
         assert await store.claim_job("m-bad", GROUP, None) is not None
         result = await store.fail_if_held(job.id, "m-bad", None, 1, "boom")
     assert result.machine_blocked_jobs == 2
-    assert await store.claim_reallocation("m-bad", 3) is None
-    assert await store.claim_reallocation("m-good", 1) is None
+    assert await store.claim_reallocation(user.id, "m-bad", 3) is None
+    assert await store.claim_reallocation(user.id, "m-good", 1) is None
 
-    claims = await asyncio.gather(*(store.claim_reallocation("m-bad", 2) for _ in range(6)))
+    claims = await asyncio.gather(
+        *(store.claim_reallocation(user.id, "m-bad", 2) for _ in range(6))
+    )
 
     assert [claim for claim in claims if claim is not None] == [
-        Blocked("m-bad", GROUP, "acme", "render", blocked_jobs=2)
+        Blocked(user.id, "m-bad", GROUP, "acme", "render", blocked_jobs=2)
     ]
-    assert await store.claim_reallocation("m-bad", 1) is None
+    assert await store.claim_reallocation(user.id, "m-bad", 1) is None
+
+
+async def test_failures_toward_reallocation_count_per_tenant(store: Store) -> None:
+    alice, mallory = await new_user(store), await new_user(store)
+
+    assert await fail_on(store, alice, "m-shared", 2) == 2
+    # Failures reported under the same machine id by another tenant count only for it.
+    assert await fail_on(store, mallory, "m-shared", 1, group="group-m") == 1
+    assert await store.claim_reallocation(mallory.id, "m-shared", 2) is None
+
+    assert await fail_on(store, mallory, "m-shared", 1, group="group-m") == 2
+    theirs = await store.claim_reallocation(mallory.id, "m-shared", 2)
+    assert theirs is not None and (theirs.org_name, theirs.container_group_id) == (
+        mallory.username,
+        "group-m",
+    )
+    # ... and spend only their own reallocation.
+    mine = await store.claim_reallocation(alice.id, "m-shared", 2)
+    assert mine == Blocked(alice.id, "m-shared", GROUP, alice.username, None, blocked_jobs=2)
 
 
 async def test_cancelled_calls_leave_the_store_consistent_and_unlocked(
@@ -637,6 +717,25 @@ async def test_submissions_are_announced_to_listeners(store: Store, database_url
         assert sorted(heard) == ["g1", "g2"]  # once per group of the batch
     finally:
         await other.close()
+
+
+async def test_a_failing_listener_does_not_deafen_the_others(store: Store) -> None:
+    heard: list[str] = []
+
+    def broken(group: str) -> None:
+        raise RuntimeError(f"a listener with a bug, told of {group}")
+
+    await store.listen_for_new_jobs(broken)
+    await store.listen_for_new_jobs(heard.append)
+    user = await new_user(store)
+
+    for group in ("g1", "g2"):
+        await store.create_jobs(user.id, [new_job(group)])
+
+        async def heard_of(group: str = group) -> bool | None:
+            return group in heard or None
+
+        await eventually(heard_of)
 
 
 @pytest.mark.postgres
@@ -1119,6 +1218,9 @@ async def test_scaling_rule_lifecycle(store: Store) -> None:
     )
     assert updated.created == rule.created and updated.updated >= rule.updated
     assert await store.update_scaling_rule(alice.id, "group-c", ScalingRulePatch()) is None
+    with pytest.raises(InvalidChange):
+        await store.update_scaling_rule(alice.id, GROUP, ScalingRulePatch(min_replicas=10))
+    assert await store.get_scaling_rule(alice.id, GROUP) == updated
     assert await store.get_scaling_rule(bob.id, GROUP) == bobs  # untouched
 
     assert await store.delete_scaling_rule(alice.id, GROUP) is True
@@ -1126,6 +1228,22 @@ async def test_scaling_rule_lifecycle(store: Store) -> None:
     assert await store.get_scaling_rule(alice.id, GROUP) is None
     await store.delete_all_scaling_rules()
     assert await store.list_scaling_rules(None) == []
+
+
+async def test_concurrent_patches_never_leave_min_above_max(store: Store) -> None:
+    user = await new_user(store)
+    await store.create_scaling_rule(new_rule(user, min_replicas=0, max_replicas=5))
+
+    # Each patch alone keeps min <= max; applied together they would not.
+    outcomes = await asyncio.gather(
+        store.update_scaling_rule(user.id, GROUP, ScalingRulePatch(min_replicas=4)),
+        store.update_scaling_rule(user.id, GROUP, ScalingRulePatch(max_replicas=2)),
+        return_exceptions=True,
+    )
+
+    assert sum(isinstance(outcome, InvalidChange) for outcome in outcomes) == 1
+    rule = await store.get_scaling_rule(user.id, GROUP)
+    assert rule is not None and rule.min_replicas <= rule.max_replicas
 
 
 async def test_count_active_jobs_includes_recently_ended(store: Store) -> None:
@@ -1178,5 +1296,40 @@ def test_open_store_picks_the_backend_from_the_url() -> None:
 
 
 async def test_store_must_be_opened_before_use(sqlite_url: str) -> None:
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreUnavailable):
         await open_store(sqlite_url).get_job("x", None)
+
+
+async def test_a_database_locked_too_long_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kelpie.store._group_commit, "LOCK_WAIT_S", 0.2)
+    store = SqliteStore(tmp_path / "kelpie.db")
+    await store.open()
+    holder = sqlite3.connect(tmp_path / "kelpie.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+
+        with pytest.raises(StoreUnavailable):
+            await store.create_user("waits-too-long")
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+
+        holder.execute("ROLLBACK")
+        await store.ping()
+        assert await store.create_user("after-the-lock") is not None
+    finally:
+        holder.close()
+        await store.close()
+
+
+async def test_an_unreachable_postgres_is_unavailable() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    store = PostgresStore(f"postgresql://postgres@127.0.0.1:{closed_port}/kelpie")
+
+    with pytest.raises(StoreUnavailable):
+        await store.open()
+    with pytest.raises(StoreUnavailable):
+        await store.ping()

@@ -21,7 +21,7 @@ import pytest
 
 from kelpie import __version__
 from kelpie.webhooks.signing import BadSignature, signature_headers, verify
-from tests.support.api import Api, ApiUser
+from tests.support.api import Api, ApiUser, new_admin_key
 from tests.support.api_fixtures import BACKENDS
 from tests.support.processes import ServerProcess, free_port, start_server
 from tests.support.waiting import wait_for
@@ -107,10 +107,15 @@ def receivers() -> Iterator[list[ReceiverProcess]]:
         receiver.stop()
 
 
+# One admin key for every server of these tests: processes sharing a database share it (a
+# start with another key would revoke it).
+ADMIN_KEY = new_admin_key()
+
+
 def serve(servers: list[ServerProcess], url: str, logs: Path, **env: str) -> ServerProcess:
     server = start_server(
         url,
-        "admin-webhooks",
+        ADMIN_KEY,
         logs,
         extra_env={"KELPIE_LOG_LEVEL": "info", **env},
     )
@@ -274,7 +279,7 @@ def delivered(
 ) -> Iterator[tuple[Hooked, ReceiverProcess, dict[str, Any]]]:
     """One real `completed` delivery, recorded by a healthy receiver."""
     directory = tmp_path_factory.mktemp("signed")
-    server = start_server(fresh_database_url("sqlite"), "admin-signed", directory / "logs")
+    server = start_server(fresh_database_url("sqlite"), new_admin_key(), directory / "logs")
     receiver: ReceiverProcess | None = None
     try:
         port = free_port()

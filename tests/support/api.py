@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +10,11 @@ from typing import Any
 import httpx
 
 from tests.support.processes import ServerProcess
+
+
+def new_admin_key() -> str:
+    """A fresh `KELPIE_ADMIN_KEY`, long enough for `kelpie serve` to accept it."""
+    return f"admin-{secrets.token_hex(16)}"
 
 
 @dataclass

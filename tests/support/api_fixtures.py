@@ -4,13 +4,12 @@ real `kelpie serve` per backend, and per-test users and container groups."""
 from __future__ import annotations
 
 import os
-import secrets
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support.api import Api, ApiUser
+from tests.support.api import Api, ApiUser, new_admin_key
 from tests.support.postgres import PostgresDatabases, unreachable_reason
 from tests.support.processes import start_server
 
@@ -55,9 +54,7 @@ def api(
     """One real `kelpie serve` per backend for the whole session."""
     backend: str = request.param
     directory = tmp_path_factory.mktemp(f"api-{backend}")
-    server = start_server(
-        fresh_database_url(backend), f"admin-{secrets.token_hex(8)}", directory / "logs"
-    )
+    server = start_server(fresh_database_url(backend), new_admin_key(), directory / "logs")
     api = Api(server, backend)
     try:
         yield api

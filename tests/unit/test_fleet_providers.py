@@ -163,6 +163,7 @@ async def test_negative_replicas_are_refused_before_any_call(salad_with: SaladFa
         format_datetime(datetime.now(UTC) - timedelta(minutes=1), usegmt=True),
         "3600",  # capped by backoff_max
     ],
+    ids=["a date in the past", "beyond the cap"],
 )
 async def test_retry_after_as_a_date_or_beyond_the_cap_is_honoured(
     retry_after: str, salad_with: SaladFactory

@@ -1,4 +1,10 @@
-"""Builds the FastAPI app: store opened and migrated on start, background loops supervised."""
+"""Builds the FastAPI app: store opened and migrated on start, background loops supervised.
+
+A process whose store cannot be reached at start-up does not exit: it serves (every
+request that needs the store, and `/health`, answer 503) and keeps trying to reach the
+store, then sets it up and starts its background loops. So several processes under one
+supervisor survive an outage of the database, whichever of them restarts during it.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from kelpie import __version__
+from kelpie.api.availability import StoreAvailability
 from kelpie.api.errors import install_error_handlers
+from kelpie.api.limits import BodySizeLimit
 from kelpie.api.liveness import Liveness
 from kelpie.api.routers import checkpoints, events, health, jobs, scaling_rules, users, work
 from kelpie.api.security import hash_api_key
@@ -21,7 +30,8 @@ from kelpie.config import ServerSettings
 from kelpie.fleet import fleet_provider_from_env
 from kelpie.fleet.autoscaler import run_autoscaler
 from kelpie.fleet.base import FleetProvider
-from kelpie.store import open_store
+from kelpie.fleet.reallocation import Reallocator
+from kelpie.store import StoreUnavailable, open_store
 from kelpie.webhooks.delivery import run_webhook_delivery, run_webhook_retention
 
 log = logging.getLogger("kelpie.api")
@@ -29,58 +39,129 @@ log = logging.getLogger("kelpie.api")
 BackgroundLoop = Callable[[AppState, asyncio.Event], Awaitable[None]]
 
 ADMIN_USERNAME = "admin"
+# Waits between attempts to reach the store at start-up; the last one repeats.
+STORE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
 
 def _background_loops() -> list[tuple[str, BackgroundLoop]]:
     """The periodic work every API process runs beside serving requests."""
     return [
+        ("api-liveness", _run_liveness),
         ("webhook-delivery", run_webhook_delivery),
         ("webhook-retention", run_webhook_retention),
         ("autoscaler", run_autoscaler),
     ]
 
 
+async def _run_liveness(state: AppState, stop: asyncio.Event) -> None:
+    await state.liveness.run(stop)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
 async def _supervise(name: str, loop: BackgroundLoop, state: AppState, stop: asyncio.Event) -> None:
-    """Keep a background loop alive: a crash is logged and the loop restarted after a pause."""
+    """Keep a background loop alive: a crash is logged and the loop restarted after a pause.
+    A store outage is not a crash: it is reported (once per outage) and waited out."""
     while not stop.is_set():
         try:
             await loop(state, stop)
         except asyncio.CancelledError:
             raise
+        except StoreUnavailable as exc:
+            state.availability.failed(exc)
+            await _pause(stop, 1.0)
         except Exception:
             log.exception("background task %s crashed; restarting in 1 s", name)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+            await _pause(stop, 1.0)
         else:
             return
+
+
+async def _set_up_store(state: AppState) -> None:
+    """Open (and migrate) the store, put the admin key in place, listen for new jobs."""
+    store = state.store
+    await store.open()
+    try:
+        # Before serving: after an outage, leases are extended before the first claim.
+        await state.liveness.tick()
+        if state.settings.admin_key:
+            await store.ensure_admin(ADMIN_USERNAME, hash_api_key(state.settings.admin_key))
+        await store.listen_for_new_jobs(state.notifier.notify)
+    except BaseException:
+        await store.close()
+        raise
+    state.availability.mark_ready()
+
+
+async def _wait_for_store(state: AppState, stop: asyncio.Event, first: StoreUnavailable) -> None:
+    """Tries to set the store up until it works (or the process stops); logs once."""
+    log.warning("store unreachable at start-up, waiting for it (503 meanwhile): %s", first)
+    started = time.monotonic()
+    attempt = 0
+    while not stop.is_set():
+        await _pause(stop, STORE_RETRY_DELAYS_S[min(attempt, len(STORE_RETRY_DELAYS_S) - 1)])
+        attempt += 1
+        try:
+            await _set_up_store(state)
+        except StoreUnavailable:
+            continue
+        except Exception:
+            # The database answered but refused (credentials, a newer schema): keep trying,
+            # it may be a database still being restored; the log says why.
+            log.exception("setting up the store failed; trying again")
+            continue
+        log.warning("store reached after %.1f s; serving", time.monotonic() - started)
+        return
+
+
+async def _run_in_background(
+    state: AppState, stop: asyncio.Event, unreachable: StoreUnavailable | None
+) -> None:
+    """The process's background work: once the store is set up, the loops, supervised."""
+    if unreachable is not None:
+        await _wait_for_store(state, stop, unreachable)
+    if stop.is_set():
+        return
+    await asyncio.gather(
+        *(_supervise(name, loop, state, stop) for name, loop in _background_loops())
+    )
 
 
 def create_app(settings: ServerSettings, fleet: FleetProvider | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings.database_url)
-        await store.open()
         provider = fleet or fleet_provider_from_env(os.environ)
-        state = AppState(settings=settings, store=store, fleet=provider, liveness=Liveness(store))
-        # Before serving: after an outage, leases are extended before the first claim.
-        await state.liveness.tick()
-        if settings.admin_key:
-            await store.ensure_admin(ADMIN_USERNAME, hash_api_key(settings.admin_key))
-        await store.listen_for_new_jobs(state.notifier.notify)
+        state = AppState(
+            settings=settings,
+            store=store,
+            fleet=provider,
+            availability=StoreAvailability(store),
+            reallocator=Reallocator(store, provider, settings.max_blocked_jobs),
+            liveness=Liveness(store),
+        )
         app.state.kelpie = state
+        unreachable: StoreUnavailable | None = None
+        try:
+            await _set_up_store(state)
+        except StoreUnavailable as exc:
+            unreachable = exc
+        # Any other failure (a database from a newer kelpie, bad credentials) fails start-up.
         stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(_supervise(name, loop, state, stop), name=name)
-            for name, loop in _background_loops()
-        ]
-        tasks.append(asyncio.create_task(state.liveness.run(stop), name="api-liveness"))
+        background = asyncio.create_task(
+            _run_in_background(state, stop, unreachable), name="background"
+        )
         try:
             yield
         finally:
             stop.set()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            background.cancel()
+            await asyncio.gather(background, return_exceptions=True)
+            await state.reallocator.aclose()
+            await state.availability.aclose()
             await provider.aclose()
             await store.close()
 
@@ -91,6 +172,7 @@ def create_app(settings: ServerSettings, fleet: FleetProvider | None = None) -> 
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for router in (
         health.router,
         jobs.router,

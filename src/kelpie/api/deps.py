@@ -12,7 +12,7 @@ from kelpie.api.errors import ApiError
 from kelpie.api.security import hash_api_key
 from kelpie.api.state import AppState
 from kelpie.store.models import Principal
-from kelpie.store.protocol import Store
+from kelpie.store.protocol import Store, StoreUnavailable
 
 JobId = Annotated[uuid.UUID, Path(description="The job's id (a UUID).")]
 
@@ -40,6 +40,10 @@ async def get_principal(
     # The state straight from the request, not through the `State` dependency: every
     # request resolves this one, and each dependency costs FastAPI a few microseconds.
     state: AppState = request.app.state.kelpie
+    if not state.availability.ready:
+        # Until start-up has set the store up (and retired a previous admin key), no key
+        # is trusted.
+        raise StoreUnavailable("the store is not set up yet")
     if not key:
         raise ApiError(401, "missing X-Kelpie-Key header")
     key_hash = hash_api_key(key)

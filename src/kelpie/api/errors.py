@@ -10,7 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from kelpie.api.availability import RETRY_AFTER_S, STARTING_MESSAGE, UNAVAILABLE_MESSAGE
 from kelpie.schemas import ErrorOut
+from kelpie.store.protocol import StoreUnavailable
 
 INVALID_REQUEST = "Invalid request"
 
@@ -24,6 +26,7 @@ _REASONS = {
     413: "Payload Too Large",
     415: "Unsupported Media Type",
     422: INVALID_REQUEST,
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
@@ -108,7 +111,30 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(exc.status_code, message), exc.status_code, headers=exc.headers)
 
 
+def store_unavailable_response(starting: bool) -> JSONResponse:
+    """503 in the one error shape, telling the client when to try again."""
+    return JSONResponse(
+        error_body(503, STARTING_MESSAGE if starting else UNAVAILABLE_MESSAGE),
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StoreUnavailable)
+    availability = request.app.state.kelpie.availability
+    availability.failed(exc)
+    return store_unavailable_response(starting=not availability.ready)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette logs the traceback; the client gets the one error shape, without details.
+    return JSONResponse(error_body(500, "internal error"), status_code=500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)
+    app.add_exception_handler(Exception, _unexpected_error)

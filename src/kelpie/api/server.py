@@ -9,7 +9,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from kelpie.api.app import create_app
+from kelpie.api.http_protocol import DeadlineHttpProtocol
 from kelpie.config import ServerSettings
+
+HTTP_PROTOCOL = f"{DeadlineHttpProtocol.__module__}:{DeadlineHttpProtocol.__name__}"
 
 
 def app_from_env() -> FastAPI:
@@ -19,6 +22,9 @@ def app_from_env() -> FastAPI:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # uvicorn builds the app before it accepts connections, so every connection of this
+    # process gets these deadlines.
+    DeadlineHttpProtocol.configure(settings.header_timeout_s, settings.idle_timeout_s)
     return create_app(settings)
 
 
@@ -38,7 +44,8 @@ def serve(settings: ServerSettings) -> None:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=HTTP_PROTOCOL,
+        timeout_keep_alive=settings.idle_timeout_s,
         access_log=False,
         log_level=settings.log_level,
         timeout_graceful_shutdown=5,

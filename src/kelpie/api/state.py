@@ -6,10 +6,12 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from kelpie.api.availability import StoreAvailability
 from kelpie.api.liveness import Liveness
 from kelpie.api.notifier import WorkNotifier
 from kelpie.config import ServerSettings
 from kelpie.fleet.base import FleetProvider
+from kelpie.fleet.reallocation import Reallocator
 from kelpie.store.models import Principal
 from kelpie.store.protocol import Store
 
@@ -44,6 +46,8 @@ class AppState:
     settings: ServerSettings
     store: Store
     fleet: FleetProvider
+    availability: StoreAvailability
+    reallocator: Reallocator
     liveness: Liveness
     notifier: WorkNotifier = field(default_factory=WorkNotifier)
     keys: KeyCache = field(default_factory=KeyCache)

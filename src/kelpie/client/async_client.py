@@ -17,6 +17,7 @@ from kelpie.client.config import ClientConfig, env_settings
 from kelpie.client.errors import KelpieError
 from kelpie.client.retry import Backoff, Outcome, Retrying
 from kelpie.schemas import (
+    ApiKeyOut,
     AttemptOut,
     CheckpointCommit,
     CheckpointCommitted,
@@ -250,6 +251,14 @@ class AsyncKelpieClient:
     ) -> str:
         """Admin: a new API key for the user, returned only this once."""
         return await self._run(calls.create_token(user_id, org_name, project_name))
+
+    async def list_tokens(self, user_id: str) -> list[ApiKeyOut]:
+        """The user's API keys (ids, not the keys): admin, or the user itself."""
+        return await self._run(calls.list_tokens(user_id))
+
+    async def revoke_token(self, user_id: str, token_id: str) -> None:
+        """Revoke one of the user's API keys: admin, or the user itself."""
+        await self._run(calls.revoke_token(user_id, token_id))
 
     async def delete_users(self) -> None:
         """Admin: remove every non-admin user and their keys."""

@@ -17,6 +17,8 @@ from pydantic import BaseModel
 from kelpie.client.errors import ApiUnavailable, KelpieError, error_from_response
 from kelpie.client.retry import NOT_SENT_ERRORS, Outcome, RetryPolicy
 from kelpie.schemas import (
+    ApiKeyList,
+    ApiKeyOut,
     AttemptOut,
     CheckpointCommit,
     CheckpointCommitted,
@@ -399,6 +401,24 @@ def create_token(
         lambda response: TokenOut.model_validate_json(response.content).token,
         body=body,
     )
+
+
+def list_tokens(user_id: str) -> Call[list[ApiKeyOut]]:
+    """`GET /users/{id}/tokens` (admin, or the user itself): every key of the user, revoked
+    ones included, never the keys themselves. A read."""
+    return Call(
+        "GET",
+        f"/users/{_segment(user_id)}/tokens",
+        RetryPolicy.IDEMPOTENT,
+        lambda response: ApiKeyList.model_validate_json(response.content).tokens,
+    )
+
+
+def revoke_token(user_id: str, token_id: str) -> Call[None]:
+    """`DELETE /users/{id}/tokens/{token_id}` (admin, or the user itself): the key stops
+    working. Idempotent: revoking a revoked key is a no-op 204."""
+    path = f"/users/{_segment(user_id)}/tokens/{_segment(token_id)}"
+    return Call("DELETE", path, RetryPolicy.IDEMPOTENT, _nothing)
 
 
 def delete_users() -> Call[None]:

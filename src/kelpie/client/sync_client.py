@@ -17,6 +17,7 @@ from kelpie.client.config import ClientConfig, env_settings
 from kelpie.client.errors import KelpieError
 from kelpie.client.retry import Backoff, Outcome, Retrying
 from kelpie.schemas import (
+    ApiKeyOut,
     AttemptOut,
     CheckpointManifestOut,
     CheckpointOut,
@@ -211,6 +212,14 @@ class KelpieClient:
     ) -> str:
         """Admin: a new API key for the user, returned only this once."""
         return self._run(calls.create_token(user_id, org_name, project_name))
+
+    def list_tokens(self, user_id: str) -> list[ApiKeyOut]:
+        """The user's API keys (ids, not the keys): admin, or the user itself."""
+        return self._run(calls.list_tokens(user_id))
+
+    def revoke_token(self, user_id: str, token_id: str) -> None:
+        """Revoke one of the user's API keys: admin, or the user itself."""
+        self._run(calls.revoke_token(user_id, token_id))
 
     def delete_users(self) -> None:
         """Admin: remove every non-admin user and their keys."""

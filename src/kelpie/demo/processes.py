@@ -113,8 +113,10 @@ def start_server(
     port: int | None = None,
     workers: int = 1,
     extra_env: Mapping[str, str] | None = None,
+    wait_until_ready: bool = True,
 ) -> ServerProcess:
-    """Start `kelpie serve` on a free port and wait until it is healthy."""
+    """Start `kelpie serve` on a free port and wait until it is healthy (unless told not to:
+    a server whose database is down answers 503 until it comes back)."""
     port = port or free_port()
     env = {
         **os.environ,
@@ -144,6 +146,8 @@ def start_server(
         )
     url = f"http://127.0.0.1:{port}"
     server = ServerProcess(proc, log_path, url, database_url, admin_key, env)
+    if not wait_until_ready:
+        return server
     try:
         wait_until_healthy(url, proc)
     except BaseException:

@@ -44,7 +44,9 @@ class GroupState:
 
 
 class GroupNotFound(Exception):
-    """The provider does not know this group (404, or no group with this id in the project)."""
+    """The group no longer exists: the provider's list of the project's groups does not have
+    its id. Not raised for a 404 about anything else (the autoscaler deletes the user's rule
+    on this one)."""
 
 
 class FleetError(Exception):
@@ -58,7 +60,8 @@ class FleetError(Exception):
 class FleetProvider(Protocol):
     """What the API needs from a fleet: read, start, stop and resize groups; replace a node.
 
-    Every method raises `GroupNotFound` when the group is unknown and `FleetError` otherwise.
+    Every method raises `GroupNotFound` when the group no longer exists and `FleetError` for
+    any other failure (a 404 about something else included).
     """
 
     async def get_group(self, target: FleetTarget) -> GroupState: ...

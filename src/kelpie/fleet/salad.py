@@ -43,15 +43,20 @@ class SaladFleetProvider:
 
     Connection errors, timeouts, 5xx and 429 are retried up to `max_attempts` times, waiting
     `Retry-After` when the API sends one and otherwise an exponential backoff with full jitter
-    (`uniform(0, min(backoff_max, backoff_base * 2**n))`). 404 raises `GroupNotFound` at once;
-    any other 4xx (a bad key: 401/403) raises `FleetError` with the API's message.
+    (`uniform(0, min(backoff_max, backoff_base * 2**n))`). Any other 4xx (a bad key: 401/403)
+    raises `FleetError` with the API's message, at once.
+
+    A 404 on a group's path may mean the group is gone, or renamed, or that the API did not
+    find something else (an instance, or a route it does not serve just now): the project's
+    list of groups decides. `GroupNotFound` — which makes the autoscaler delete the user's
+    rule — is raised only when that list no longer has the group's id; a renamed group is
+    called again under its new name; any other 404 is an ordinary `FleetError`.
 
     Retrying every call is safe because each one states a desired end, not a step: start and
     stop ask for a state (a group already running stays running), the merge-patch sets an
     absolute replica count (never an increment), and reallocate names one machine, which
     leaves the group once reallocated, so a repeat can only answer 404, never move a second
-    node. For `reallocate`, `GroupNotFound` therefore means "group or machine gone: nothing
-    left to reallocate".
+    node: a repeat can only answer 404 ("no such instance"), which is a `FleetError`.
     """
 
     def __init__(
@@ -82,51 +87,75 @@ class SaladFleetProvider:
         return self._base_url
 
     async def get_group(self, target: FleetTarget) -> GroupState:
-        path = await self._group_path(target)
-        response = await self._send("GET", path, target=target)
-        group = _parse_group(_json_body(response))
+        group = _parse_group(_json_body(await self._on_group(target, "GET")))
+        if group.id == target.container_group_id:
+            return group
+        # The name now belongs to another group: ours was deleted (and the name reused), or
+        # renamed. The list of the project's groups says which.
+        self._forget(target)
+        name = await self._group_name(target)  # GroupNotFound if the id is gone
+        group = _parse_group(_json_body(await self._send("GET", self._path(target, name))))
         if group.id != target.container_group_id:
-            # The name now belongs to another group: ours was deleted and the name reused.
-            self._forget(target)
-            raise GroupNotFound(f"container group {target.container_group_id} no longer exists")
+            raise FleetError(
+                f"SaladCloud lists group {target.container_group_id} as {name!r}"
+                f" but that name reads as group {group.id}"
+            )
         return group
 
     async def start_group(self, target: FleetTarget) -> None:
-        path = await self._group_path(target)
-        await self._send("POST", f"{path}/start", target=target)
-        logger.info("salad: started container group %s", path)
+        await self._on_group(target, "POST", "/start")
+        logger.info("salad: started container group %s", _describe(target))
 
     async def stop_group(self, target: FleetTarget) -> None:
-        path = await self._group_path(target)
-        await self._send("POST", f"{path}/stop", target=target)
-        logger.info("salad: stopped container group %s", path)
+        await self._on_group(target, "POST", "/stop")
+        logger.info("salad: stopped container group %s", _describe(target))
 
     async def set_replicas(self, target: FleetTarget, replicas: int) -> None:
         if replicas < 0:
             raise ValueError(f"replicas must be >= 0, not {replicas}")
-        path = await self._group_path(target)
-        await self._send(
-            "PATCH",
-            path,
-            target=target,
-            body={"replicas": replicas},
-            content_type=MERGE_PATCH_JSON,
+        await self._on_group(
+            target, "PATCH", body={"replicas": replicas}, content_type=MERGE_PATCH_JSON
         )
-        logger.info("salad: set replicas of %s to %d", path, replicas)
+        logger.info("salad: set replicas of %s to %d", _describe(target), replicas)
 
     async def reallocate(self, target: FleetTarget, machine_id: str) -> None:
-        path = await self._group_path(target)
         machine = quote(machine_id, safe="")
-        await self._send("POST", f"{path}/instances/{machine}/reallocate", target=target)
-        logger.info("salad: reallocated machine %s of %s", machine_id, path)
+        await self._on_group(target, "POST", f"/instances/{machine}/reallocate")
+        logger.info("salad: reallocated machine %s of %s", machine_id, _describe(target))
 
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
 
-    async def _group_path(self, target: FleetTarget) -> str:
-        name = await self._group_name(target)
+    def _path(self, target: FleetTarget, name: str) -> str:
         return f"{_project_path(target)}/containers/{quote(name, safe='')}"
+
+    async def _on_group(
+        self,
+        target: FleetTarget,
+        method: str,
+        suffix: str = "",
+        *,
+        body: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> httpx.Response:
+        """A call on the group's path (+ `suffix`); a 404 is judged by the project's list
+        (see the class docstring)."""
+        name = await self._group_name(target)
+        try:
+            return await self._send(
+                method, self._path(target, name) + suffix, body=body, content_type=content_type
+            )
+        except FleetError as exc:
+            if exc.status_code != 404:
+                raise
+            self._forget(target)
+            renamed = await self._group_name(target)  # GroupNotFound if the id is gone
+            if renamed == name:
+                raise  # the group is there: the 404 was about something else
+        return await self._send(
+            method, self._path(target, renamed) + suffix, body=body, content_type=content_type
+        )
 
     async def _group_name(self, target: FleetTarget) -> str:
         """The group's name, listing the project's groups when the id is not cached yet."""
@@ -153,11 +182,10 @@ class SaladFleetProvider:
         method: str,
         path: str,
         *,
-        target: FleetTarget | None = None,
         body: dict[str, Any] | None = None,
         content_type: str = "application/json",
     ) -> httpx.Response:
-        """One API call with retries; a 404 on a group path also drops the cached name."""
+        """One API call with retries; any 4xx but 408/429 is a `FleetError` at once."""
         headers = dict(self._headers)
         content: bytes | None = None
         if body is not None:
@@ -179,10 +207,6 @@ class SaladFleetProvider:
                 if response.is_success:
                     return response
                 message = f"{status_code} {_error_message(response)}"
-                if status_code == 404:
-                    if target is not None:
-                        self._forget(target)
-                    raise GroupNotFound(f"{method} {path}: {message}")
                 if status_code not in _RETRYABLE_STATUSES:
                     raise FleetError(f"{method} {path}: {message}", status_code=status_code)
                 failure = message
@@ -226,6 +250,10 @@ class SaladFleetProvider:
         if not math.isfinite(seconds):
             return self._backoff(attempt)
         return min(max(seconds, 0.0), self._backoff_max)
+
+
+def _describe(target: FleetTarget) -> str:
+    return f"{target.org_name}/{target.project_name}/{target.container_group_id}"
 
 
 def _project_path(target: FleetTarget) -> str:

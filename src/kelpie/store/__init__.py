@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from kelpie.store.postgres import PostgresStore
-from kelpie.store.protocol import AlreadyExists, NotFound, Store, StoreError
+from kelpie.store.protocol import (
+    AlreadyExists,
+    InvalidChange,
+    NotFound,
+    Store,
+    StoreError,
+    StoreUnavailable,
+)
 from kelpie.store.sqlite import SqliteStore
 
 __all__ = [
     "AlreadyExists",
+    "InvalidChange",
     "NotFound",
     "PostgresStore",
     "SqliteStore",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "open_store",
 ]
 

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from kelpie.schemas import JOB_STATUSES, AttemptOutcome, JobStatus
 from kelpie.store.models import (
+    ApiKey,
     Attempt,
     Checkpoint,
     Job,
@@ -28,6 +29,7 @@ class Row(Protocol):
 
 
 NEW_JOBS_CHANNEL = "kelpie_new_jobs"
+API_KEY_COLUMNS = "id, user_id, created, org_name, project_name, revoked, bootstrap"
 
 # Job events the API writes with each state change, and those a holding worker may post.
 SERVER_EVENT_KINDS = (
@@ -219,6 +221,17 @@ class RowDecoder:
             is_admin=bool(row["is_admin"]),
             webhook_secret=row["webhook_secret"],
             webhook_token=row["webhook_token"],
+        )
+
+    def api_key(self, row: Row) -> ApiKey:
+        return ApiKey(
+            id=row["id"],
+            user_id=row["user_id"],
+            created=self._time(row["created"]),
+            org_name=row["org_name"],
+            project_name=row["project_name"],
+            revoked=bool(row["revoked"]),
+            bootstrap=bool(row["bootstrap"]),
         )
 
     def rule(self, row: Row) -> ScalingRule:

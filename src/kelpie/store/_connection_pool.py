@@ -11,7 +11,10 @@ This pool keeps only what the store needs:
   cancelled or lost its connection mid-way closes that connection instead: no caller ever
   inherits another caller's half-finished exchange or open transaction;
 - connections never change session state (no SET, no LISTEN, no session advisory locks),
-  so nothing needs resetting between callers.
+  so nothing needs resetting between callers;
+- a call that fails because the server cannot be reached or used (connection refused or
+  lost, the server shutting down or starting, no connection slot left) raises
+  `StoreUnavailable`, whatever asyncpg raised.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
 
+from kelpie.store.protocol import StoreUnavailable
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -35,6 +40,24 @@ else:
 
 # How long close() lets calls under way finish before closing their connections.
 CLOSE_GRACE_S = 10.0
+
+# What asyncpg raises when the server cannot be reached or used, rather than refusing a
+# statement: socket errors and connect timeouts, connection exceptions (SQLSTATE class 08,
+# a connection lost mid-call included), the server shutting down or still starting, and
+# every connection slot taken.
+UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"PostgreSQL unreachable: {type(exc).__name__}: {exc}")
 
 
 class ConnectionPool:
@@ -91,11 +114,15 @@ class ConnectionPool:
         conn = await self._acquire()
         try:
             yield conn
-        except asyncpg.PostgresError:
+        except asyncpg.PostgresError as exc:
             self._release(conn)
+            if isinstance(exc, UNREACHABLE_ERRORS):
+                raise unavailable(exc) from exc
             raise
-        except BaseException:
+        except BaseException as exc:
             self._discard(conn)
+            if isinstance(exc, UNREACHABLE_ERRORS):
+                raise unavailable(exc) from exc
             raise
         self._release(conn)
 
@@ -103,11 +130,17 @@ class ConnectionPool:
         conn = await self._acquire()
         try:
             result = await call(conn)
-        except asyncpg.PostgresError:
-            self._release(conn)  # the server refused the statement: the connection is fine
+        except asyncpg.PostgresError as exc:
+            # The server answered (the connection is reusable, unless the answer was that it
+            # is going away: then it is closed, and _release drops it).
+            self._release(conn)
+            if isinstance(exc, UNREACHABLE_ERRORS):
+                raise unavailable(exc) from exc
             raise
-        except BaseException:
+        except BaseException as exc:
             self._discard(conn)  # cancelled mid-call, or the connection failed
+            if isinstance(exc, UNREACHABLE_ERRORS):
+                raise unavailable(exc) from exc
             raise
         self._release(conn)
         return result
@@ -141,8 +174,10 @@ class ConnectionPool:
         self._opening += 1
         try:
             return await self._connect()
-        except BaseException:
+        except BaseException as exc:
             self._pass_turn(None)  # a waiter may try instead
+            if isinstance(exc, UNREACHABLE_ERRORS):
+                raise unavailable(exc) from exc
             raise
         finally:
             self._opening -= 1

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from kelpie.store.protocol import StoreError
+from kelpie.store.protocol import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class GroupCommitWriter:
 
     async def run(self, operation: Operation[T]) -> T:
         if not self._accepting:
-            raise StoreError("store is not open: call open() first")
+            raise StoreUnavailable("store is not open: call open() first")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Call(operation, future, loop))

@@ -32,6 +32,19 @@ class Principal:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as it can be shown: never the key itself (only its hash is stored)."""
+
+    id: str
+    user_id: str
+    created: datetime
+    org_name: str | None
+    project_name: str | None
+    revoked: bool
+    bootstrap: bool  # came from KELPIE_ADMIN_KEY; a start with another admin key revokes it
+
+
+@dataclass(frozen=True, slots=True)
 class NewJob:
     """A validated submission. `spec` holds the fields the store only keeps and returns
     (command, arguments, environment, storage fields, sync, compression)."""
@@ -170,7 +183,8 @@ class HeldOutcome(enum.Enum):
 class FailureResult:
     outcome: HeldOutcome
     job: Job | None = None
-    # jobs the reporting machine is now blocked from, to decide on reallocation
+    # jobs of the job's owner that the reporting machine is now blocked from, to decide on
+    # its reallocation
     machine_blocked_jobs: int = 0
 
 
@@ -209,8 +223,10 @@ class ScalingRulePatch:
 
 @dataclass(frozen=True, slots=True)
 class Blocked:
-    """A machine blocked from enough jobs to be replaced, with where it runs."""
+    """A machine blocked from enough of a tenant's jobs to be replaced, with where it runs
+    (the group and SaladCloud project of that tenant's latest job it failed)."""
 
+    user_id: str
     machine_id: str
     container_group_id: str
     org_name: str | None

@@ -21,6 +21,7 @@ import asyncpg
 
 from kelpie.schemas import JobStatus
 from kelpie.store._common import (
+    API_KEY_COLUMNS,
     CANCELED_MESSAGE,
     MAX_WORKER_EVENTS_PER_ATTEMPT,
     NEW_JOBS_CHANNEL,
@@ -44,9 +45,10 @@ from kelpie.store._common import (
     new_webhook_token,
     page_offset,
 )
-from kelpie.store._connection_pool import ConnectionPool
+from kelpie.store._connection_pool import UNREACHABLE_ERRORS, ConnectionPool
 from kelpie.store.migrations import load_migrations
 from kelpie.store.models import (
+    ApiKey,
     Attempt,
     Blocked,
     CancelOutcome,
@@ -66,7 +68,13 @@ from kelpie.store.models import (
     User,
     WebhookEvent,
 )
-from kelpie.store.protocol import AlreadyExists, NotFound, StoreError
+from kelpie.store.protocol import (
+    AlreadyExists,
+    InvalidChange,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 _decode = RowDecoder(time=lambda value: value, json=lambda value: value)
@@ -74,6 +82,10 @@ _decode = RowDecoder(time=lambda value: value, json=lambda value: value)
 # pg_advisory_xact_lock key serializing migrations of one database across processes
 _MIGRATION_LOCK = int.from_bytes(b"kelpie:m", "big")
 _LISTEN_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+# A server that does not answer a connection attempt within this long counts as unreachable
+# (asyncpg would wait 60 s).
+CONNECT_TIMEOUT_S = 10.0
+_LISTEN_ERRORS: tuple[type[BaseException], ...] = (*UNREACHABLE_ERRORS, asyncpg.PostgresError)
 
 _JOB_FIELDS = (
     "id",
@@ -264,7 +276,8 @@ WITH failed_job AS (
 ), ended_attempt AS ({_end_running_attempt("failed_job", "failed", exit_code="$4::integer")}
 ), event AS ({_queue_event("failed_job", "status = 'failed'")})
 SELECT failed_job.*,
-       (SELECT count(*) FROM job_blocks WHERE machine_id = $2)
+       (SELECT count(*) FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+        WHERE b.machine_id = $2 AND j.user_id = failed_job.user_id)
        + (SELECT count(*) FROM block) AS machine_blocked_jobs
 FROM failed_job"""
 
@@ -316,21 +329,24 @@ RETURNING {_JOB_COLUMNS}"""
 # without waiting for a WAL flush.
 _ANNOUNCE_NEW_JOBS = "SELECT pg_notify($1, grp) FROM unnest($2::text[]) AS grp"
 
+# $1 user, $2 machine, $3 threshold
 _CLAIM_REALLOCATION = """
-WITH blocked AS (
-    SELECT count(*) AS jobs FROM job_blocks WHERE machine_id = $1
+WITH tenant_blocks AS (
+    SELECT b.blocked_at, j.container_group_id, j.org_name, j.project_name
+    FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+    WHERE b.machine_id = $2 AND j.user_id = $1
+), blocked AS (
+    SELECT count(*) AS jobs FROM tenant_blocks
 ), marked AS (
-    INSERT INTO machine_reallocations (machine_id, at)
-    SELECT $1, now() FROM blocked WHERE blocked.jobs >= $2 AND blocked.jobs > 0
+    INSERT INTO machine_reallocations (user_id, machine_id, at)
+    SELECT $1, $2, now() FROM blocked WHERE blocked.jobs >= $3 AND blocked.jobs > 0
     ON CONFLICT DO NOTHING
     RETURNING machine_id
 )
 SELECT blocked.jobs, latest.container_group_id, latest.org_name, latest.project_name
 FROM marked, blocked, LATERAL (
-    SELECT j.container_group_id, j.org_name, j.project_name
-    FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
-    WHERE b.machine_id = $1
-    ORDER BY b.blocked_at DESC
+    SELECT container_group_id, org_name, project_name FROM tenant_blocks
+    ORDER BY blocked_at DESC
     LIMIT 1
 ) AS latest"""
 
@@ -400,9 +416,17 @@ class PostgresStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        self._new_job_listeners.clear()
+
+    async def ping(self) -> None:
+        await self._connected().fetchval("SELECT 1")
 
     async def _connect(self) -> asyncpg.Connection[asyncpg.Record]:
-        conn = await asyncpg.connect(self._url, server_settings={"application_name": "kelpie"})
+        conn = await asyncpg.connect(
+            self._url,
+            server_settings={"application_name": "kelpie"},
+            timeout=CONNECT_TIMEOUT_S,
+        )
         try:
             await _init_connection(conn)
         except BaseException:
@@ -412,7 +436,7 @@ class PostgresStore:
 
     def _connected(self) -> ConnectionPool:
         if self._pool is None:
-            raise StoreError("store is not open: call open() first")
+            raise StoreUnavailable("store is not open: call open() first")
         return self._pool
 
     @asynccontextmanager
@@ -447,10 +471,18 @@ class PostgresStore:
         """One dedicated connection LISTENs for every caller; `create_jobs` NOTIFYs."""
         self._new_job_listeners.append(on_new_jobs)
         if self._listen_conn is None and self._relisten_task is None:
-            await self._listen()
+            try:
+                await self._listen()
+            except _LISTEN_ERRORS as exc:
+                logger.warning("cannot listen for new jobs yet (%s); retrying", exc)
+                self._relisten_task = asyncio.get_running_loop().create_task(
+                    self._relisten(), name="kelpie-store-relisten"
+                )
 
     async def _listen(self) -> None:
-        conn = await asyncpg.connect(self._url, server_settings={"application_name": "kelpie"})
+        conn = await asyncpg.connect(
+            self._url, server_settings={"application_name": "kelpie"}, timeout=CONNECT_TIMEOUT_S
+        )
         conn.add_termination_listener(self._on_listen_connection_lost)
         await conn.add_listener(NEW_JOBS_CHANNEL, self._on_notification)
         self._listen_conn = conn
@@ -477,9 +509,11 @@ class PostgresStore:
             await asyncio.sleep(delay)
             try:
                 await self._listen()
-            except (OSError, asyncpg.PostgresError) as exc:
+            except _LISTEN_ERRORS as exc:
                 attempt += 1
-                logger.warning("cannot listen for new jobs yet (%s); retrying", exc)
+                # Not at every attempt: the database may be down for a while, and the loss
+                # was logged already.
+                logger.debug("cannot listen for new jobs yet (%s); retrying", exc)
                 continue
             logger.info("listening for new jobs again")
             self._relisten_task = None
@@ -502,11 +536,18 @@ class PostgresStore:
             )
             assert row is not None  # inserted or already there, inside this transaction
             await conn.execute(
-                "INSERT INTO api_keys (key_hash, user_id, created) VALUES ($1, $2, now())"
+                "INSERT INTO api_keys (id, key_hash, user_id, created, bootstrap)"
+                " VALUES ($1, $2, $3, now(), true)"
                 " ON CONFLICT (key_hash) DO UPDATE"
-                " SET user_id = excluded.user_id, revoked = false",
+                " SET user_id = excluded.user_id, revoked = false, bootstrap = true",
+                new_id(),
                 key_hash,
                 row["id"],
+            )
+            await conn.execute(
+                "UPDATE api_keys SET revoked = true"
+                " WHERE bootstrap AND NOT revoked AND key_hash <> $1",
+                key_hash,
             )
         return _decode.user(row)
 
@@ -534,11 +575,12 @@ class PostgresStore:
 
     async def add_api_key(
         self, user_id: str, key_hash: str, org_name: str | None, project_name: str | None
-    ) -> None:
+    ) -> ApiKey:
         try:
-            await self._connected().execute(
-                "INSERT INTO api_keys (key_hash, user_id, org_name, project_name, created)"
-                " VALUES ($1, $2, $3, $4, now())",
+            row = await self._connected().fetchrow(
+                "INSERT INTO api_keys (id, key_hash, user_id, org_name, project_name, created)"
+                f" VALUES ($1, $2, $3, $4, $5, now()) RETURNING {API_KEY_COLUMNS}",
+                new_id(),
                 key_hash,
                 user_id,
                 org_name,
@@ -548,11 +590,21 @@ class PostgresStore:
             raise NotFound(f"no user {user_id}") from exc
         except asyncpg.UniqueViolationError as exc:
             raise AlreadyExists("an API key with this hash exists") from exc
+        assert row is not None
+        return _decode.api_key(row)
 
-    async def revoke_api_key(self, key_hash: str) -> bool:
+    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+        rows = await self._connected().fetch(
+            f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created, id",
+            user_id,
+        )
+        return [_decode.api_key(row) for row in rows]
+
+    async def revoke_api_key(self, user_id: str, key_id: str) -> bool:
         row = await self._connected().fetchrow(
-            "UPDATE api_keys SET revoked = true WHERE key_hash = $1 AND NOT revoked RETURNING 1",
-            key_hash,
+            "UPDATE api_keys SET revoked = true WHERE id = $1 AND user_id = $2 RETURNING 1",
+            key_id,
+            user_id,
         )
         return row is not None
 
@@ -615,7 +667,7 @@ class PostgresStore:
             self._unannounced.clear()
             try:
                 await self._pool.execute(_ANNOUNCE_NEW_JOBS, NEW_JOBS_CHANNEL, groups)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (StoreUnavailable, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 logger.warning("could not announce new jobs in %s: %s", groups, exc)
 
     async def get_job(self, job_id: str, user_id: str | None) -> Job | None:
@@ -1002,11 +1054,14 @@ class PostgresStore:
         )
         return [_decode.event(row) for row in rows]
 
-    async def claim_reallocation(self, machine_id: str, threshold: int) -> Blocked | None:
-        row = await self._connected().fetchrow(_CLAIM_REALLOCATION, machine_id, threshold)
+    async def claim_reallocation(
+        self, user_id: str, machine_id: str, threshold: int
+    ) -> Blocked | None:
+        row = await self._connected().fetchrow(_CLAIM_REALLOCATION, user_id, machine_id, threshold)
         if row is None:
             return None
         return Blocked(
+            user_id=user_id,
             machine_id=machine_id,
             container_group_id=row["container_group_id"],
             org_name=row["org_name"],
@@ -1115,13 +1170,17 @@ class PostgresStore:
     async def update_scaling_rule(
         self, user_id: str | None, container_group_id: str, patch: ScalingRulePatch
     ) -> ScalingRule | None:
-        rows = await self._connected().fetch(
+        pool = self._connected()
+        # The bound is checked in the UPDATE's WHERE clause: a concurrent update of the row
+        # makes PostgreSQL evaluate it again on the row that update left.
+        rows = await pool.fetch(
             "UPDATE scaling_rules SET"
             " min_replicas = coalesce($3, min_replicas),"
             " max_replicas = coalesce($4, max_replicas),"
             " idle_threshold_seconds = coalesce($5, idle_threshold_seconds),"
             " updated = now()"
             " WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1)"
+            "   AND coalesce($3, min_replicas) <= coalesce($4, max_replicas)"
             f" RETURNING {_RULE_COLUMNS}",
             user_id,
             container_group_id,
@@ -1129,6 +1188,13 @@ class PostgresStore:
             patch.max_replicas,
             patch.idle_threshold_seconds,
         )
+        if not rows and await pool.fetchval(
+            "SELECT true FROM scaling_rules"
+            " WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1)",
+            user_id,
+            container_group_id,
+        ):
+            raise InvalidChange("min_replicas must not be greater than max_replicas")
         rules = sorted((_decode.rule(row) for row in rows), key=lambda r: (r.created, r.user_id))
         return rules[0] if rules else None
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from kelpie.schemas import JobStatus
 from kelpie.store.models import (
+    ApiKey,
     Attempt,
     Blocked,
     CancelOutcome,
@@ -54,6 +55,17 @@ class NotFound(StoreError):
     """The record a write refers to does not exist."""
 
 
+class InvalidChange(StoreError):
+    """The change would break a rule the record keeps (a scaling rule's min above its max);
+    nothing was changed."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now (connection refused or lost, the server shutting
+    down or starting, the file locked for too long, a disk I/O error), or the store is not
+    open. Trying again later may succeed; nothing was changed unless the call says so."""
+
+
 class Store(Protocol):
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -61,6 +73,9 @@ class Store(Protocol):
         processes start at once)."""
 
     async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """One cheap round trip; raises StoreUnavailable while the database cannot be used."""
 
     async def listen_for_new_jobs(self, on_new_jobs: Callable[[str], None]) -> None:
         """Call `on_new_jobs(container_group_id)` whenever any process submits jobs.
@@ -71,7 +86,9 @@ class Store(Protocol):
 
     # -- users and keys ----------------------------------------------------------------
     async def ensure_admin(self, username: str, key_hash: str) -> User:
-        """An admin user named `username` exists and holds the key with this hash."""
+        """An admin user named `username` exists and holds the key with this hash, as its
+        bootstrap key (live again if it had been revoked); every other bootstrap key is
+        revoked, so that starting with a new admin key retires the previous one."""
 
     async def create_user(self, username: str, *, is_admin: bool = False) -> User:
         """Raises AlreadyExists for a taken username."""
@@ -80,11 +97,15 @@ class Store(Protocol):
 
     async def add_api_key(
         self, user_id: str, key_hash: str, org_name: str | None, project_name: str | None
-    ) -> None:
+    ) -> ApiKey:
         """Raises NotFound if the user does not exist."""
 
-    async def revoke_api_key(self, key_hash: str) -> bool:
-        """The key stops working; False if there was no live key with this hash."""
+    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+        """Every key of the user, revoked ones included, oldest first."""
+
+    async def revoke_api_key(self, user_id: str, key_id: str) -> bool:
+        """The user's key with this id stops working (revoking a revoked key changes
+        nothing); False if the user has no key with this id."""
 
     async def principal_for_key(self, key_hash: str) -> Principal | None:
         """The caller behind a key, or None for an unknown or revoked key."""
@@ -161,7 +182,8 @@ class Store(Protocol):
     ) -> FailureResult:
         """Only the holder: counts the failure, blocks the machine from the job for good,
         records exit code and error. At max_failures the job is `failed` (event queued);
-        otherwise it is pending again at once."""
+        otherwise it is pending again at once. `machine_blocked_jobs` counts the jobs of
+        the job's owner the machine is blocked from (toward its reallocation)."""
 
     async def interrupt_if_held(
         self,
@@ -222,10 +244,13 @@ class Store(Protocol):
     ) -> list[JobEvent] | None:
         """The job's events with id > after_id, oldest first; None when not visible."""
 
-    async def claim_reallocation(self, machine_id: str, threshold: int) -> Blocked | None:
-        """If the machine is blocked from at least `threshold` jobs and was never
-        reallocated, mark it reallocated and say where it runs; else None. At most once
-        per machine, across processes."""
+    async def claim_reallocation(
+        self, user_id: str, machine_id: str, threshold: int
+    ) -> Blocked | None:
+        """If the machine is blocked from at least `threshold` of the user's jobs and was
+        never reallocated for that user, mark it so and say where it runs; else None. At
+        most once per user and machine, across processes: failures one tenant reports
+        under a machine id never count toward, nor use up, another tenant's."""
 
     # -- webhook outbox ----------------------------------------------------------------
     async def claim_webhook_events(self, limit: int, lease_seconds: float) -> list[WebhookEvent]:
@@ -261,7 +286,10 @@ class Store(Protocol):
 
     async def update_scaling_rule(
         self, user_id: str | None, container_group_id: str, patch: ScalingRulePatch
-    ) -> ScalingRule | None: ...
+    ) -> ScalingRule | None:
+        """Applies the patch in one atomic step, or raises InvalidChange when the result
+        would have min_replicas above max_replicas (whatever patches run at the same
+        time); None when there is no such rule."""
 
     async def delete_scaling_rule(self, user_id: str | None, container_group_id: str) -> bool: ...
 

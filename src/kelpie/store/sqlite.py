@@ -33,6 +33,7 @@ import aiosqlite
 
 from kelpie.schemas import JobStatus
 from kelpie.store._common import (
+    API_KEY_COLUMNS,
     CANCELED_MESSAGE,
     MAX_WORKER_EVENTS_PER_ATTEMPT,
     OUTAGE_GAP_SECONDS,
@@ -59,6 +60,7 @@ from kelpie.store._common import (
 from kelpie.store._group_commit import GroupCommitWriter, execute_when_not_busy
 from kelpie.store.migrations import load_migrations
 from kelpie.store.models import (
+    ApiKey,
     Attempt,
     Blocked,
     CancelOutcome,
@@ -78,7 +80,13 @@ from kelpie.store.models import (
     User,
     WebhookEvent,
 )
-from kelpie.store.protocol import AlreadyExists, NotFound, StoreError
+from kelpie.store.protocol import (
+    AlreadyExists,
+    InvalidChange,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 _decode = RowDecoder(time=lambda value: datetime.fromtimestamp(value, UTC), json=json.loads)
@@ -105,6 +113,22 @@ _RULE_COLUMNS = (
     " created, updated, org_name, project_name"
 )
 _VISIBLE = "(:user_id IS NULL OR user_id = :user_id)"
+# The jobs of one user (a tenant) that a machine is blocked from.
+_TENANT_BLOCKS = (
+    "FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id"
+    " WHERE b.machine_id = :machine_id AND j.user_id = :user_id"
+)
+# SQLite errors that mean "the database cannot be used now", not "this call is wrong": the
+# file locked for longer than the writer waits, a disk I/O error, a full disk.
+_UNAVAILABLE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
 # The caller holds the job: fenced by attempt when it sent its claim's token, else by machine.
 _HELD = (
     "id = :job_id AND status = 'running' AND machine_id = :machine_id"
@@ -162,6 +186,13 @@ def _split_statements(script: str) -> list[str]:
     if leftover:
         raise StoreError(f"incomplete SQL statement at the end of a migration: {leftover[0]!r}")
     return statements
+
+
+def _as_unavailable(exc: sqlite3.Error) -> StoreUnavailable | None:
+    primary_code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # extended codes: IOERR_WRITE, ...
+    if primary_code in _UNAVAILABLE_CODES:
+        return StoreUnavailable(f"SQLite database unusable: {exc}")
+    return None
 
 
 def _dt(value: float) -> datetime:
@@ -327,6 +358,11 @@ class SqliteStore:
             await self._writer.start()
             await self._write(self._migrate)
             self._reader = await self._connect_reader()
+        except sqlite3.Error as exc:
+            await self.close()
+            if (unavailable := _as_unavailable(exc)) is not None:
+                raise unavailable from exc
+            raise
         except BaseException:
             await self.close()
             raise
@@ -364,9 +400,20 @@ class SqliteStore:
                     continue
                 for group in groups:
                     for listener in self._new_job_listeners:
-                        listener(group)
+                        try:
+                            listener(group)
+                        except Exception:  # one listener failing must not deafen the rest
+                            logger.exception("new-jobs listener failed")
         finally:
             watch.close()
+
+    async def ping(self) -> None:
+        """Takes the file's write lock and lets it go: fails while the file cannot be written."""
+
+        def nothing(conn: sqlite3.Connection) -> None:
+            return None
+
+        await self._write(nothing)
 
     def _connect_writer(self) -> sqlite3.Connection:
         """The write connection, opened on the writer thread that alone uses it."""
@@ -400,8 +447,13 @@ class SqliteStore:
         """Runs `operation` in the writer's next group commit (its own savepoint); returns
         once it is durably committed. Raising inside `operation` undoes only its changes."""
         if self._writer is None:
-            raise StoreError("store is not open: call open() first")
-        return await self._writer.run(operation)
+            raise StoreUnavailable("store is not open: call open() first")
+        try:
+            return await self._writer.run(operation)
+        except sqlite3.Error as exc:
+            if (unavailable := _as_unavailable(exc)) is not None:
+                raise unavailable from exc
+            raise
 
     async def _execute(self, sql: str, params: Params = ()) -> None:
         """One write statement in the next group commit."""
@@ -413,11 +465,16 @@ class SqliteStore:
 
     def _read_conn(self) -> aiosqlite.Connection:
         if self._reader is None:
-            raise StoreError("store is not open: call open() first")
+            raise StoreUnavailable("store is not open: call open() first")
         return self._reader
 
     async def _read(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        return list(await self._read_conn().execute_fetchall(sql, params))
+        try:
+            return list(await self._read_conn().execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            if (unavailable := _as_unavailable(exc)) is not None:
+                raise unavailable from exc
+            raise
 
     async def _read_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         rows = await self._read(sql, params)
@@ -461,9 +518,16 @@ class SqliteStore:
             assert row is not None  # inserted or already there, inside this transaction
             user = _decode.user(row)
             conn.execute(
-                "INSERT INTO api_keys (key_hash, user_id, created) VALUES (?, ?, ?)"
-                " ON CONFLICT (key_hash) DO UPDATE SET user_id = excluded.user_id, revoked = 0",
-                (key_hash, user.id, now),
+                "INSERT INTO api_keys (id, key_hash, user_id, created, bootstrap)"
+                " VALUES (?, ?, ?, ?, 1)"
+                " ON CONFLICT (key_hash) DO UPDATE"
+                " SET user_id = excluded.user_id, revoked = 0, bootstrap = 1",
+                (new_id(), key_hash, user.id, now),
+            )
+            conn.execute(
+                "UPDATE api_keys SET revoked = 1"
+                " WHERE bootstrap = 1 AND revoked = 0 AND key_hash <> ?",
+                (key_hash,),
             )
             return user
 
@@ -498,29 +562,38 @@ class SqliteStore:
 
     async def add_api_key(
         self, user_id: str, key_hash: str, org_name: str | None, project_name: str | None
-    ) -> None:
-        def insert(conn: sqlite3.Connection) -> None:
+    ) -> ApiKey:
+        def insert(conn: sqlite3.Connection) -> ApiKey:
             if _one(conn, "SELECT 1 FROM users WHERE id = ?", (user_id,)) is None:
                 raise NotFound(f"no user {user_id}")
             try:
-                conn.execute(
-                    "INSERT INTO api_keys (key_hash, user_id, org_name, project_name, created)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (key_hash, user_id, org_name, project_name, time.time()),
+                row = _one(
+                    conn,
+                    "INSERT INTO api_keys (id, key_hash, user_id, org_name, project_name, created)"
+                    f" VALUES (?, ?, ?, ?, ?, ?) RETURNING {API_KEY_COLUMNS}",
+                    (new_id(), key_hash, user_id, org_name, project_name, time.time()),
                 )
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists("an API key with this hash exists") from exc
+            assert row is not None
+            return _decode.api_key(row)
 
-        await self._write(insert)
+        return await self._write(insert)
 
-    async def revoke_api_key(self, key_hash: str) -> bool:
+    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+        rows = await self._read(
+            f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = ? ORDER BY created, id",
+            (user_id,),
+        )
+        return [_decode.api_key(row) for row in rows]
+
+    async def revoke_api_key(self, user_id: str, key_id: str) -> bool:
         def revoke(conn: sqlite3.Connection) -> bool:
             return bool(
                 _all(
                     conn,
-                    "UPDATE api_keys SET revoked = 1 WHERE key_hash = ? AND revoked = 0"
-                    " RETURNING 1",
-                    (key_hash,),
+                    "UPDATE api_keys SET revoked = 1 WHERE id = ? AND user_id = ? RETURNING 1",
+                    (key_id, user_id),
                 )
             )
 
@@ -856,7 +929,9 @@ class SqliteStore:
             if job.status == "failed":
                 _queue_event(conn, job, "failed", machine_id, now)
             count = _one(
-                conn, "SELECT count(*) FROM job_blocks WHERE machine_id = ?", (machine_id,)
+                conn,
+                f"SELECT count(*) {_TENANT_BLOCKS}",
+                {"machine_id": machine_id, "user_id": job.user_id},
             )
             assert count is not None
             return FailureResult(HeldOutcome.DONE, job, machine_blocked_jobs=count[0])
@@ -1081,31 +1156,33 @@ class SqliteStore:
 
         return await self._write(note)
 
-    async def claim_reallocation(self, machine_id: str, threshold: int) -> Blocked | None:
+    async def claim_reallocation(
+        self, user_id: str, machine_id: str, threshold: int
+    ) -> Blocked | None:
+        params = {"user_id": user_id, "machine_id": machine_id}
+
         def mark(conn: sqlite3.Connection) -> Blocked | None:
-            count = _one(
-                conn, "SELECT count(*) FROM job_blocks WHERE machine_id = ?", (machine_id,)
-            )
+            count = _one(conn, f"SELECT count(*) {_TENANT_BLOCKS}", params)
             assert count is not None
             if count[0] < threshold or count[0] == 0:
                 return None
             inserted = _all(
                 conn,
-                "INSERT INTO machine_reallocations (machine_id, at) VALUES (?, ?)"
-                " ON CONFLICT DO NOTHING RETURNING machine_id",
-                (machine_id, time.time()),
+                "INSERT INTO machine_reallocations (user_id, machine_id, at)"
+                " VALUES (:user_id, :machine_id, :now) ON CONFLICT DO NOTHING RETURNING 1",
+                {**params, "now": time.time()},
             )
             if not inserted:
                 return None
             where = _one(
                 conn,
                 "SELECT j.container_group_id, j.org_name, j.project_name"
-                " FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id"
-                " WHERE b.machine_id = ? ORDER BY b.blocked_at DESC LIMIT 1",
-                (machine_id,),
+                f" {_TENANT_BLOCKS} ORDER BY b.blocked_at DESC LIMIT 1",
+                params,
             )
             assert where is not None  # count > 0 and job_blocks rows always have their job
             return Blocked(
+                user_id=user_id,
                 machine_id=machine_id,
                 container_group_id=where["container_group_id"],
                 org_name=where["org_name"],
@@ -1261,16 +1338,25 @@ class SqliteStore:
         }
 
         def update(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-            return _all(
+            rows = _all(
                 conn,
                 "UPDATE scaling_rules SET"
                 " min_replicas = coalesce(:min, min_replicas),"
                 " max_replicas = coalesce(:max, max_replicas),"
                 " idle_threshold_seconds = coalesce(:idle, idle_threshold_seconds),"
                 " updated = :now"
-                f" WHERE container_group_id = :group AND {_VISIBLE} RETURNING {_RULE_COLUMNS}",
+                f" WHERE container_group_id = :group AND {_VISIBLE}"
+                "   AND coalesce(:min, min_replicas) <= coalesce(:max, max_replicas)"
+                f" RETURNING {_RULE_COLUMNS}",
                 {**params, "now": time.time()},
             )
+            if not rows and _one(
+                conn,
+                f"SELECT 1 FROM scaling_rules WHERE container_group_id = :group AND {_VISIBLE}",
+                params,
+            ):
+                raise InvalidChange("min_replicas must not be greater than max_replicas")
+            return rows
 
         rows = await self._write(update)
         rules = sorted((_decode.rule(row) for row in rows), key=lambda r: (r.created, r.user_id))

@@ -82,7 +82,10 @@ def test_an_api_outage_longer_than_two_intervals_moves_no_job(
         # Every holder beats again within an interval; the idle workers, polling all along,
         # must find nothing to take, now or once the extended leases have run out.
         wait_for(
-            lambda: all(lab.job(j)["num_heartbeats"] > b for j, b in zip(jobs, beats)) or None,
+            lambda: (
+                all(lab.job(j)["num_heartbeats"] > b for j, b in zip(jobs, beats, strict=True))
+                or None
+            ),
             "holders beating again",
         )
         watch_until = time.monotonic() + 3 * INTERVAL

@@ -21,7 +21,7 @@ from kelpie.schemas import (
     ScalingRuleUpdate,
 )
 from kelpie.store.models import Principal, ScalingRule, ScalingRulePatch
-from kelpie.store.protocol import AlreadyExists
+from kelpie.store.protocol import AlreadyExists, InvalidChange
 
 log = logging.getLogger("kelpie.api.scaling")
 router = APIRouter(prefix="/scaling-rules", tags=["scaling-rules"])
@@ -154,18 +154,16 @@ async def update_rule(
     principal: CurrentPrincipal,
     store: StoreDep,
 ) -> ScalingRuleOut:
-    current = await store.get_scaling_rule(scope(principal), container_group_id)
-    if current is None:
-        raise not_found("Scaling rule")
-    low = body.min_replicas if body.min_replicas is not None else current.min_replicas
-    high = body.max_replicas if body.max_replicas is not None else current.max_replicas
-    if low > high:
-        raise ApiError(400, "min_replicas must not be greater than max_replicas")
-    rule = await store.update_scaling_rule(
-        scope(principal),
-        container_group_id,
-        ScalingRulePatch(body.min_replicas, body.max_replicas, body.idle_threshold_seconds),
-    )
+    try:
+        # The store checks min <= max in the update itself: a check here, before it, would
+        # let two concurrent patches each pass and together break the rule.
+        rule = await store.update_scaling_rule(
+            scope(principal),
+            container_group_id,
+            ScalingRulePatch(body.min_replicas, body.max_replicas, body.idle_threshold_seconds),
+        )
+    except InvalidChange:
+        raise ApiError(400, "min_replicas must not be greater than max_replicas") from None
     if rule is None:
         raise not_found("Scaling rule")
     return _out(rule)

@@ -1,4 +1,5 @@
-"""Users and API keys (PROTOCOL §2). Creating and removing users is for admins."""
+"""Users and API keys (PROTOCOL §2). Creating and removing users is for admins; a user may
+list and revoke its own keys, an admin anyone's."""
 
 from __future__ import annotations
 
@@ -11,13 +12,23 @@ from fastapi.responses import JSONResponse
 from kelpie.api.deps import AdminPrincipal, CurrentPrincipal, State, StoreDep
 from kelpie.api.errors import ApiError, error_responses
 from kelpie.api.security import hash_api_key, new_api_key
-from kelpie.schemas import MeOut, TokenCreate, TokenOut, UserCreate, UserOut
-from kelpie.store.models import User
+from kelpie.schemas import (
+    ApiKeyList,
+    ApiKeyOut,
+    MeOut,
+    TokenCreate,
+    TokenOut,
+    UserCreate,
+    UserOut,
+)
+from kelpie.store.models import ApiKey, Principal, User
 from kelpie.store.protocol import AlreadyExists, NotFound
 
 router = APIRouter(prefix="/users", tags=["users"])
 
 _ERRORS = error_responses(400, 401, 403)
+UserId = Annotated[uuid.UUID, Path(description="The user's id.")]
+TokenId = Annotated[uuid.UUID, Path(description="The key's id, as `POST .../token` answered.")]
 
 
 def _user_body(user: User) -> dict[str, Any]:
@@ -70,10 +81,64 @@ async def create_token(
     body = body or TokenCreate()
     key = new_api_key()
     try:
-        await store.add_api_key(str(user_id), hash_api_key(key), body.org_name, body.project_name)
+        created = await store.add_api_key(
+            str(user_id), hash_api_key(key), body.org_name, body.project_name
+        )
     except NotFound:
         raise ApiError(404, "User not found") from None
-    return JSONResponse({"token": key}, status_code=201)
+    return JSONResponse({"token": key, "id": created.id}, status_code=201)
+
+
+def _key_body(key: ApiKey) -> dict[str, Any]:
+    return ApiKeyOut(
+        id=key.id,
+        created=key.created,
+        org_name=key.org_name,
+        project_name=key.project_name,
+        revoked=key.revoked,
+        bootstrap=key.bootstrap,
+    ).model_dump(mode="json")
+
+
+def _may_manage_keys_of(principal: Principal, user_id: uuid.UUID) -> None:
+    """Admins manage every user's keys, a user its own; another user's are not found."""
+    if not principal.user.is_admin and principal.user.id != str(user_id):
+        raise ApiError(404, "User not found")
+
+
+@router.get(
+    "/{user_id}/tokens",
+    response_model=ApiKeyList,
+    operation_id="list_tokens",
+    responses={**_ERRORS, **error_responses(404)},
+    summary="List a user's API keys, revoked ones included (never the keys themselves)",
+)
+async def list_tokens(
+    user_id: UserId, principal: CurrentPrincipal, store: StoreDep
+) -> JSONResponse:
+    _may_manage_keys_of(principal, user_id)
+    if await store.get_user(str(user_id)) is None:
+        raise ApiError(404, "User not found")
+    keys = [_key_body(key) for key in await store.list_api_keys(str(user_id))]
+    return JSONResponse({"_count": len(keys), "tokens": keys})
+
+
+@router.delete(
+    "/{user_id}/tokens/{token_id}",
+    status_code=204,
+    operation_id="revoke_token",
+    responses={**_ERRORS, **error_responses(404)},
+    summary="Revoke one API key (revoking a revoked key is a no-op, as retries need)",
+)
+async def revoke_token(
+    user_id: UserId, token_id: TokenId, principal: CurrentPrincipal, state: State
+) -> Response:
+    _may_manage_keys_of(principal, user_id)
+    if not await state.store.revoke_api_key(str(user_id), str(token_id)):
+        raise ApiError(404, "API key not found")
+    # This process trusts no resolved key any more; the others within KEY_CACHE_SECONDS.
+    state.keys.clear()
+    return Response(status_code=204)
 
 
 @router.get(

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
@@ -13,8 +12,6 @@ from fastapi.responses import JSONResponse
 from kelpie.api.convert import claimed_job_body
 from kelpie.api.deps import CurrentPrincipal, JobId, State, scope
 from kelpie.api.errors import ApiError, error_responses, not_found
-from kelpie.api.state import AppState
-from kelpie.fleet.base import FleetTarget
 from kelpie.schemas import NO_NUL, FailureReport, HeartbeatOut, JobOut, Message, WorkerReport
 from kelpie.store.models import HeldOutcome
 
@@ -127,8 +124,8 @@ async def report_failed(
         return ignored
     if result.job is not None and result.job.status == "failed":
         state.webhooks_due.set()
-    if result.machine_blocked_jobs >= state.settings.max_blocked_jobs:
-        _spawn(_reallocate_if_due(state, report.machine_id), name="reallocate-machine")
+    if result.job is not None and result.machine_blocked_jobs >= state.settings.max_blocked_jobs:
+        state.reallocator.request(result.job.user_id, report.machine_id)
     if result.job is not None and result.job.status == "pending":
         state.notifier.notify(result.job.container_group_id)
     return JSONResponse({"message": "Job failure recorded"}, status_code=202)
@@ -173,34 +170,3 @@ def _not_holder_because(status: str, attempt_id: int) -> str:
     if status == "canceled":
         return f"attempt {attempt_id} does not hold the job (canceled, or held by another)"
     return f"attempt {attempt_id} does not hold the job: the job is {status}"
-
-
-_background: set[asyncio.Task[None]] = set()
-
-
-def _spawn(coro: Any, name: str) -> None:
-    """Run work after the response without letting the task be garbage-collected."""
-    task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-async def _reallocate_if_due(state: AppState, machine_id: str) -> None:
-    """Replace a machine blocked from too many jobs, at most once per machine."""
-    try:
-        blocked = await state.store.claim_reallocation(machine_id, state.settings.max_blocked_jobs)
-        if blocked is None:
-            return
-        if blocked.org_name is None or blocked.project_name is None:
-            log.warning(
-                "machine %s is blocked from %d jobs but its jobs name no SaladCloud "
-                "organization/project; it cannot be reallocated",
-                machine_id,
-                blocked.blocked_jobs,
-            )
-            return
-        target = FleetTarget(blocked.org_name, blocked.project_name, blocked.container_group_id)
-        log.info("reallocating machine %s (blocked from %d jobs)", machine_id, blocked.blocked_jobs)
-        await state.fleet.reallocate(target, machine_id)
-    except Exception:
-        log.exception("reallocating machine %s failed", machine_id)

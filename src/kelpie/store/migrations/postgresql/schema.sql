@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0003 (postgresql). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0005 (postgresql). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
@@ -16,14 +16,17 @@ CREATE TABLE users (
     webhook_token  text NOT NULL
 );
 
--- Keys are stored only as hashes.
+-- Keys are stored only as hashes. `bootstrap`: the key came from KELPIE_ADMIN_KEY (a start
+-- with another admin key revokes it).
 CREATE TABLE api_keys (
-    key_hash     text PRIMARY KEY,
+    key_hash     text NOT NULL UNIQUE,
     user_id      text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     org_name     text,
     project_name text,
     created      timestamptz NOT NULL,
-    revoked      boolean NOT NULL DEFAULT false
+    revoked      boolean NOT NULL DEFAULT false,
+    id           text PRIMARY KEY,
+    bootstrap    boolean NOT NULL DEFAULT false
 );
 CREATE INDEX api_keys_user ON api_keys (user_id);
 
@@ -92,10 +95,13 @@ CREATE TABLE job_blocks (
 );
 CREATE INDEX job_blocks_by_machine ON job_blocks (machine_id, blocked_at);
 
--- Machines already handed to the fleet provider for replacement (at most once each).
+-- Machines already handed to the fleet provider for replacement: at most once per tenant
+-- (failures count per user and machine).
 CREATE TABLE machine_reallocations (
-    machine_id text PRIMARY KEY,
-    at         timestamptz NOT NULL
+    machine_id text NOT NULL,
+    at         timestamptz NOT NULL,
+    user_id    text NOT NULL,
+    PRIMARY KEY (user_id, machine_id)
 );
 
 -- Durable webhook outbox, written in the transaction of the state change it reports.

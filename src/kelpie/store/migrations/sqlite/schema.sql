@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0003 (sqlite). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0005 (sqlite). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
@@ -18,14 +18,17 @@ CREATE TABLE users (
     webhook_token  TEXT NOT NULL
 );
 
--- Keys are stored only as hashes.
+-- Keys are stored only as hashes. `bootstrap`: the key came from KELPIE_ADMIN_KEY (a start
+-- with another admin key revokes it).
 CREATE TABLE api_keys (
-    key_hash     TEXT PRIMARY KEY,
+    id           TEXT PRIMARY KEY,
+    key_hash     TEXT NOT NULL UNIQUE,
     user_id      TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     org_name     TEXT,
     project_name TEXT,
     created      REAL NOT NULL,
-    revoked      INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1))
+    revoked      INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1)),
+    bootstrap    INTEGER NOT NULL DEFAULT 0 CHECK (bootstrap IN (0, 1))
 ) WITHOUT ROWID;
 CREATE INDEX api_keys_user ON api_keys (user_id);
 
@@ -94,10 +97,13 @@ CREATE TABLE job_blocks (
 ) WITHOUT ROWID;
 CREATE INDEX job_blocks_by_machine ON job_blocks (machine_id, blocked_at);
 
--- Machines already handed to the fleet provider for replacement (at most once each).
+-- Machines already handed to the fleet provider for replacement: at most once per tenant
+-- (failures count per user and machine).
 CREATE TABLE machine_reallocations (
-    machine_id TEXT PRIMARY KEY,
-    at         REAL NOT NULL
+    user_id    TEXT NOT NULL,
+    machine_id TEXT NOT NULL,
+    at         REAL NOT NULL,
+    PRIMARY KEY (user_id, machine_id)
 ) WITHOUT ROWID;
 
 -- Durable webhook outbox, written in the transaction of the state change it reports.
