@@ -23,6 +23,7 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._blocked = False
         self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._upstream_budget: int | None = None
         self._flowing = asyncio.Event()
@@ -97,8 +98,14 @@ class TcpProxy:
         await self._set_blocked(True)
         if self._server is not None:
             self._server.close()
+        if self._connections:  # let the reset connections wind down before the loop stops
+            await asyncio.wait(self._connections, timeout=5)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
         if self._blocked:
             writer.transport.abort()
             return

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 import itertools
 import os
@@ -24,7 +25,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import obstore
 from obstore.store import S3Store
@@ -36,6 +37,8 @@ from kelpie.storage.progress import TransferProgress
 if TYPE_CHECKING:
     from obstore import GetOptions, GetResult
     from typing_extensions import Buffer
+
+R = TypeVar("R")
 
 MiB = 1024 * 1024
 PART_SIZE = 8 * MiB  # larger files go multipart up and in parallel ranges down
@@ -99,7 +102,7 @@ async def fetch_to_file(store: S3Store, item: Download, progress: TransferProgre
             await asyncio.to_thread(_write_whole, temp, item.dest, data, item.gunzip)
             return
         await asyncio.to_thread(item.dest.parent.mkdir, parents=True, exist_ok=True)
-        with await asyncio.to_thread(temp.open, "xb") as out:
+        with await _create(temp) as out:
             if item.gunzip or item.size <= PART_SIZE:
                 await _stream_into(out, store, item, tally)
             else:
@@ -197,7 +200,7 @@ async def fetch_verified(
     try:
         await asyncio.to_thread(item.dest.parent.mkdir, parents=True, exist_ok=True)
         if not item.gunzip and item.size > PART_SIZE:
-            with await asyncio.to_thread(temp.open, "xb") as out:
+            with await _create(temp) as out:
                 sink = _VerifyingSink(out, item)
                 await _windowed_ranges_into(sink, store, item, tally)
                 await asyncio.to_thread(sink.finish)
@@ -205,7 +208,7 @@ async def fetch_verified(
             result = await _get(store, item)
             if not item.gunzip and result.meta["size"] != item.size:
                 raise _damaged(item, f"{result.meta['size']} bytes instead of {item.size}")
-            with await asyncio.to_thread(temp.open, "xb") as out:
+            with await _create(temp) as out:
                 sink = _VerifyingSink(out, item)
                 if result.meta["size"] <= READ_CHUNK:
                     data = await result.bytes_async()
@@ -334,7 +337,11 @@ async def send_file(
     stored.
     """
     tally = _Tally(progress)
-    fd = source if isinstance(source, int) else await asyncio.to_thread(_open_for_reading, source)
+    fd = (
+        source
+        if isinstance(source, int)
+        else await _acquire(functools.partial(_open_for_reading, source), os.close)
+    )
     try:
         stamp = FileStamp.of(await asyncio.to_thread(os.fstat, fd))
         if expect is not None and stamp != expect:
@@ -485,6 +492,35 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
     """Mark a shielded upload's outcome as seen: its caller has moved on or re-raised it."""
     if not task.cancelled():
         task.exception()
+
+
+async def _create(temp: Path) -> IO[bytes]:
+    """A new temp file, opened off the event loop; removed again if the caller is cancelled."""
+
+    def discard(out: IO[bytes]) -> None:
+        out.close()
+        temp.unlink(missing_ok=True)
+
+    def create() -> IO[bytes]:
+        return temp.open("xb")
+
+    return await _acquire(create, discard)
+
+
+async def _acquire(open_: Callable[[], R], release: Callable[[R], None]) -> R:
+    """Run `open_` in a thread and return what it opened. A caller cancelled while the thread
+    runs never sees the result, so `release` gets it instead: nothing leaks."""
+    opening = asyncio.ensure_future(asyncio.to_thread(open_))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(lambda done: _release_opened(done, release))
+        raise
+
+
+def _release_opened(done: asyncio.Future[R], release: Callable[[R], None]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        release(done.result())
 
 
 def part_size(size: int) -> int:
