@@ -15,10 +15,8 @@ meanwhile raises FileChangedError and is never stored torn (a multipart upload i
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import hashlib
-import itertools
 import os
 import secrets
 import zlib
@@ -45,6 +43,7 @@ PART_SIZE = 8 * MiB  # larger files go multipart up and in parallel ranges down
 MAX_PARTS = 10_000  # S3's limit per multipart upload
 PART_CONCURRENCY = 8  # parts or ranges in flight per large file
 READ_CHUNK = 4 * MiB  # streamed read size (gzip both ways)
+RANGES_AHEAD = 12  # ranges of one file fetched or fetching, not yet written (x PART_SIZE)
 ABORT_WAIT_S = 10.0  # a cancelled multipart upload's wait for obstore to abort it
 
 
@@ -212,10 +211,10 @@ async def fetch_verified(
                 sink = _VerifyingSink(out, item)
                 if result.meta["size"] <= READ_CHUNK:
                     data = await result.bytes_async()
-                    tally(await asyncio.to_thread(sink.write_last, bytes(data)))
+                    tally(await asyncio.to_thread(sink.write_last, data))
                 else:
                     async for chunk in result.stream(min_chunk_size=READ_CHUNK):
-                        tally(await asyncio.to_thread(sink.write, bytes(chunk)))
+                        tally(await asyncio.to_thread(sink.write, chunk))
                     await asyncio.to_thread(sink.finish)
         await asyncio.to_thread(os.replace, temp, item.dest)
     except BaseException:
@@ -239,7 +238,8 @@ def _damaged(item: VerifiedDownload, reason: str) -> ObjectDamaged:
 
 class _VerifyingSink:
     """Writes an object's bytes in order (gunzipping when asked), hashing the plain bytes, and
-    checks size and SHA-256 at the end. Runs in a thread, one piece at a time."""
+    checks size and SHA-256 at the end; or only hashes them (`absorb`) when the caller writes
+    them itself. Runs in a thread, one piece at a time."""
 
     def __init__(self, out: IO[bytes], item: VerifiedDownload) -> None:
         self._out = out
@@ -248,16 +248,16 @@ class _VerifyingSink:
         self._hash = hashlib.sha256()
         self._written = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: Buffer) -> int:
         """Take the next piece of the object; returns the plain bytes it made."""
         if self._gunzip is None:
             return self._plain(data)
         try:
-            return sum(self._plain(piece) for piece in self._gunzip.feed(data))
+            return sum(self._plain(piece) for piece in self._gunzip.feed(bytes(data)))
         except zlib.error as exc:
             raise _damaged(self._item, f"not a valid gzip stream ({exc})") from exc
 
-    def write_last(self, data: bytes) -> int:
+    def write_last(self, data: Buffer) -> int:
         written = self.write(data)
         return written + self.finish()
 
@@ -275,48 +275,61 @@ class _VerifyingSink:
             raise _damaged(self._item, "its SHA-256 does not match the checkpoint's record")
         return tail
 
-    def _plain(self, data: bytes) -> int:
-        self._written += len(data)
+    def absorb(self, data: Buffer) -> int:
+        """Count and hash the next plain bytes, written to the file by the caller."""
+        view = memoryview(data)
+        self._written += view.nbytes
         if self._written > self._item.size:
             raise _damaged(self._item, f"more than the {self._item.size} bytes recorded")
-        self._hash.update(data)
+        self._hash.update(view)
+        return view.nbytes
+
+    def fileno(self) -> int:
+        return self._out.fileno()
+
+    def _plain(self, data: Buffer) -> int:
+        written = self.absorb(data)
         self._out.write(data)
-        return len(data)
+        return written
 
 
 async def _windowed_ranges_into(
     sink: _VerifyingSink, store: S3Store, item: VerifiedDownload, tally: _Tally
 ) -> None:
-    """Fetch PART_SIZE ranges, PART_CONCURRENCY ahead of the one being written, all pinned to
-    the first range's ETag; each is hashed and written in order as soon as it is its turn,
-    so the file is verified in the same pass that downloads it."""
+    """Fetch PART_SIZE ranges, PART_CONCURRENCY at a time, all pinned to the first range's
+    ETag. Each range is written at its offset as soon as it arrives, as a plain download
+    does, and hashed in file order as soon as its turn comes: the file is checked in the
+    same pass that downloads it. Up to RANGES_AHEAD ranges may wait, fetched, for their turn
+    to be hashed (bounding memory)."""
     first = await _get(store, item, {"range": (0, PART_SIZE)})
     size, etag = first.meta["size"], first.meta["e_tag"]
     if size != item.size:
         raise _damaged(item, f"{size} bytes instead of {item.size}")
+    fd = sink.fileno()
+    ahead = asyncio.Semaphore(RANGES_AHEAD)  # released once the range is hashed
+    slots = asyncio.Semaphore(PART_CONCURRENCY)
 
-    async def fetch_range(start: int) -> bytes:
-        end = min(start + PART_SIZE, size)
-        result = await _get(store, item, {"range": (start, end), "if_match": etag})
-        return bytes(await result.bytes_async())
+    async def fetch_range(start: int) -> Buffer:
+        await ahead.acquire()  # waiters are served in order: ranges start in file order
+        async with slots:
+            end = min(start + PART_SIZE, size)
+            result = await _get(store, item, {"range": (start, end), "if_match": etag})
+            data = await result.bytes_async()
+        await asyncio.to_thread(os.pwrite, fd, data, start)
+        return data
 
-    starts = iter(range(PART_SIZE, size, PART_SIZE))
-    window: collections.deque[asyncio.Task[bytes]] = collections.deque(
-        asyncio.create_task(fetch_range(start))
-        for start in itertools.islice(starts, PART_CONCURRENCY)
-    )
+    ranges = [asyncio.create_task(fetch_range(s)) for s in range(PART_SIZE, size, PART_SIZE)]
     try:
-        tally(await asyncio.to_thread(sink.write, bytes(await first.bytes_async())))
-        while window:
-            data = await window.popleft()
-            following = next(starts, None)
-            if following is not None:
-                window.append(asyncio.create_task(fetch_range(following)))
-            tally(await asyncio.to_thread(sink.write, data))
+        head = await first.bytes_async()
+        await asyncio.to_thread(os.pwrite, fd, head, 0)
+        tally(await asyncio.to_thread(sink.absorb, head))
+        for fetched in ranges:
+            tally(await asyncio.to_thread(sink.absorb, await fetched))
+            ahead.release()
     finally:
-        for task in window:
+        for task in ranges:
             task.cancel()
-        await asyncio.gather(*window, return_exceptions=True)
+        await asyncio.gather(*ranges, return_exceptions=True)
 
 
 async def send_file(
