@@ -24,6 +24,7 @@ from kelpie.worker.checkpoints.quiet import (
     Scan,
     judge,
     next_blocked_poll,
+    next_look,
     settled_at,
     snapshot_is_consistent,
 )
@@ -172,6 +173,48 @@ def test_the_commit_file_needs_no_settling() -> None:
     previous = Scan({MODEL: stamp()}, events_before=3)
     scan = Scan({MODEL: stamp(mtime_ns=2)}, events_before=3)
     assert judge(scan, previous=previous, committed={}, explicit=True) is Look.CANDIDATE
+
+
+def look_at(
+    *,
+    explicit: bool = False,
+    explicit_only: bool = False,
+    events_pending: bool = False,
+    sweep_due: bool = False,
+    recheck_at: float | None = None,
+) -> float:
+    return next_look(
+        100.0,
+        settle=0.5,
+        explicit=explicit,
+        explicit_only=explicit_only,
+        events_pending=events_pending,
+        last_change=99.8,
+        sweep_due=sweep_due,
+        recheck_at=recheck_at,
+    )
+
+
+def test_changes_are_looked_at_once_they_have_settled() -> None:
+    assert look_at(events_pending=True) == 100.3
+    assert look_at() == float("inf")  # nothing happened: wait to be woken
+
+
+def test_neither_a_sweep_nor_a_recheck_looks_amid_a_burst_of_writes() -> None:
+    """Between two files of a set no file may be open, yet the set is half written."""
+    assert look_at(events_pending=True, sweep_due=True) == 100.3
+    assert look_at(events_pending=True, recheck_at=100.1) == 100.3
+    assert look_at(sweep_due=True) == 100.0
+    assert look_at(recheck_at=100.1) == 100.1
+
+
+def test_the_commit_file_is_looked_at_at_once() -> None:
+    assert look_at(explicit=True, events_pending=True) == 100.0
+    assert look_at(explicit=True, recheck_at=100.05) == 100.05  # a file still open
+
+
+def test_a_job_that_commits_explicitly_gets_no_automatic_look() -> None:
+    assert look_at(explicit_only=True, events_pending=True, sweep_due=True) == float("inf")
 
 
 def test_settled_means_settle_seconds_after_the_last_change() -> None:

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import os
 import random
 import resource
@@ -61,7 +60,7 @@ from kelpie.worker.checkpoints.quiet import (
     Scan,
     judge,
     next_blocked_poll,
-    settled_at,
+    next_look,
     snapshot_is_consistent,
 )
 from kelpie.worker.checkpoints.restore import (
@@ -331,34 +330,34 @@ class CheckpointEngine:
 
     async def _watch_forever(self) -> None:
         next_sweep = time.monotonic() + self._sweep_interval
+        sweep_due = False
         while not self.lost.is_set():
             self._watch.wake.clear()  # before reading the state: a later event wakes the wait
             explicit = await asyncio.to_thread(self.commit_file.exists)
-            if explicit:
-                self._explicit_only = True
+            self._explicit_only = self._explicit_only or explicit
             now = time.monotonic()
-            due = self._look_due(now, next_sweep, explicit)
+            if now >= next_sweep:
+                next_sweep, sweep_due = now + self._sweep_interval, True
+            events_pending = self._watch.events != self._events_seen
+            due = next_look(
+                now,
+                settle=self._settle,
+                explicit=explicit,
+                explicit_only=self._explicit_only,
+                events_pending=events_pending,
+                last_change=self._watch.last_change,
+                sweep_due=sweep_due,
+                recheck_at=self._recheck_at,
+            )
             if due > now:
+                # While changes settle, more changes only move the deadline: no wake-up needed.
+                self._watch.wake_on_change = not events_pending and not self._explicit_only
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(None if due == math.inf else due - now):
+                    async with asyncio.timeout(min(due, next_sweep) - now):
                         await self._watch.wake.wait()
                 continue
-            if now >= next_sweep:
-                next_sweep = now + self._sweep_interval
+            sweep_due = False
             await self._look(explicit)
-
-    def _look_due(self, now: float, next_sweep: float, explicit: bool) -> float:
-        """When the next look is due (≤ now: at once)."""
-        if explicit:
-            return now if self._recheck_at is None else self._recheck_at
-        if self._explicit_only:
-            return math.inf  # the job commits with the marker only
-        candidates = [next_sweep]
-        if self._recheck_at is not None:
-            candidates.append(self._recheck_at)
-        if self._watch.events != self._events_seen:
-            candidates.append(settled_at(self._watch.last_change, self._settle))
-        return min(candidates)
 
     async def _look(self, explicit: bool) -> None:
         self._recheck_at = None

@@ -9,6 +9,7 @@ look scans the folders' stat stamps and decides here what that scan means. Only 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -59,6 +60,34 @@ def judge(
         and scan.files != previous.files
     )
     return Look.UNEXPLAINED if unexplained else Look.CANDIDATE
+
+
+def next_look(
+    now: float,
+    *,
+    settle: float,
+    explicit: bool,
+    explicit_only: bool,
+    events_pending: bool,
+    last_change: float | None,
+    sweep_due: bool,
+    recheck_at: float | None,
+) -> float:
+    """When to look at the folders next: at once (<= now), at a time, or only when woken (inf).
+
+    The commit file asks for a look at once (or at the recheck of a file held open). Otherwise
+    changes always settle first: neither a sweep nor a recheck looks at the folders amid a
+    burst of writes, where a set may be half written with no file open at that instant.
+    """
+    if explicit:
+        return now if recheck_at is None else recheck_at
+    if explicit_only:
+        return math.inf
+    if events_pending:
+        return settled_at(last_change, settle)
+    if sweep_due:
+        return now
+    return math.inf if recheck_at is None else recheck_at
 
 
 def settled_at(last_change: float | None, settle: float) -> float:

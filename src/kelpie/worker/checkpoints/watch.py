@@ -61,6 +61,9 @@ class FolderWatch:
         self.events = 0
         self.last_change: float | None = None
         self.wake = asyncio.Event()
+        self.wake_on_change = True
+        """False while the engine waits for changes to settle: then a change need not wake
+        it (a job writing a large file sends thousands of events)."""
 
     def start(self) -> None:
         """Begin watching (call from the event loop; raises OSError, e.g. ENOSPC when the
@@ -99,7 +102,8 @@ class FolderWatch:
         with self._lock:
             self.events += 1
             self.last_change = time.monotonic()
-        self._wake_loop()
+        if self.wake_on_change:
+            self._wake_loop()
 
     def _on_marker(self) -> None:
         self._wake_loop()
