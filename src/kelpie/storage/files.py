@@ -15,6 +15,7 @@ meanwhile raises FileChangedError and is never stored torn (a multipart upload i
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import hashlib
 import os
@@ -43,7 +44,7 @@ PART_SIZE = 8 * MiB  # larger files go multipart up and in parallel ranges down
 MAX_PARTS = 10_000  # S3's limit per multipart upload
 PART_CONCURRENCY = 8  # parts or ranges in flight per large file
 READ_CHUNK = 4 * MiB  # streamed read size (gzip both ways)
-RANGES_AHEAD = 12  # ranges of one file fetched or fetching, not yet written (x PART_SIZE)
+RANGES_AHEAD = 12  # ranges of one file fetched or fetching, not yet hashed (x PART_SIZE)
 ABORT_WAIT_S = 10.0  # a cancelled multipart upload's wait for obstore to abort it
 
 
@@ -319,17 +320,21 @@ async def _windowed_ranges_into(
         return data
 
     ranges = [asyncio.create_task(fetch_range(s)) for s in range(PART_SIZE, size, PART_SIZE)]
+    loop = asyncio.get_running_loop()
+    # one thread of its own for the hashing: never queued behind the writes
+    hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kelpie-sha256")
     try:
         head = await first.bytes_async()
         await asyncio.to_thread(os.pwrite, fd, head, 0)
-        tally(await asyncio.to_thread(sink.absorb, head))
+        tally(await loop.run_in_executor(hasher, sink.absorb, head))
         for fetched in ranges:
-            tally(await asyncio.to_thread(sink.absorb, await fetched))
+            tally(await loop.run_in_executor(hasher, sink.absorb, await fetched))
             ahead.release()
     finally:
         for task in ranges:
             task.cancel()
         await asyncio.gather(*ranges, return_exceptions=True)
+        hasher.shutdown(wait=False)
 
 
 async def send_file(

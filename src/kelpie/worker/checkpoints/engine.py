@@ -578,7 +578,11 @@ class CheckpointEngine:
                     return
                 kept.update((f.bucket, f.key) for f in found.manifest)
         for target in self._targets:
-            objects = await self._storage.list_objects(target.bucket, target.area)
+            try:
+                objects = await self._storage.list_objects(target.bucket, target.area)
+            except StorageError as exc:
+                logger.warning("checkpoints: bucket not cleaned (%s)", exc)
+                continue
             stale = [
                 obj.key
                 for obj in objects
