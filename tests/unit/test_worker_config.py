@@ -44,3 +44,31 @@ def test_relative_dirs_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OUTPUT_DIR", "out")
     with pytest.raises(ValidationError, match="must be an absolute path"):
         WorkerSettings()
+
+
+@pytest.mark.parametrize("value", ["0.5", "1", "0.05"])
+def test_checkpoint_settle_time_is_read(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    for name, base in BASE.items():
+        monkeypatch.setenv(name, base)
+    monkeypatch.setenv("KELPIE_WORKER_CHECKPOINT_SETTLE_S", value)
+    assert WorkerSettings().checkpoint_settle_s == float(value)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "soon"])
+def test_checkpoint_settle_time_beyond_one_second_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    for name, base in BASE.items():
+        monkeypatch.setenv(name, base)
+    monkeypatch.setenv("KELPIE_WORKER_CHECKPOINT_SETTLE_S", value)
+    with pytest.raises(ValidationError, match="KELPIE_WORKER_CHECKPOINT_SETTLE_S"):
+        WorkerSettings()
+
+
+def test_checkpoint_settle_time_defaults_to_half_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, base in BASE.items():
+        monkeypatch.setenv(name, base)
+    monkeypatch.delenv("KELPIE_WORKER_CHECKPOINT_SETTLE_S", raising=False)
+    assert WorkerSettings().checkpoint_settle_s == 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,13 @@ import pytest
 
 from kelpie.schemas import JobOut
 from kelpie.worker.config import WorkerSettings
-from kelpie.worker.plan import InvalidJob, check_local_path, plan_transfers
+from kelpie.worker.plan import (
+    CheckpointTarget,
+    Download,
+    InvalidJob,
+    check_local_path,
+    plan_transfers,
+)
 
 ROOTS = (Path("/work/input"), Path("/work/checkpoint"), Path("/work/output"))
 CWD = Path("/work/input")
@@ -59,7 +66,7 @@ def test_legacy_pairs_map_to_the_three_dirs() -> None:
             input_bucket="b",
             input_prefix="in/",
             checkpoint_bucket="b",
-            checkpoint_prefix="ck/",
+            checkpoint_prefix="ck",
             output_bucket="o",
             output_prefix="out/",
         ),
@@ -67,18 +74,18 @@ def test_legacy_pairs_map_to_the_three_dirs() -> None:
     )
     assert [(d.prefix, d.local_dir, d.warn_if_empty) for d in plan.downloads] == [
         ("in/", ROOTS[0], True),
-        ("ck/", ROOTS[1], False),
     ]
-    assert [(t.prefix, t.local_dir, t.mirror_deletes) for t in plan.during] == [
-        ("ck/", ROOTS[1], True),
-        ("out/", ROOTS[2], False),
-    ]
-    assert [t.prefix for t in plan.after] == ["out/"]
+    [checkpoint] = plan.checkpoints
+    assert (checkpoint.index, checkpoint.bucket, checkpoint.prefix) == (0, "b", "ck/")
+    assert (checkpoint.local_dir, checkpoint.area) == (ROOTS[1], "ck/.kelpie/")
+    assert checkpoint.plain_restore == Download("b", "ck", ROOTS[1], None, warn_if_empty=False)
+    assert [(t.prefix, t.local_dir) for t in plan.live_outputs] == [("out/", ROOTS[2])]
+    assert plan.after == plan.live_outputs
 
 
 def test_a_job_without_storage_moves_nothing() -> None:
     plan = plan_transfers(job(), settings())
-    assert (plan.downloads, plan.during, plan.after) == ((), (), ())
+    assert (plan.downloads, plan.checkpoints, plan.live_outputs, plan.after) == ((), (), (), ())
     assert plan.local_dirs == ROOTS
 
 
@@ -107,12 +114,69 @@ def test_sync_entries_become_downloads_and_targets_with_patterns() -> None:
     assert plan.compress
     assert plan.downloads[0].local_dir == Path("/work/input/data")
     assert not plan.downloads[0].warn_if_empty
-    assert plan.during[0].mirror_deletes and not plan.after[0].mirror_deletes
+    assert [(c.index, c.local_dir, c.plain_restore) for c in plan.checkpoints] == [
+        (0, Path("/work/checkpoint"), None)
+    ]
+    assert plan.live_outputs == ()
     target = plan.after[0]
     assert target.key_for(Path("/work/output/logs/a/train.log")) == "p/a/train.log"
     assert target.key_for(Path("/work/output/logs/a/train.trace")) is None
     assert target.key_for(Path("/work/output/other.log")) is None
     assert Path("/work/output/logs") in plan.local_dirs
+
+
+def test_every_sync_during_entry_is_a_checkpoint_target_numbered_as_the_api_does() -> None:
+    plan = plan_transfers(
+        job(
+            sync={
+                "before": [
+                    sync_entry("/work/checkpoint/b", "download", prefix="b", pattern=r"\.pt$"),
+                    sync_entry("/work/input/copy", "download", prefix="a/"),
+                ],
+                "during": [
+                    sync_entry("/work/checkpoint/a", "upload", prefix="a/"),
+                    sync_entry("/work/checkpoint/b", "upload", prefix="b/", pattern=r"\.pt$"),
+                ],
+            }
+        ),
+        settings(),
+    )
+    first, second = plan.checkpoints
+    assert (first.index, first.prefix, first.plain_restore) == (0, "a/", None)
+    # the same bucket, prefix and folder as a `before` entry: that entry is how the folder
+    # restored before it had generations, so it is no plain download any more
+    assert (second.index, second.prefix) == (1, "b/")
+    assert second.plain_restore is not None
+    assert second.plain_restore.local_dir == Path("/work/checkpoint/b")
+    assert [d.local_dir for d in plan.downloads] == [Path("/work/input/copy")]
+
+
+def test_two_checkpoint_folders_on_one_prefix_are_refused() -> None:
+    with pytest.raises(InvalidJob, match=r"sync.during\[1\] and sync.during\[0\] both upload"):
+        plan_transfers(
+            job(
+                sync={
+                    "during": [
+                        sync_entry("/work/checkpoint/a", "upload", prefix="p"),
+                        sync_entry("/work/checkpoint/b", "upload", prefix="p/"),
+                    ]
+                }
+            ),
+            settings(),
+        )
+
+
+def test_checkpoint_files_are_named_relative_to_their_folder() -> None:
+    target = CheckpointTarget(
+        0, "b", "", Path("/work/checkpoint"), re.compile(r"\.(pt|json)$"), None
+    )
+    assert target.area == ".kelpie/"
+    assert target.relative_path(Path("/work/checkpoint/step-3/model.pt")) == "step-3/model.pt"
+    assert target.relative_path(Path("/work/checkpoint/notes.txt")) is None  # pattern
+    assert target.relative_path(Path("/work/checkpoint/.kelpie/x.pt")) is None  # kelpie's own
+    assert target.relative_path(Path("/work/checkpoint/a/.kelpie/x.pt")) == "a/.kelpie/x.pt"
+    assert target.relative_path(Path("/work/output/model.pt")) is None
+    assert target.relative_path(Path("/work/checkpoint")) is None
 
 
 @pytest.mark.parametrize(

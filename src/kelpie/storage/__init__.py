@@ -4,8 +4,20 @@
 endpoint for tests, benchmarks and `kelpie demo`.
 """
 
-from kelpie.storage.errors import StorageError
+from kelpie.storage.errors import FileChangedError, ObjectDamaged, StorageError
+from kelpie.storage.files import FileStamp, Uploaded, VerifiedDownload
 from kelpie.storage.s3 import ObjectStorage, RemoteObject, TransferStats
 from kelpie.storage.settings import S3Settings
 
-__all__ = ["ObjectStorage", "RemoteObject", "S3Settings", "StorageError", "TransferStats"]
+__all__ = [
+    "FileChangedError",
+    "FileStamp",
+    "ObjectDamaged",
+    "ObjectStorage",
+    "RemoteObject",
+    "S3Settings",
+    "StorageError",
+    "TransferStats",
+    "Uploaded",
+    "VerifiedDownload",
+]

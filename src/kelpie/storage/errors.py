@@ -104,3 +104,25 @@ def summarize(exc: BaseException) -> str:
     if len(head) > MAX_SUMMARY_CHARS:
         head = head[: MAX_SUMMARY_CHARS - 1] + "…"
     return head
+
+
+class FileChangedError(StorageError):
+    """The local file changed while it was read for upload; nothing was stored.
+
+    Not a failure of the transfer: the file is being written, so the caller looks again
+    later instead of counting an error. A multipart upload was aborted, never completed.
+    """
+
+
+class ObjectDamaged(StorageError):
+    """An object is missing, or does not read back as the size and SHA-256 it was stored with.
+
+    Another try would read the same bytes, so it is not retried; `reason` says which check
+    failed.
+    """
+
+    def __init__(self, bucket: str, key: str, reason: str) -> None:
+        super().__init__(f"s3://{bucket}/{key}: {reason}")
+        self.bucket = bucket
+        self.key = key
+        self.reason = reason

@@ -17,7 +17,7 @@ import re
 import stat
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -27,8 +27,18 @@ import obstore
 from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import S3Store
 
+from kelpie.schemas import CHECKPOINT_AREA
 from kelpie.storage.errors import StorageError, is_transient, is_transient_cause, summarize
-from kelpie.storage.files import PART_SIZE, Download, fetch_to_file, send_file
+from kelpie.storage.files import (
+    PART_SIZE,
+    Download,
+    FileStamp,
+    Uploaded,
+    VerifiedDownload,
+    fetch_to_file,
+    fetch_verified,
+    send_file,
+)
 from kelpie.storage.progress import TransferProgress
 from kelpie.storage.settings import S3Settings
 
@@ -41,6 +51,7 @@ T = TypeVar("T")
 
 LARGE_TRANSFERS = 2  # large files moving at once: bounds buffers to ~2 x 8 x 8 MiB
 GZ_SUFFIX = ".gz"
+KELPIE_AREA = CHECKPOINT_AREA.rstrip("/")  # kelpie's own folder under a checkpoint prefix
 
 # obstore's own per-request retries: 100 ms doubling to 5 s, with jitter, for up to 2 min.
 REQUEST_RETRIES: RetryConfig = {
@@ -160,13 +171,61 @@ class ObjectStorage:
         """Upload one file; returns the bytes sent. `compress` gzips it on the fly to `key.gz`.
 
         Files over PART_SIZE go up as a multipart upload; the object appears only when all
-        parts are in.
+        parts are in. A file that changes while it is read raises FileChangedError and
+        nothing is stored (no torn object, no multipart upload left open).
         """
         size = await asyncio.to_thread(_file_size, local_path)
         target = key + GZ_SUFFIX if compress else key
         progress = TransferProgress("upload", _url(bucket, target), size, 1)
         async with progress.reporting():
-            return await self._upload(local_path, size, bucket, target, compress, progress)
+            uploaded = await self._upload(local_path, size, bucket, target, compress, progress)
+        return uploaded.sent
+
+    async def upload_verified(
+        self,
+        source: Path | int,
+        bucket: str,
+        key: str,
+        *,
+        compress: bool = False,
+        expect: FileStamp | None = None,
+    ) -> Uploaded:
+        """Upload `source` (a path, or a descriptor open for reading that stays the caller's)
+        to exactly `key`, and say what was stored: size and SHA-256 of the plain bytes, read
+        in the same pass that sent them.
+
+        With `expect`, the file must be that stamp from the first byte read to the last;
+        otherwise (and whenever it changes while read) FileChangedError, nothing stored.
+        """
+        size = expect.size if expect is not None else await asyncio.to_thread(_source_size, source)
+        progress = TransferProgress("upload", _url(bucket, key), size, 1)
+        async with progress.reporting():
+            return await self._upload(source, size, bucket, key, compress, progress, expect)
+
+    async def download_verified(self, items: Sequence[VerifiedDownload]) -> TransferStats:
+        """Download `items` in parallel, each checked against its size and SHA-256 while it
+        streams, and renamed into place only when it matches.
+
+        The first failure cancels the rest and is raised: ObjectDamaged for an object that is
+        missing or reads back wrong, StorageError for the rest. Files already in place stay.
+        """
+        started = time.monotonic()
+        progress = TransferProgress(
+            "download", f"{len(items)} checkpoint files", sum(i.size for i in items), len(items)
+        )
+        async with progress.reporting():
+            await _all_or_nothing(self._download_verified(item, progress) for item in items)
+        return TransferStats(len(items), progress.bytes_done, time.monotonic() - started)
+
+    async def delete_objects(self, bucket: str, keys: Sequence[str]) -> None:
+        """Delete `keys` (in batches of up to 1,000 per request); keys already gone are fine."""
+        if not keys:
+            return
+        store = self._store(bucket)
+        batch = list(keys)
+        await self._retrying(
+            "delete", bucket, f"{len(batch)} objects", lambda: obstore.delete_async(store, batch)
+        )
 
     async def upload_dir(
         self,
@@ -190,8 +249,8 @@ class ObjectStorage:
             for path, rel, size in files
         )
         async with progress.reporting():
-            sent = await _all_or_nothing(uploads)
-        return TransferStats(len(files), sum(sent), time.monotonic() - started)
+            done = await _all_or_nothing(uploads)
+        return TransferStats(len(files), sum(u.sent for u in done), time.monotonic() - started)
 
     async def delete_object(self, bucket: str, key: str, *, compressed: bool = False) -> None:
         """Delete `key` (`key.gz` when `compressed`); a key that is already gone is fine."""
@@ -214,27 +273,46 @@ class ObjectStorage:
             )
         progress.file_done()
 
+    async def _download_verified(self, item: VerifiedDownload, progress: TransferProgress) -> None:
+        store = self._store(item.bucket)
+        large = item.size > PART_SIZE
+        async with self._slots, self._large_slots if large else contextlib.nullcontext():
+            await self._retrying(
+                "download", item.bucket, item.key, lambda: fetch_verified(store, item, progress)
+            )
+        progress.file_done()
+
     async def _upload(
         self,
-        path: Path,
+        source: Path | int,
         size: int,
         bucket: str,
         key: str,
         compress: bool,
         progress: TransferProgress,
-    ) -> int:
+        expect: FileStamp | None = None,
+    ) -> Uploaded:
         store = self._store(bucket)
         large = size > PART_SIZE
+        name = str(source) if isinstance(source, Path) else key
         async with self._slots, self._large_slots if large else contextlib.nullcontext():
-            sent = await self._retrying(
+            uploaded = await self._retrying(
                 "upload",
                 bucket,
                 key,
-                lambda: send_file(store, path, size, key, compress, progress),
+                lambda: send_file(
+                    store,
+                    source,
+                    key,
+                    compress=compress,
+                    expect=expect,
+                    progress=progress,
+                    name=name,
+                ),
             )
         progress.file_done()
-        logger.debug("uploaded %s to s3://%s/%s (%d bytes sent)", path, bucket, key, sent)
-        return sent
+        logger.debug("uploaded %s to s3://%s/%s (%d bytes sent)", name, bucket, key, uploaded.sent)
+        return uploaded
 
     async def _retrying(
         self, action: str, bucket: str, key: str, attempt: Callable[[], Awaitable[T]]
@@ -317,11 +395,14 @@ def plan_downloads(
     decompress: bool,
 ) -> list[Download]:
     """Which objects land where: `.gz` stripped when `decompress`, `pattern` searched in the
-    local relative path, unsafe keys skipped, the first key kept when two map to one file."""
+    local relative path, unsafe keys skipped, the first key kept when two map to one file.
+
+    Objects inside a `.kelpie/` folder are checkpoint generations, restored only through
+    their manifests: never as plain files."""
     plan: dict[Path, Download] = {}
     for obj in sorted(objects, key=lambda o: o.key):
         relative = relative_key(obj.key, prefix)
-        if relative is None:
+        if relative is None or KELPIE_AREA in relative.split("/"):
             continue
         gunzip = decompress and relative.endswith(GZ_SUFFIX)
         if gunzip:
@@ -376,6 +457,10 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _source_size(source: Path | int) -> int:
+    return os.fstat(source).st_size if isinstance(source, int) else _file_size(source)
 
 
 def _join_key(prefix: str, relative: str, compress: bool) -> str:

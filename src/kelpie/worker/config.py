@@ -65,6 +65,12 @@ class WorkerSettings(BaseSettings):
     )
     """Fallback scan of watched dirs for files inotify did not report (stable size, not open)."""
 
+    checkpoint_settle_s: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.5, validation_alias="KELPIE_WORKER_CHECKPOINT_SETTLE_S"
+    )
+    """How long checkpoint folders must be still (and no file there open for writing) before
+    their state is taken as a generation."""
+
     upload_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(
         8, validation_alias="KELPIE_WORKER_UPLOAD_CONCURRENCY"
     )

@@ -2,12 +2,16 @@
 
 The phases of an attempt and what ends it:
 
-    claimed ─▶ plan ─▶ download ─▶ run ─▶ final uploads ─▶ report completed
-                 │          │        ├─ exit ≠ 0 / signal ─▶ flush checkpoints ─▶ report failed
-                 │          │        ├─ lease lost ─▶ stop uploading, stop the job (no report)
-                 │          │        └─ worker stopping ─▶ SIGTERM, flush, report interrupted
+    claimed ─▶ plan ─▶ download, restore ─▶ run ─▶ final generation, outputs ─▶ completed
+                 │          │                   ├─ exit ≠ 0 / signal ─▶ finish generation ─▶ failed
+                 │          │                   ├─ lease lost ─▶ stop the job (no report)
+                 │          │                   └─ worker stopping ─▶ SIGTERM, final generation,
+                 │          │                                         report interrupted
                  │          └── storage unreachable ─▶ report interrupted (not the job's fault)
                  └── bad input, missing bucket, command not found ─▶ report failed
+
+While the job runs its checkpoint folders are committed as generations
+(`kelpie.worker.checkpoints`); its output folders are uploaded file by file (`LiveSync`).
 
 Every call about the job carries the claim's attempt id: a call the API refuses (409) means
 another attempt holds the job now, and this one drops it without another word.
@@ -34,12 +38,20 @@ from typing import Any, Protocol, TypeVar
 from kelpie.client import ApiUnavailable, AsyncKelpieClient, KelpieError
 from kelpie.schemas import JobEventIn, JobOut, WorkerEventKind
 from kelpie.storage import StorageError, TransferStats
+from kelpie.worker.checkpoints import (
+    ApiCommitter,
+    CheckpointEngine,
+    CheckpointStorage,
+    ExitKind,
+    RestoreReport,
+    explicit_only,
+)
 from kelpie.worker.config import WorkerSettings
 from kelpie.worker.environment import job_environment
 from kelpie.worker.heartbeat import Heartbeat
 from kelpie.worker.node import Node
 from kelpie.worker.plan import Download, InvalidJob, TransferPlan, UploadTarget, plan_transfers
-from kelpie.worker.runner import JobProcess, JobStartError
+from kelpie.worker.runner import ExitStatus, JobProcess, JobStartError
 from kelpie.worker.sync import LiveSync, Uploader
 from kelpie.worker.tasks import cancel_and_wait, spawn
 
@@ -52,7 +64,7 @@ MAX_ERROR_CHARS = 4000
 EVENT_FLUSH_S = 2.0
 
 
-class Storage(Uploader, Protocol):
+class Storage(Uploader, CheckpointStorage, Protocol):
     """The part of `kelpie.storage.ObjectStorage` the worker uses."""
 
     async def download_prefix(
@@ -137,6 +149,10 @@ class JobAttempt:
         self._stop_task: asyncio.Task[bool] | None = None
         self._process: JobProcess | None = None
         self._live: LiveSync | None = None
+        self._checkpoints: CheckpointEngine | None = None
+        self._terminated = False
+        """The worker sent the job SIGTERM (its node is going away): an exit that follows is
+        the job's own hand-back, and its checkpoint folders are final."""
         self._dirs: tuple[Path, ...] = settings.job_dirs
         self.warnings: list[str] = []
         """What a user should know about this attempt that did not stop it."""
@@ -168,10 +184,14 @@ class JobAttempt:
         try:
             await self._guarded(asyncio.to_thread(empty_dirs, plan.local_dirs, create=True))
             await self._guarded(self._download(plan))
+            self._checkpoints = self._checkpoint_engine(plan)
+            if self._checkpoints is not None:
+                await self._guarded(self._restore(self._checkpoints))
+                await self._checkpoints.start()
             self._live = self._live_sync(plan)
             await self._live.start()
             self._process = await self._start_process(plan)
-            status = await self._guarded(self._process.wait(), also=self._live.died)
+            status = await self._guarded(self._process.wait(), running=True)
         except _Disturbed:
             return await self._disturbed()
         except _StorageUnavailable as exc:
@@ -181,6 +201,65 @@ class JobAttempt:
         if not status.succeeded:
             return await self._fail_after_flush(status.describe(), status.exit_code, local=True)
         return await self._finish(plan)
+
+    def _checkpoint_engine(self, plan: TransferPlan) -> CheckpointEngine | None:
+        if not plan.checkpoints:
+            return None
+        if self.job.attempt_id is None:
+            raise _Failure(
+                "the API answered the claim without an attempt id; checkpoints cannot be"
+                " committed (is the API older than this worker?)",
+                local=False,
+            )
+        committer = ApiCommitter(
+            self._client,
+            self.job.id,
+            machine_id=self._settings.machine_id,
+            container_group_id=self._settings.container_group_id,
+            attempt_id=self.job.attempt_id,
+            lease_ok=self._heartbeat.lease_ok,
+        )
+        return CheckpointEngine(
+            self._require_storage(),
+            committer,
+            plan.checkpoints,
+            attempt_id=self.job.attempt_id,
+            compress=plan.compress,
+            settle_s=self._settings.checkpoint_settle_s,
+            sweep_interval_s=self._settings.sweep_interval_s,
+            upload_concurrency=self._settings.upload_concurrency,
+            explicit_only=explicit_only(self.job.environment),
+        )
+
+    async def _restore(self, engine: CheckpointEngine) -> None:
+        try:
+            report = await engine.restore()
+        except StorageError as exc:
+            if exc.transient:
+                raise _StorageUnavailable(f"checkpoint restore failed: {exc}") from exc
+            raise _Failure(f"checkpoint restore failed: {exc}", local=False) from exc
+        self._record_restore(report)
+
+    def _record_restore(self, report: RestoreReport) -> None:
+        if report.generation is not None:
+            self._event(
+                "checkpoint_restored",
+                f"restored checkpoint generation {report.generation}"
+                f" ({report.files} files, {report.bytes} bytes)",
+                {"generation": report.generation, "files": report.files, "bytes": report.bytes},
+            )
+        elif report.plain and report.files:
+            self._event(
+                "checkpoint_restored",
+                f"restored {report.files} plain checkpoint files ({report.bytes} bytes)",
+                {"files": report.files, "bytes": report.bytes},
+            )
+        for fallback in report.fallbacks:
+            self._event(
+                "checkpoint_fallback", fallback.describe(), {"generation": fallback.generation}
+            )
+        for line in report.warnings[len(report.fallbacks) :]:
+            self._warn(line)
 
     async def _download(self, plan: TransferPlan) -> None:
         if not plan.downloads:
@@ -227,6 +306,8 @@ class JobAttempt:
         env = job_environment(
             os.environ, dirs=plan.dirs, job_id=self.job.id, job_env=self.job.environment
         )
+        if self._checkpoints is not None:
+            env.update(self._checkpoints.environment())
         try:
             process = await JobProcess.start(
                 self.job.command, self.job.arguments, env, cwd=plan.working_dir
@@ -254,11 +335,17 @@ class JobAttempt:
         return Outcome.DROPPED
 
     async def _final_uploads(self, plan: TransferPlan, deadline: float) -> None:
+        if self._checkpoints is not None:
+            why_not = await self._checkpoints.finish(ExitKind.SUCCEEDED, deadline)
+            if self._checkpoints.lost.is_set():
+                raise _Disturbed()
+            if why_not is not None:
+                self._warn(f"the final checkpoint was not committed: {why_not}")
         if self._live is not None:
             failures = await self._live.flush(deadline)
             if failures:
                 raise _Failure(_upload_failure(failures))
-        live_targets = set(plan.during)
+        live_targets = set(plan.live_outputs)
         for target in plan.after:
             if target not in live_targets:  # the live sync already carried those
                 await self._upload_dir_until(target, plan.compress, deadline)
@@ -302,8 +389,8 @@ class JobAttempt:
         self, reason: str, exit_code: int | None, *, local: bool
     ) -> Outcome:
         """A failed run still hands its checkpoints on: the next machine resumes from them."""
-        if self._process is not None and self._process.status is None:
-            await self._process.stop([signal.SIGTERM], self._settings.stop_grace_s)
+        status = await self._stop_process([signal.SIGTERM])
+        await self._finish_checkpoints(status)
         if self._live is not None and not self._live.died.is_set():
             failures = await self._live.flush(time.monotonic() + self._settings.upload_grace_s)
             if failures:
@@ -314,38 +401,51 @@ class JobAttempt:
         """The bucket is unreachable: not the job's fault nor this node's. Hand the job back
         without counting a failure; the worker waits before it claims again."""
         logger.warning("job %s: handing the job back, storage unreachable: %s", self.job.id, reason)
-        if self._process is not None and self._process.status is None:
-            await self._process.stop([signal.SIGTERM], self._settings.stop_grace_s)
+        await self._stop_process([signal.SIGTERM])
         self._event("warning", f"handed back: storage unreachable ({reason[:500]})", None)
         if await self._report("interrupted", self._client.report_interrupted):
             return Outcome.STORAGE_UNAVAILABLE
         return Outcome.DROPPED
 
     async def _disturbed(self) -> Outcome:
-        if self._heartbeat.lost_reason is not None or self._heartbeat_finished():
+        if self._lease_lost() is not None:
             return await self._drop()
         return await self._interrupt()
 
+    def _lease_lost(self) -> str | None:
+        if self._heartbeat.lost_reason is not None:
+            return self._heartbeat.lost_reason
+        if self._checkpoints is not None and self._checkpoints.lost.is_set():
+            return self._checkpoints.lost_reason or "a checkpoint commit was refused"
+        if self._heartbeat_finished():
+            return "heartbeat task ended"
+        return None
+
     async def _drop(self) -> Outcome:
-        """The job is not ours any more: another machine may be writing its checkpoints now,
-        so uploads stop before anything else, then the process goes (SIGINT, SIGTERM, SIGKILL)."""
-        reason = self._heartbeat.lost_reason or "heartbeat task ended"
+        """The job is not ours any more: another machine may be running it now, so this
+        attempt commits and uploads nothing more, and the process goes (SIGINT, SIGTERM,
+        SIGKILL)."""
+        reason = self._lease_lost() or "lease lost"
         logger.warning("job %s: dropping it, %s", self.job.id, reason)
         if self._live is not None:
             await self._live.close()
-        if self._process is not None:
-            status = await self._process.stop(
-                [signal.SIGINT, signal.SIGTERM], self._settings.stop_grace_s
-            )
+        if self._checkpoints is not None:
+            await self._checkpoints.close()
+        status = await self._stop_process([signal.SIGINT, signal.SIGTERM])
+        if status is not None:
             logger.info("job %s: process %s", self.job.id, status.describe())
         return Outcome.DROPPED
 
     async def _interrupt(self) -> Outcome:
-        """This worker is going away: SIGTERM the job, flush checkpoints, hand the job back."""
+        """This worker is going away: SIGTERM the job, commit its checkpoints, hand it back."""
         logger.warning("job %s: worker stopping, handing the job back", self.job.id)
-        if self._process is not None:
-            status = await self._process.stop([signal.SIGTERM], self._settings.stop_grace_s)
+        self._terminated = True
+        status = await self._stop_process([signal.SIGTERM])
+        if status is not None:
             logger.info("job %s: process %s", self.job.id, status.describe())
+        await self._finish_checkpoints(status)
+        if self._checkpoints is not None and self._checkpoints.lost.is_set():
+            return await self._drop()
         if self._live is not None and not self._live.died.is_set():
             failures = await self._live.flush(time.monotonic() + self._settings.upload_grace_s)
             if failures:
@@ -357,6 +457,32 @@ class JobAttempt:
         if await self._report("interrupted", self._client.report_interrupted):
             return Outcome.INTERRUPTED
         return Outcome.DROPPED
+
+    async def _stop_process(self, signals: list[int]) -> ExitStatus | None:
+        """Stop the job's process (if it runs) with `signals`, then SIGKILL after the grace."""
+        if self._process is None:
+            return None
+        if self._process.status is not None:
+            return self._process.status
+        if signal.SIGTERM in signals:
+            self._terminated = True
+        return await self._process.stop(signals, self._settings.stop_grace_s)
+
+    async def _finish_checkpoints(self, status: ExitStatus | None) -> None:
+        """Commit what the job's end allows, within the upload grace (see ExitKind)."""
+        engine = self._checkpoints
+        if engine is None or engine.lost.is_set():
+            return
+        if status is None:
+            kind = ExitKind.KILLED  # never started, or gone: only a quiet snapshot counts
+        else:
+            kind = ExitKind.of(
+                status.exit_code, status.signal, terminated_by_worker=self._terminated
+            )
+        deadline = time.monotonic() + self._settings.upload_grace_s
+        why_not = await engine.finish(kind, deadline)
+        if why_not is not None and not engine.lost.is_set():
+            self._warn(f"checkpoints at the end of the attempt: {why_not}")
 
     # -- reports -----------------------------------------------------------------------------
 
@@ -437,29 +563,37 @@ class JobAttempt:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    async def _guarded(
-        self, work: Coroutine[Any, Any, T], *, also: asyncio.Event | None = None
-    ) -> T:
-        """Run `work` unless the worker starts stopping or the lease is lost first."""
+    async def _guarded(self, work: Coroutine[Any, Any, T], *, running: bool = False) -> T:
+        """Run `work` unless the worker starts stopping or the lease is lost first. With
+        `running` (the job's process runs), also unless the file sync or the checkpoints
+        stop working, or a checkpoint commit is refused (another attempt holds the job)."""
         # Awaited right here, so a plain task: its errors are the caller's to handle.
         task: asyncio.Task[T] = asyncio.create_task(work, name=f"job-{self.job.id}-phase")
         watched: set[asyncio.Future[Any]] = {task}
         for guard in (self._heartbeat_task, self._stop_task):
             if guard is not None:
                 watched.add(guard)
-        died: asyncio.Task[bool] | None = None
-        if also is not None:
-            died = spawn(also.wait(), "sync-died")
-            watched.add(died)
+        events: list[asyncio.Event] = []
+        if running and self._live is not None:
+            events.append(self._live.died)
+        if self._checkpoints is not None:
+            events.append(self._checkpoints.lost)
+            if running:
+                events.append(self._checkpoints.died)
+        waiters = [spawn(event.wait(), "job-guard") for event in events]
+        watched.update(waiters)
         try:
             await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await cancel_and_wait([died])
+            await cancel_and_wait(waiters)
         if task.done():
             return task.result()
         await cancel_and_wait([task])
-        if died is not None and also is not None and also.is_set():
-            raise _Failure("the worker's file sync stopped working; see the worker log")
+        if self._live is not None and self._live.died.is_set():
+            raise _Failure("the worker's output sync stopped working; see the worker log")
+        engine = self._checkpoints
+        if engine is not None and engine.died.is_set() and not engine.lost.is_set():
+            raise _Failure(f"checkpoints stopped working: {engine.died_reason}")
         if self._heartbeat_task is not None and self._heartbeat_task.done():
             exc = None if self._heartbeat_task.cancelled() else self._heartbeat_task.exception()
             if exc is not None:
@@ -496,10 +630,10 @@ class JobAttempt:
         return self._heartbeat_task is not None and self._heartbeat_task.done()
 
     def _live_sync(self, plan: TransferPlan) -> LiveSync:
-        storage = self._require_storage() if plan.during else None
+        storage = self._require_storage() if plan.live_outputs else None
         return LiveSync(
             storage if storage is not None else _NoStorage(),
-            plan.during,
+            plan.live_outputs,
             compress=plan.compress,
             concurrency=self._settings.upload_concurrency,
             sweep_interval=self._settings.sweep_interval_s,
@@ -522,6 +656,8 @@ class JobAttempt:
         await self._kill_process()
         if self._live is not None:
             await self._live.close()
+        if self._checkpoints is not None:
+            await self._checkpoints.close()
         await cancel_and_wait([self._heartbeat_task, self._stop_task])
         # Events still in flight get a moment, not the node's remaining grace.
         if self._events:
@@ -534,9 +670,6 @@ class _NoStorage:
     async def upload_file(
         self, local_path: Path, bucket: str, key: str, *, compress: bool = False
     ) -> int:
-        raise StorageError("no S3 settings")
-
-    async def delete_object(self, bucket: str, key: str, *, compressed: bool = False) -> None:
         raise StorageError("no S3 settings")
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kelpie.schemas import JobOut, SyncEntry
+from kelpie.schemas import CHECKPOINT_AREA, JobOut, SyncEntry, normalize_prefix
 from kelpie.worker.config import WorkerSettings
 
 
@@ -61,14 +61,12 @@ class Download:
 
 @dataclass(frozen=True)
 class UploadTarget:
-    """A local folder whose matching files go to a bucket prefix."""
+    """A local folder whose matching files go to a bucket prefix (outputs: never deleted there)."""
 
     bucket: str
     prefix: str
     local_dir: Path
     pattern: re.Pattern[str] | None
-    mirror_deletes: bool
-    """Checkpoint-like targets: a file the job deletes is deleted in the bucket too."""
 
     def key_for(self, path: Path) -> str | None:
         """The object key of `path`, or None when the file is outside this target or filtered."""
@@ -83,12 +81,51 @@ class UploadTarget:
 
 
 @dataclass(frozen=True)
+class CheckpointTarget:
+    """A folder whose files belong to every checkpoint generation of the job.
+
+    `index` is the number the API knows the target by: the legacy checkpoint prefix is 0,
+    `sync.during[i]` is i. Generations keep their objects under `area`.
+    """
+
+    index: int
+    bucket: str
+    prefix: str
+    """Normalized: empty (the bucket root) or ending in `/`."""
+    local_dir: Path
+    pattern: re.Pattern[str] | None
+    plain_restore: Download | None
+    """What restores the folder while the job has no generation yet: the legacy checkpoint
+    prefix, or a `sync.before` entry naming the same bucket, prefix and folder."""
+
+    @property
+    def area(self) -> str:
+        return self.prefix + CHECKPOINT_AREA
+
+    def relative_path(self, path: Path) -> str | None:
+        """`path` relative to the folder, when the file is part of generations: inside the
+        folder, matching `pattern`, and not in a top-level `.kelpie/` (kelpie's own name)."""
+        try:
+            name = path.relative_to(self.local_dir).as_posix()
+        except ValueError:
+            return None
+        if name in ("", ".") or f"{name}/".startswith(CHECKPOINT_AREA):
+            return None
+        if self.pattern is not None and not self.pattern.search(name):
+            return None
+        return name
+
+
+@dataclass(frozen=True)
 class TransferPlan:
     working_dir: Path
     """Where relative folders were resolved from, and where the job's command runs."""
     dirs: JobDirs
     downloads: tuple[Download, ...]
-    during: tuple[UploadTarget, ...]
+    """Inputs: copied into their folders before the command starts."""
+    checkpoints: tuple[CheckpointTarget, ...]
+    live_outputs: tuple[UploadTarget, ...]
+    """Outputs uploaded while the job runs, each file once it is completely written."""
     after: tuple[UploadTarget, ...]
     compress: bool
 
@@ -100,7 +137,9 @@ class TransferPlan:
         )
         for download in self.downloads:
             seen.setdefault(download.local_dir)
-        for target in (*self.during, *self.after):
+        for checkpoint in self.checkpoints:
+            seen.setdefault(checkpoint.local_dir)
+        for target in (*self.live_outputs, *self.after):
             seen.setdefault(target.local_dir)
         return tuple(seen)
 
@@ -116,37 +155,45 @@ def plan_transfers(
     roots = allowed_roots(settings)
     dirs = job_dirs(job.environment, settings, roots, base)
     if job.sync is not None:
+        before = [
+            Download(
+                e.bucket, e.prefix, _local(e, f"sync.before[{i}]", roots, base), _pattern(e), False
+            )
+            for i, e in enumerate(job.sync.before)
+        ]
+        during = _checkpoint_targets(job.sync.during, roots, base, before)
+        restored = {target.plain_restore for target in during}
         return TransferPlan(
             working_dir=base,
             dirs=dirs,
-            downloads=tuple(
-                Download(
-                    e.bucket,
-                    e.prefix,
-                    _local(e, f"sync.before[{i}]", roots, base),
-                    _pattern(e),
-                    warn_if_empty=False,
-                )
-                for i, e in enumerate(job.sync.before)
-            ),
-            during=_targets(job.sync.during, "sync.during", roots, base, mirror_deletes=True),
-            after=_targets(job.sync.after, "sync.after", roots, base, mirror_deletes=False),
+            downloads=tuple(d for d in before if d not in restored),
+            checkpoints=during,
+            live_outputs=(),
+            after=_targets(job.sync.after, "sync.after", roots, base),
             compress=job.compression,
         )
     downloads: list[Download] = []
-    during: list[UploadTarget] = []
-    after: list[UploadTarget] = []
+    checkpoints: list[CheckpointTarget] = []
+    outputs: list[UploadTarget] = []
     if job.input_bucket is not None and job.input_prefix is not None:
         downloads.append(Download(job.input_bucket, job.input_prefix, dirs.input, None, True))
     if job.checkpoint_bucket is not None and job.checkpoint_prefix is not None:
         bucket, prefix = job.checkpoint_bucket, job.checkpoint_prefix
-        downloads.append(Download(bucket, prefix, dirs.checkpoint, None, False))
-        during.append(UploadTarget(bucket, prefix, dirs.checkpoint, None, mirror_deletes=True))
+        restore = Download(bucket, prefix, dirs.checkpoint, None, False)
+        checkpoints.append(
+            CheckpointTarget(0, bucket, normalize_prefix(prefix), dirs.checkpoint, None, restore)
+        )
     if job.output_bucket is not None and job.output_prefix is not None:
-        output = UploadTarget(job.output_bucket, job.output_prefix, dirs.output, None, False)
-        during.append(output)
-        after.append(output)
-    return TransferPlan(base, dirs, tuple(downloads), tuple(during), tuple(after), job.compression)
+        outputs.append(UploadTarget(job.output_bucket, job.output_prefix, dirs.output, None))
+    return TransferPlan(
+        base,
+        dirs,
+        tuple(downloads),
+        tuple(checkpoints),
+        tuple(outputs),
+        tuple(outputs),
+        job.compression,
+    )
 
 
 def allowed_roots(settings: WorkerSettings) -> tuple[Path, ...]:
@@ -204,20 +251,39 @@ def _pattern(entry: SyncEntry) -> re.Pattern[str] | None:
 
 
 def _targets(
-    entries: Sequence[SyncEntry],
-    phase: str,
-    roots: Sequence[Path],
-    base: Path,
-    *,
-    mirror_deletes: bool,
+    entries: Sequence[SyncEntry], phase: str, roots: Sequence[Path], base: Path
 ) -> tuple[UploadTarget, ...]:
     return tuple(
-        UploadTarget(
-            e.bucket,
-            e.prefix,
-            _local(e, f"{phase}[{i}]", roots, base),
-            _pattern(e),
-            mirror_deletes,
-        )
+        UploadTarget(e.bucket, e.prefix, _local(e, f"{phase}[{i}]", roots, base), _pattern(e))
         for i, e in enumerate(entries)
     )
+
+
+def _checkpoint_targets(
+    entries: Sequence[SyncEntry], roots: Sequence[Path], base: Path, before: Sequence[Download]
+) -> tuple[CheckpointTarget, ...]:
+    """`sync.during` as checkpoint targets. Two entries on one bucket and prefix would store
+    their files under the same keys, so that is refused."""
+    targets: list[CheckpointTarget] = []
+    for i, entry in enumerate(entries):
+        local_dir = _local(entry, f"sync.during[{i}]", roots, base)
+        prefix = normalize_prefix(entry.prefix)
+        for other in targets:
+            if (other.bucket, other.prefix) == (entry.bucket, prefix):
+                raise InvalidJob(
+                    f"sync.during[{i}] and sync.during[{other.index}] both upload to "
+                    f"s3://{entry.bucket}/{prefix}; give each checkpoint folder its own prefix"
+                )
+        restore = next(
+            (
+                d
+                for d in before
+                if (d.bucket, normalize_prefix(d.prefix), d.local_dir)
+                == (entry.bucket, prefix, local_dir)
+            ),
+            None,
+        )
+        targets.append(
+            CheckpointTarget(i, entry.bucket, prefix, local_dir, _pattern(entry), restore)
+        )
+    return tuple(targets)

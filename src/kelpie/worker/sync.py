@@ -1,4 +1,7 @@
-"""Live sync of a running job's checkpoint and output folders to the bucket.
+"""Live upload of a running job's output folders to the bucket, each file once it is complete.
+
+Checkpoint folders are not synced file by file: they are committed whole, as generations
+(`kelpie.worker.checkpoints`).
 
 "Completely written" means the writer closed the file (inotify IN_CLOSE_WRITE) or renamed
 it into place (IN_MOVED_TO), both seen through watchdog. A periodic sweep catches what
@@ -7,10 +10,11 @@ the sweep only when its size and mtime held still across two sweeps *and* no pro
 open for writing (read from /proc). A half-written file held open is never uploaded.
 
 Every path that needs work goes into one pending map, so ten closes of one file while an
-upload runs cost one more upload, not ten. What a path needs is decided when its turn comes:
-the file is there and differs from what was last uploaded → upload; it is gone and the
-target mirrors deletions (checkpoints) → delete the object. A failed transfer stays pending
-and is retried with backoff; nothing checkpointed is dropped silently.
+upload runs cost one more upload, not ten. When a path's turn comes, it is uploaded if it is
+there and differs from what was last uploaded; outputs are never deleted in the bucket. An
+upload that finds the file changing while it reads it stores nothing (FileChangedError) and
+the path waits for its next close or sweep; a failed transfer stays pending and is retried
+with backoff, so no output is dropped silently.
 """
 
 from __future__ import annotations
@@ -26,16 +30,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from watchdog.events import (
-    DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
-    FileDeletedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
 
-from kelpie.storage import StorageError
+from kelpie.storage import FileChangedError, StorageError
 from kelpie.worker.plan import UploadTarget
 from kelpie.worker.tasks import cancel_and_wait, spawn
 
@@ -43,13 +45,7 @@ logger = logging.getLogger("kelpie.worker.sync")
 
 RETRY_BACKOFF_MIN_S = 0.5
 RETRY_BACKOFF_MAX_S = 30.0
-_WATCHED_EVENTS: list[type[FileSystemEvent]] = [
-    FileClosedEvent,
-    FileMovedEvent,
-    FileDeletedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-]
+_WATCHED_EVENTS: list[type[FileSystemEvent]] = [FileClosedEvent, FileMovedEvent, DirMovedEvent]
 
 
 class Uploader(Protocol):
@@ -58,8 +54,6 @@ class Uploader(Protocol):
     async def upload_file(
         self, local_path: Path, bucket: str, key: str, *, compress: bool = False
     ) -> int: ...
-
-    async def delete_object(self, bucket: str, key: str, *, compressed: bool = False) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -81,7 +75,6 @@ class _Failure:
 @dataclass
 class SyncStats:
     uploads: int = 0
-    deletes: int = 0
     bytes: int = 0
     failures: dict[str, str] = field(default_factory=dict)
 
@@ -205,19 +198,13 @@ class LiveSync:
 
     def _on_event(self, event: FileSystemEvent) -> None:
         paths: list[Path] = []
-        if isinstance(event, DirMovedEvent | DirDeletedEvent):
-            # A folder moved away or deleted: everything synced below it needs a look;
-            # a folder moved into place is picked up file by file.
-            roots = [Path(os.fsdecode(event.src_path))]
-            if isinstance(event, DirMovedEvent):
-                destination = Path(os.fsdecode(event.dest_path))
-                roots.append(destination)
-                paths.extend(path for path, _ in _walk_files([destination]))
-            paths.extend(p for _, p in self._synced if any(p.is_relative_to(r) for r in roots))
+        if isinstance(event, DirMovedEvent):
+            # A folder moved into place is picked up file by file.
+            paths.extend(path for path, _ in _walk_files([Path(os.fsdecode(event.dest_path))]))
+        elif isinstance(event, FileMovedEvent):
+            paths.append(Path(os.fsdecode(event.dest_path)))
         else:
             paths.append(Path(os.fsdecode(event.src_path)))
-            if isinstance(event, FileMovedEvent):
-                paths.append(Path(os.fsdecode(event.dest_path)))
         for path in paths:
             self._enqueue(path)
 
@@ -264,6 +251,10 @@ class LiveSync:
         try:
             async with self._slots:
                 await self._transfer(path)
+        except FileChangedError as exc:
+            # Still being written: its close (or the sweep, once it holds still) brings it back.
+            logger.debug("sync of %s put off: %s", path, exc)
+            self._failures.pop(path, None)
         except (StorageError, OSError) as exc:
             self._retry_later(path, exc)
         except Exception:
@@ -286,10 +277,6 @@ class LiveSync:
             target = self._targets[index]
             synced = self._synced.get((index, path))
             if st is None:
-                if synced is not None and target.mirror_deletes:
-                    await self._storage.delete_object(target.bucket, key, compressed=self._compress)
-                    self.stats.deletes += 1
-                    logger.info("deleted s3://%s/%s (local file removed)", target.bucket, key)
                 self._synced.pop((index, path), None)
                 continue
             state = FileState.of(st)
@@ -356,9 +343,6 @@ class LiveSync:
                 candidates.pop(Path(name), None)
         for path in candidates:
             self._enqueue(path)
-        for index, path in list(self._synced):
-            if path not in files and self._targets[index].mirror_deletes:
-                self._enqueue(path)
         logger.debug("sweep: %d files, %d to upload", len(files), len(candidates))
 
     def _scan(self) -> list[tuple[Path, FileState]]:

@@ -1,0 +1,233 @@
+"""Bringing a job's checkpoint folders back before it starts.
+
+With committed generations: exactly the newest one that reads back whole, every file
+checked against its size and SHA-256 while it downloads, falling back generation by
+generation past a missing or corrupt object (each fallback is reported). Without any: the
+plain objects under each prefix, as the reference worker left them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Protocol, TypeVar
+
+from kelpie.client import ApiUnavailable, NotFoundError
+from kelpie.schemas import CheckpointManifestOut, CheckpointOut
+from kelpie.storage import FileStamp, ObjectDamaged, TransferStats, VerifiedDownload
+from kelpie.worker.checkpoints.generations import FileId, KnownFile, StoredFile
+from kelpie.worker.plan import CheckpointTarget
+
+logger = logging.getLogger("kelpie.worker.checkpoints")
+
+T = TypeVar("T")
+API_RETRY_MIN_S = 1.0
+API_RETRY_MAX_S = 10.0
+
+
+class GenerationReader(Protocol):
+    """The part of the API a restore reads: committed generations and their files."""
+
+    async def generations(self) -> list[CheckpointOut]: ...
+
+    async def manifest(self, generation: int) -> CheckpointManifestOut: ...
+
+
+class RestoreStorage(Protocol):
+    async def download_verified(self, items: Sequence[VerifiedDownload]) -> TransferStats: ...
+
+    async def download_prefix(
+        self,
+        bucket: str,
+        prefix: str,
+        local_dir: Path,
+        *,
+        pattern: re.Pattern[str] | None = None,
+        decompress: bool = True,
+    ) -> TransferStats: ...
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A generation that could not be restored, and why (the first file that failed)."""
+
+    generation: int
+    reason: str
+    target: int | None = None
+    path: str | None = None
+
+    def describe(self) -> str:
+        where = "" if self.path is None else f" (target {self.target}, {self.path})"
+        generation = f"checkpoint generation {self.generation}"
+        return f"{generation} could not be restored{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """What a restore put in the checkpoint folders."""
+
+    generation: int | None
+    """The generation restored; None when none was (no generations, or none readable)."""
+    newest: int | None
+    """The newest committed generation, restorable or not."""
+    files: int
+    bytes: int
+    plain: bool
+    """True when the folders came from plain objects: the job has no generation yet."""
+    fallbacks: tuple[Fallback, ...] = ()
+    known: Mapping[FileId, KnownFile] = field(default_factory=dict, repr=False)
+    """Each restored file's stamp and object, so unchanged files are not uploaded again."""
+
+    @property
+    def warnings(self) -> list[str]:
+        """Lines for the attempt's record: every fallback, and a start without checkpoints
+        although generations exist."""
+        lines = [fallback.describe() for fallback in self.fallbacks]
+        if self.newest is not None and self.generation is None:
+            lines.append(
+                "no checkpoint generation could be restored; the job starts without checkpoints"
+            )
+        elif self.fallbacks and self.generation is not None:
+            lines.append(f"restored the older checkpoint generation {self.generation}")
+        return lines
+
+
+async def restore(
+    targets: Sequence[CheckpointTarget], reader: GenerationReader, storage: RestoreStorage
+) -> RestoreReport:
+    """Fill the (empty) checkpoint folders of `targets`; see the module docstring."""
+    if not targets:
+        return RestoreReport(None, None, 0, 0, plain=False)
+    generations = await api_call(reader.generations)
+    if not generations:
+        return await _restore_plain(targets, storage)
+    newest = max(g.generation for g in generations)
+    fallbacks: list[Fallback] = []
+    for listed in sorted((g for g in generations if g.kept), key=lambda g: -g.generation):
+        try:
+            manifest = await api_call(functools.partial(reader.manifest, listed.generation))
+        except NotFoundError:
+            fallbacks.append(Fallback(listed.generation, "its record is gone (expired)"))
+            continue
+        outcome = await _restore_generation(manifest, targets, storage)
+        if isinstance(outcome, Fallback):
+            logger.warning("%s; trying the generation before", outcome.describe())
+            fallbacks.append(outcome)
+            continue
+        files, nbytes, known = outcome
+        logger.info(
+            "restored checkpoint generation %d: %d files, %d bytes",
+            manifest.generation,
+            files,
+            nbytes,
+        )
+        return RestoreReport(
+            manifest.generation, newest, files, nbytes, False, tuple(fallbacks), known
+        )
+    logger.error("no checkpoint generation could be restored; starting without checkpoints")
+    return RestoreReport(None, newest, 0, 0, False, tuple(fallbacks))
+
+
+async def _restore_plain(
+    targets: Sequence[CheckpointTarget], storage: RestoreStorage
+) -> RestoreReport:
+    sources = [t.plain_restore for t in targets if t.plain_restore is not None]
+    results = await asyncio.gather(
+        *(
+            storage.download_prefix(
+                d.bucket, d.prefix, d.local_dir, pattern=d.pattern, decompress=True
+            )
+            for d in sources
+        )
+    )
+    files, nbytes = sum(r.files for r in results), sum(r.bytes for r in results)
+    if files:
+        logger.info("restored %d plain checkpoint files (%d bytes)", files, nbytes)
+    return RestoreReport(None, None, files, nbytes, plain=True)
+
+
+async def _restore_generation(
+    manifest: CheckpointManifestOut,
+    targets: Sequence[CheckpointTarget],
+    storage: RestoreStorage,
+) -> tuple[int, int, dict[FileId, KnownFile]] | Fallback:
+    by_index = {t.index: t for t in targets}
+    items: list[VerifiedDownload] = []
+    owners: dict[tuple[str, str], FileId] = {}
+    for entry in manifest.manifest:
+        target = by_index.get(entry.target)
+        if target is None:
+            return Fallback(manifest.generation, "not a target of this job", entry.target)
+        if not _safe(entry.path):
+            return Fallback(manifest.generation, "not a safe path", entry.target, entry.path)
+        dest = target.local_dir.joinpath(*PurePosixPath(entry.path).parts)
+        items.append(
+            VerifiedDownload(
+                entry.bucket, entry.key, dest, entry.size, entry.sha256, manifest.compressed
+            )
+        )
+        owners[(entry.bucket, entry.key)] = (entry.target, entry.path)
+    try:
+        stats = await storage.download_verified(items)
+    except ObjectDamaged as exc:
+        await asyncio.to_thread(_discard, items, targets)
+        index, path = owners.get((exc.bucket, exc.key), (None, None))
+        return Fallback(manifest.generation, exc.reason, index, path)
+    except BaseException:
+        await asyncio.to_thread(_discard, items, targets)
+        raise
+    known = await asyncio.to_thread(_stamps, items, owners)
+    return stats.files, stats.bytes, known
+
+
+def _stamps(
+    items: Sequence[VerifiedDownload], owners: Mapping[tuple[str, str], FileId]
+) -> dict[FileId, KnownFile]:
+    return {
+        owners[(item.bucket, item.key)]: KnownFile(
+            FileStamp.of(item.dest.stat()),
+            StoredFile(item.bucket, item.key, item.size, item.sha256),
+        )
+        for item in items
+    }
+
+
+def _discard(items: Sequence[VerifiedDownload], targets: Sequence[CheckpointTarget]) -> None:
+    """Remove what a failed generation restore wrote: its files, then the folders it made
+    that are empty now (deepest first), never a checkpoint folder itself."""
+    roots = {t.local_dir for t in targets}
+    folders: set[Path] = set()
+    for item in items:
+        item.dest.unlink(missing_ok=True)
+        parent = item.dest.parent
+        while parent not in roots and any(parent.is_relative_to(root) for root in roots):
+            folders.add(parent)
+            parent = parent.parent
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another file lives there) or already gone
+            continue
+
+
+def _safe(path: str) -> bool:
+    parts = path.split("/")
+    return not path.startswith("/") and all(part not in ("", ".", "..") for part in parts)
+
+
+async def api_call(call: Callable[[], Awaitable[T]]) -> T:
+    """Make a read call, waiting out an unreachable API (1 s doubling to 10 s) for as long as
+    it takes: without it no restore can be right. The caller bounds the wait."""
+    delay = API_RETRY_MIN_S
+    while True:
+        try:
+            return await call()
+        except ApiUnavailable as exc:
+            logger.warning("checkpoints: API unreachable (%s); again in %.0f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(API_RETRY_MAX_S, delay * 2)
