@@ -45,6 +45,6 @@ def test_demo_job_resumes_from_its_checkpoint_and_cleans_up(tmp_path: Path) -> N
     assert claimers[0] == killed["machine_id"]
     assert resumed["machine_id"] != killed["machine_id"]
     assert resumed["step"] > 0
-    assert summary["result"] == {"counted_to": 30, "starts": [0, resumed["step"]]}
+    assert summary["result"] == {"counted_to": 20, "starts": [0, resumed["step"]]}
     assert not Path(summary["workdir"]).exists()
     assert _processes_mentioning(summary["workdir"]) == []

@@ -7,10 +7,12 @@ deadline (`wait_for`), never a bare sleep.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +36,8 @@ FAST_WORKER_ENV = {
     "KELPIE_WORKER_UPLOAD_GRACE_S": "10",
     "KELPIE_WORKER_UPLOAD_RETRY_S": "60",
     "KELPIE_WORKER_SWEEP_INTERVAL_S": "0.5",
+    # checkpoint folders quiet this long make a generation (jobs here step every 0.25 s)
+    "KELPIE_WORKER_CHECKPOINT_SETTLE_S": "0.1",
     "KELPIE_LOG_LEVEL": "debug",
 }
 
@@ -148,6 +152,50 @@ class WorkerLab:
             return wait_for(reached, f"job {job_id} to be {'/'.join(statuses)}", timeout)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; job: {self.job(job_id)}\n{self.logs()}") from None
+
+    def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's committed checkpoint generations, oldest first."""
+        response = self.user.http.get(f"/jobs/{job_id}/checkpoints")
+        assert response.status_code == 200, response.text
+        generations: list[dict[str, Any]] = response.json()
+        return generations
+
+    def committed(self, job_id: str, target: int = 0) -> dict[str, bytes]:
+        """The files of `target` in the job's newest committed generation, read back from the
+        bucket and checked against the manifest: what a resume would restore."""
+        kept = [g["generation"] for g in self.checkpoints(job_id) if g["kept"]]
+        if not kept:
+            return {}
+        response = self.user.http.get(f"/jobs/{job_id}/checkpoints/{max(kept)}")
+        assert response.status_code == 200, response.text
+        generation = response.json()
+        files: dict[str, bytes] = {}
+        for entry in generation["manifest"]:
+            if entry["target"] != target:
+                continue
+            body = self.bucket.s3.get_object(Bucket=entry["bucket"], Key=entry["key"])
+            data: bytes = body["Body"].read()
+            if generation["compressed"]:
+                data = gzip.decompress(data)
+            assert len(data) == entry["size"], entry
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry
+            files[entry["path"]] = data
+        return files
+
+    def wait_committed(
+        self,
+        job_id: str,
+        check: Callable[[dict[str, bytes]], bool],
+        what: str,
+        timeout: float = 30.0,
+    ) -> dict[str, bytes]:
+        """Wait until the newest committed generation passes `check`; returns its files."""
+
+        def passing() -> dict[str, bytes] | None:
+            files = self.committed(job_id)
+            return files if files and check(files) else None
+
+        return wait_for(passing, what, timeout)
 
     def wait_key(self, key: str, timeout: float = 30.0) -> bytes:
         return wait_for(lambda: self.bucket.get(key), f"s3://{self.bucket.name}/{key}", timeout)

@@ -247,9 +247,9 @@ def test_relative_sync_paths_name_folders_under_the_working_dir(tmp_path: Path) 
     )
     assert plan.working_dir == app
     assert plan.downloads[0].local_dir == app / "inputs"
-    assert plan.during[0].local_dir == app / "checkpoints"
+    assert plan.checkpoints[0].local_dir == app / "checkpoints"
     assert plan.after[0].local_dir == app / "outputs"
-    assert plan.during[0].key_for(app / "checkpoints" / "step-1.pt") == "p/step-1.pt"
+    assert plan.checkpoints[0].relative_path(app / "checkpoints" / "step-1.pt") == "step-1.pt"
 
 
 def test_the_working_dir_is_the_workers_own_by_default(
@@ -260,7 +260,7 @@ def test_the_working_dir_is_the_workers_own_by_default(
         job(sync={"during": [sync_entry("ckpt", "upload")]}), settings(sync_roots=[tmp_path])
     )
     assert plan.working_dir == tmp_path
-    assert plan.during[0].local_dir == tmp_path / "ckpt"
+    assert plan.checkpoints[0].local_dir == tmp_path / "ckpt"
 
 
 def test_relative_sync_path_outside_the_roots_says_where_it_leads() -> None:

@@ -30,6 +30,7 @@ from kelpie.demo.processes import KelpieProcess, ServerProcess, start_server, st
 from kelpie.schemas import JobOut
 from kelpie.storage import ObjectStorage, S3Settings
 from kelpie.storage.local_server import LocalS3Server
+from kelpie.worker.checkpoints import fetch_generation
 
 BUCKET = "kelpie-demo"
 GROUP = "demo-group"
@@ -55,9 +56,11 @@ class Timeline:
 
 @dataclass
 class DemoSettings:
-    steps: int = 30
-    step_seconds: float = 0.2
-    kill_at_step: int = 10
+    # A step takes longer than the worker's settle time (0.5 s), so each step's checkpoint is
+    # committed as a generation while the next step works.
+    steps: int = 20
+    step_seconds: float = 0.7
+    kill_at_step: int = 6
     heartbeat_interval: int = 1
 
 
@@ -110,14 +113,15 @@ def _demo_environment(echo: Callable[[str], None]) -> Iterator[Demo]:
         yield Demo(workdir, s3, server, admin_key, workers, client, storage, runner)
 
 
-def _checkpoint_step(demo: Demo) -> int | None:
-    """The step recorded in the checkpoint in the bucket, if one was uploaded yet."""
-    local = demo.workdir / "peek"
-    demo.runner.run(demo.storage.download_prefix(BUCKET, CHECKPOINT_PREFIX, local))
-    progress = local / "progress.json"
-    if not progress.exists():
+def _checkpoint_step(demo: Demo, job: JobOut) -> int | None:
+    """The step in the job's newest committed checkpoint generation, if it has one yet."""
+    if job.checkpoint_generation is None:
         return None
-    step: int = json.loads(progress.read_text())["step"]
+    local = demo.workdir / "peek" / str(job.checkpoint_generation)
+    if not (local / "progress.json").exists():
+        generation = demo.client.get_checkpoint(job.id, job.checkpoint_generation)
+        demo.runner.run(fetch_generation(demo.storage, generation, local))
+    step: int = json.loads((local / "progress.json").read_text())["step"]
     return step
 
 
@@ -162,12 +166,14 @@ def _follow(demo: Demo, job_id: str, settings: DemoSettings, timeline: Timeline)
         for attempt in attempts[seen_attempts:]:
             timeline.add("claimed", f"by {attempt.machine_id}", machine_id=attempt.machine_id)
         seen_attempts = len(attempts)
-        step = _checkpoint_step(demo)
+        step = _checkpoint_step(demo, job)
         if step is not None and step != last_step:
-            # Every fifth step, and the first one a new holder uploads, keep the timeline short.
+            # Every fifth step, and the first one a new holder commits, keep the timeline short.
             if step % 5 == 0 or last_step is None or (killed and not resumed_reported):
                 timeline.add(
-                    "checkpoint", f"step {step} is in s3://{BUCKET}/{CHECKPOINT_PREFIX}", step=step
+                    "checkpoint",
+                    f"step {step} committed as generation {job.checkpoint_generation}",
+                    step=step,
                 )
             last_step = step
         if killed is None and step is not None and step >= settings.kill_at_step and job.machine_id:

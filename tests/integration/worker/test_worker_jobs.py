@@ -105,21 +105,17 @@ def test_sync_form_moves_exactly_the_matching_files_and_gzip_round_trips(lab: Wo
     lab.start_worker("m1")
     lab.wait_status(job["id"], "completed")
 
-    assert lab.bucket.keys("model/") == [
-        "model/a.txt.gz",
-        "model/b.txt.gz",
-        "model/d.txt.gz",
-        "model/weights.bin.gz",
-    ]
+    # the checkpoint folder (`during`): its matching files, as one generation, gzipped
+    assert lab.committed(job["id"]) == {
+        "a.txt": b"ALPHA",
+        "b.txt": b"BETA",
+        "d.txt": b"DELTA",  # downloaded gunzipped
+        "weights.bin": b"w" * 1000,
+    }
+    stored = lab.bucket.keys("model/")
+    assert stored and all(k.startswith("model/.kelpie/") and k.endswith(".gz") for k in stored)
     assert lab.bucket.keys("logs/") == ["logs/train.log.gz"]
-
-    def unzipped(key: str) -> bytes:
-        return gzip.decompress(lab.bucket.get(key) or b"")
-
-    assert unzipped("model/a.txt.gz") == b"ALPHA"
-    assert unzipped("model/d.txt.gz") == b"DELTA"  # downloaded gunzipped, uploaded gzipped
-    assert unzipped("model/weights.bin.gz") == b"w" * 1000
-    assert unzipped("logs/train.log.gz") == b"loss=0.1\n" * 100
+    assert gzip.decompress(lab.bucket.get("logs/train.log.gz") or b"") == b"loss=0.1\n" * 100
 
 
 def test_relative_sync_paths_mean_the_same_folders_to_the_worker_and_the_job(
@@ -154,8 +150,12 @@ def test_relative_sync_paths_mean_the_same_folders_to_the_worker_and_the_job(
     lab.start_worker("m1", cwd=app, KELPIE_SYNC_ROOTS=str(app))
 
     lab.wait_status(job["id"], "completed")
-    assert lab.bucket.get("model/a.txt") == b"ALPHA"  # the job read what the worker put there
-    assert lab.bucket.keys("model/") == ["model/a.txt", "model/scratch.tmp", "model/weights.bin"]
+    # the job read what the worker put in its folder, and the worker committed what it wrote
+    assert lab.committed(job["id"]) == {
+        "a.txt": b"ALPHA",
+        "scratch.tmp": b"not synced",
+        "weights.bin": b"w" * 1000,
+    }
     assert lab.bucket.keys("logs/") == ["logs/debug.trace", "logs/train.log"]
     # the folders were the worker's working directory's: emptied there after the job
     wait_for(
@@ -184,7 +184,7 @@ def test_legacy_job_whose_input_prefix_is_empty_runs_without_inputs(lab: WorkerL
     assert json.loads(lab.wait_key("out/result.json"))["count"] == 2
 
 
-def test_deleted_checkpoint_file_is_deleted_in_the_bucket(lab: WorkerLab) -> None:
+def test_a_deleted_checkpoint_file_is_gone_from_the_next_generation(lab: WorkerLab) -> None:
     job = lab.submit(
         "count.py",
         checkpoint_bucket=lab.bucket.name,
@@ -193,8 +193,13 @@ def test_deleted_checkpoint_file_is_deleted_in_the_bucket(lab: WorkerLab) -> Non
     )
     lab.start_worker("m1")
     lab.wait_status(job["id"], "completed")
-    assert lab.bucket.keys("ck/steps/") == ["ck/steps/6.txt", "ck/steps/7.txt", "ck/steps/8.txt"]
-    assert lab.bucket.get("ck/count.txt") == b"8"
+    final = lab.committed(job["id"])
+    assert sorted(p for p in final if p.startswith("steps/")) == [
+        "steps/6.txt",
+        "steps/7.txt",
+        "steps/8.txt",
+    ]
+    assert final["count.txt"] == b"8"
 
 
 def test_failure_is_recorded_and_the_job_goes_to_other_machines(lab: WorkerLab) -> None:
@@ -215,8 +220,8 @@ def test_failure_is_recorded_and_the_job_goes_to_other_machines(lab: WorkerLab) 
     assert first["status"] == "pending"  # back in the queue at once, for other machines
     assert first["last_exit_code"] == 3
     assert "exited with code 3" in str(first["last_error"])
-    # a failed run still hands its checkpoint on
-    assert lab.bucket.get("ck/before-exit.txt") == b"written before exiting\n"
+    # a failed run still hands on the checkpoint it had finished before it failed
+    assert lab.committed(job["id"]) == {"before-exit.txt": b"written before exiting\n"}
 
     lab.start_worker("m2")  # m1 is blocked from the job; m2 takes it and fails it for good
     final = lab.wait_status(job["id"], "failed")

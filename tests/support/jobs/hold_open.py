@@ -1,4 +1,4 @@
-"""Write half a checkpoint and hold it open until RELEASE_FILE exists, then finish it.
+"""Write half a checkpoint and hold it open for HOLD_S seconds, then finish it.
 
 CHECKPOINT_DIR/ready.txt (closed at once) says the half is written and the file is open.
 """
@@ -8,14 +8,12 @@ import time
 from pathlib import Path
 
 checkpoint_dir = Path(os.environ["CHECKPOINT_DIR"])
-release = Path(os.environ["RELEASE_FILE"])
+hold = float(os.environ.get("HOLD_S", "3"))
 checkpoint_dir.mkdir(parents=True, exist_ok=True)
 with (checkpoint_dir / "model.ckpt").open("w") as ckpt:
     ckpt.write("first-half;")
     ckpt.flush()
     os.fsync(ckpt.fileno())
     (checkpoint_dir / "ready.txt").write_text("half written, still open\n")
-    deadline = time.monotonic() + 120
-    while not release.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    time.sleep(hold)
     ckpt.write("second-half\n")

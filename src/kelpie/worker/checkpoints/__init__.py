@@ -15,7 +15,7 @@ from kelpie.worker.checkpoints.engine import (
     explicit_only,
 )
 from kelpie.worker.checkpoints.generations import ExitKind
-from kelpie.worker.checkpoints.restore import Fallback, RestoreReport
+from kelpie.worker.checkpoints.restore import Fallback, RestoreReport, fetch_generation
 
 __all__ = [
     "COMMIT_FILE_VARIABLE",
@@ -29,4 +29,5 @@ __all__ = [
     "Fallback",
     "RestoreReport",
     "explicit_only",
+    "fetch_generation",
 ]

@@ -231,3 +231,30 @@ async def api_call(call: Callable[[], Awaitable[T]]) -> T:
             logger.warning("checkpoints: API unreachable (%s); again in %.0f s", exc, delay)
             await asyncio.sleep(delay)
             delay = min(API_RETRY_MAX_S, delay * 2)
+
+
+async def fetch_generation(
+    storage: RestoreStorage, generation: CheckpointManifestOut, dest: Path
+) -> TransferStats:
+    """Download a committed generation's files into `dest/<target>/<path>` (`dest/<path>`
+    when the job has a single checkpoint folder), each verified against the manifest.
+
+    For people and tools outside a job (`kelpie jobs checkpoints download`, the demo); a
+    job's own restore is `restore()`."""
+    targets = {entry.target for entry in generation.manifest}
+    items: list[VerifiedDownload] = []
+    for entry in generation.manifest:
+        if not _safe(entry.path):
+            raise ValueError(f"the manifest names an unsafe path: {entry.path!r}")
+        base = dest if targets == {0} else dest / str(entry.target)
+        items.append(
+            VerifiedDownload(
+                entry.bucket,
+                entry.key,
+                base.joinpath(*PurePosixPath(entry.path).parts),
+                entry.size,
+                entry.sha256,
+                generation.compressed,
+            )
+        )
+    return await storage.download_verified(items)
