@@ -223,6 +223,7 @@ async def test_an_older_database_is_upgraded_with_its_data_intact(
         assert running is not None and running.status == "running"
         [event] = await store.claim_webhook_events(10, 30)
         assert event.payload["job_id"] == job.id and event.lease_token
+        assert event.receiver == "https://example.com"  # derived for events from before
         assert await store.webhook_delivered(event)
     finally:
         await store.close()
