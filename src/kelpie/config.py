@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kelpie.webhooks.targets import parse_allowed_networks
+
 
 class ServerSettings(BaseSettings):
     """Everything the API server reads at start; validated before anything listens."""
@@ -23,6 +25,9 @@ class ServerSettings(BaseSettings):
     webhook_poll_interval_s: Annotated[float, Field(gt=0)] = 0.5
     webhook_max_age_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
     webhook_retention_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
+    # Comma-separated CIDR networks webhooks may reach although they are not public
+    # (loopback, private, link-local, ...); empty: public addresses only.
+    webhook_allowed_networks: str = ""
     log_level: str = "info"
 
     @field_validator("database_url")
@@ -31,3 +36,8 @@ class ServerSettings(BaseSettings):
         if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
             raise ValueError("must start with sqlite:// or postgresql://")
         return url
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _cidr_networks(cls, text: str) -> str:
+        return ",".join(str(network) for network in parse_allowed_networks(text))
