@@ -116,7 +116,7 @@ def test_a_receiver_that_stopped_answering_is_paused_not_hammered(setup: Setup) 
     # pause every one of the events would be tried again within seconds, most of them
     # several times. Paused after a few failures, it sees its first wave and nothing more
     # until the pause (5 s) ends.
-    time.sleep(max(0.0, float(first["received_at"]) + 4.0 - time.time()))
+    time.sleep(max(0.0, float(first["received_at"]) + 3.0 - time.time()))
     attempts = down.records()
     assert len(attempts) <= 2 * RECEIVER_CONCURRENCY
     assert len(healthy.accepted()) == 1
