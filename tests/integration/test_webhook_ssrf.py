@@ -7,21 +7,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
+import ipaddress
 import os
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from kelpie.store import open_store
 from kelpie.store.models import NewJob
+from kelpie.webhooks.connect import GuardedNetworkBackend
+from kelpie.webhooks.targets import IPAddress, RefusedTarget, address_policy
 from tests.support.api import Api, ApiUser
 from tests.support.processes import ServerProcess, free_port, start_server
 from tests.support.waiting import wait_for
@@ -350,3 +361,122 @@ def test_kelpie_serve_refuses_a_bad_allowed_networks_value_at_start(
     assert result.returncode == 2, result.stderr
     assert value in result.stderr and "webhook_allowed_networks" in result.stderr
     assert not (tmp_path / "kelpie.db").exists()  # refused before touching anything
+
+
+# -- the connection goes to the address that was checked ------------------------------------
+
+
+@dataclass
+class Answering:
+    """A local HTTP(S) endpoint answering 204, noting each request's Host and TLS name."""
+
+    server: http.server.HTTPServer
+    hosts: list[str] = field(default_factory=list)
+    tls_names: list[str | None] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+
+@contextlib.contextmanager
+def answering(tls: ssl.SSLContext | None = None) -> Iterator[Answering]:
+    endpoint: Answering
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            endpoint.hosts.append(self.headers["Host"])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    endpoint = Answering(server)
+    if tls is not None:
+        tls.sni_callback = lambda _sock, name, _ctx: endpoint.tls_names.append(name)
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield endpoint
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_the_connection_goes_to_the_address_that_was_checked() -> None:
+    answers = [[ipaddress.ip_address("127.0.0.1")], [ipaddress.ip_address("10.0.0.7")]]
+    asked: list[str] = []
+
+    async def rebinding_dns(host: str, port: int) -> list[IPAddress]:
+        """127.0.0.1 first, then somewhere inward: a DNS rebinding attacker's answers."""
+        asked.append(host)
+        return answers[min(len(asked), len(answers)) - 1]
+
+    backend = GuardedNetworkBackend(address_policy("127.0.0.0/8"), rebinding_dns)
+    with answering() as endpoint:
+        url = f"http://rebind.invalid:{endpoint.port}/hook"
+        async with httpcore.AsyncConnectionPool(network_backend=backend) as pool:
+            response = await pool.request("POST", url, content=b"{}")
+        async with httpcore.AsyncConnectionPool(network_backend=backend) as pool:
+            with pytest.raises(RefusedTarget):
+                await pool.request("POST", url, content=b"{}")
+
+    # `rebind.invalid` exists in no DNS: the request reached the one address checked, once.
+    assert response.status == 204 and asked == ["rebind.invalid", "rebind.invalid"]
+    assert endpoint.hosts == [f"rebind.invalid:{endpoint.port}"]
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for `name` (its own CA) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_an_https_receiver_gets_its_name_in_tls_and_host_while_reached_at_the_checked_address(
+    tmp_path: Path,
+) -> None:
+    cert, key = self_signed(tmp_path, "localhost")
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    with (
+        answering(tls) as endpoint,
+        serving(tmp_path, "127.0.0.0/8,::1/128", SSL_CERT_FILE=str(cert)) as served,
+    ):
+        url = f"https://localhost:{endpoint.port}/hook"
+        served.user.submit(container_group_id="tls", webhook=url)
+        assert served.user.claim("m", "tls") is not None
+
+        wait_for(
+            lambda: any(row["delivered_at"] for row in outbox(served.database)),
+            "the delivery over TLS",
+        )
+
+    assert endpoint.hosts == [f"localhost:{endpoint.port}"]
+    assert endpoint.tls_names == ["localhost"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import httpcore
 
@@ -24,11 +24,29 @@ SocketOption = (
 )
 
 
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to, in the system resolver's order of preference."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror}") from exc
+    addresses: list[IPAddress] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]))
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
 class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
     """httpcore's default backend, behind a resolver that checks every address."""
 
-    def __init__(self, policy: AddressPolicy) -> None:
+    def __init__(self, policy: AddressPolicy, resolver: Resolver = resolve) -> None:
         self._policy = policy
+        self._resolve = resolver
         self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(
@@ -54,17 +72,7 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
     async def checked_addresses(self, host: str, port: int) -> list[IPAddress]:
         """Every address `host` resolves to, if the policy allows them all; RefusedTarget if
         any is refused (a name that also points inward is not one kelpie delivers to)."""
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
-        except socket.gaierror as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror}") from exc
-        addresses: list[IPAddress] = []
-        for _family, _type, _proto, _name, sockaddr in infos:
-            address = ipaddress.ip_address(str(sockaddr[0]))
-            if address not in addresses:
-                addresses.append(address)
+        addresses = await self._resolve(host, port)
         if not addresses:
             raise httpcore.ConnectError(f"{host} resolves to no address")
         for address in addresses:
