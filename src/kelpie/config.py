@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kelpie.webhooks.targets import parse_allowed_networks
+
 # An admin key guards every user's jobs: long enough that it cannot be guessed.
 MIN_ADMIN_KEY_LENGTH = 32
 
@@ -32,6 +34,9 @@ class ServerSettings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     idle_timeout_s: Annotated[int, Field(ge=1)] = 30
+    # Comma-separated CIDR networks webhooks may reach although they are not public
+    # (loopback, private, link-local, ...); empty: public addresses only.
+    webhook_allowed_networks: str = ""
     log_level: str = "info"
 
     @field_validator("admin_key")
@@ -51,3 +56,8 @@ class ServerSettings(BaseSettings):
         if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
             raise ValueError("must start with sqlite:// or postgresql://")
         return url
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _cidr_networks(cls, text: str) -> str:
+        return ",".join(str(network) for network in parse_allowed_networks(text))

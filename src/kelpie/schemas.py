@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from kelpie.webhooks.targets import webhook_url_problem
+
 JobStatus = Literal["pending", "running", "completed", "canceled", "failed"]
 AttemptOutcome = Literal["running", "completed", "failed", "interrupted", "canceled", "lost"]
 SyncDirection = Literal["download", "upload"]
@@ -91,8 +93,9 @@ def _check_arguments(arguments: list[str]) -> list[str]:
 
 
 def _check_webhook(url: str | None) -> str | None:
-    if url is not None and not re.match(r"^https?://[^\s/?#]+[^\s]*$", url):
-        raise ValueError("must be an http:// or https:// URL")
+    problem = None if url is None else webhook_url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
     return url
 
 

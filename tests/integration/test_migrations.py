@@ -262,6 +262,7 @@ async def test_an_older_database_is_upgraded_with_its_data_intact(database_url: 
         assert (running.checkpoint_keep, running.checkpoint_generation) == (3, None)
         [event] = await store.claim_webhook_events(10, 30)
         assert event.payload["job_id"] == "j1" and event.lease_token
+        assert event.receiver == "https://example.com"  # derived for events from before
         assert await store.webhook_delivered(event)
         # The holder from before the upgrade (no attempt token) keeps its job.
         assert await store.heartbeat("j1", "m1", None) == "running"

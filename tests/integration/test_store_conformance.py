@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import threading
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -1172,6 +1173,127 @@ async def test_a_holder_past_its_lease_cannot_undo_the_next_holders_outcome(
     assert await store.webhook_delivered(retried)
     assert not await store.webhook_delivered(retried)  # recorded once
     assert await store.pending_webhook_count() == 0
+
+
+# -- webhook receivers: fair claims and pauses ---------------------------------------------
+
+
+async def queue_events(store: Store, user: User, url: str, count: int) -> None:
+    """`count` queued `running` events to `url`: jobs of a group of their own, claimed."""
+    group = f"hooks-{uuid.uuid4().hex[:8]}"
+    await submit(store, user, count, webhook=url, container_group_id=group)
+    for n in range(count):
+        assert await store.claim_job(f"m{n}", group, None) is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "receiver"),
+    [
+        ("https://Hooks.Example.com/a/b?c=d", "https://hooks.example.com"),
+        ("http://example.com:8080/x/y", "http://example.com:8080"),
+        ("http://example.com?x=1", "http://example.com"),
+        ("http://example.com#part", "http://example.com"),
+        ("https://example.com", "https://example.com"),
+        ("http://[::1]:9000/hook?x=/y", "http://[::1]:9000"),
+    ],
+)
+async def test_a_webhook_events_receiver_is_scheme_host_and_port_of_its_url(
+    store: Store, url: str, receiver: str
+) -> None:
+    await queue_events(store, await new_user(store), url, 1)
+
+    [event] = await store.claim_webhook_events(10, 30)
+
+    assert event.url == url and event.receiver == receiver
+
+
+async def test_one_receivers_backlog_does_not_fill_the_claim(store: Store) -> None:
+    busy, quiet, other = "https://busy.example.com", "https://quiet.example.com", "http://x.org"
+    user = await new_user(store)
+    await queue_events(store, user, f"{busy}/hook", 20)
+    await queue_events(store, user, f"{quiet}/hook", 2)
+    await queue_events(store, await new_user(store), f"{other}/hook", 1)
+
+    events = await store.claim_webhook_events(6, 30, per_receiver=10)
+
+    # Round robin: every receiver's first event, then every second one, ...
+    assert Counter(event.receiver for event in events) == {busy: 3, quiet: 2, other: 1}
+    oldest_busy = await store.claim_webhook_events(100, 30, allowances={quiet: 0, other: 0})
+    assert max(e.id for e in events if e.receiver == busy) < min(e.id for e in oldest_busy)
+
+
+async def test_a_claim_takes_at_most_each_receivers_allowance(store: Store) -> None:
+    a, b, c = "https://a.example.com", "https://b.example.com", "https://c.example.com"
+    user = await new_user(store)
+    for receiver in (a, b, c):
+        await queue_events(store, user, f"{receiver}/hook", 4)
+
+    events = await store.claim_webhook_events(100, 30, per_receiver=2, allowances={a: 0, b: 1})
+
+    assert Counter(event.receiver for event in events) == {b: 1, c: 2}
+    rest = await store.claim_webhook_events(100, 30)
+    assert Counter(event.receiver for event in rest) == {a: 4, b: 3, c: 2}
+
+
+async def test_a_postponed_event_is_released_without_counting_an_attempt(store: Store) -> None:
+    await queue_events(store, await new_user(store), "https://example.com/hook", 1)
+    [event] = await store.claim_webhook_events(10, 30)
+
+    assert await store.webhook_postpone(event, 3600)
+    assert await store.claim_webhook_events(10, 30) == []  # not due for an hour
+    assert not await store.webhook_postpone(event, 0)  # its lease was released
+    assert await store.pending_webhook_count() == 1
+
+
+async def test_postponing_needs_the_lease(store: Store) -> None:
+    stalled, taken_over = await lease_taken_over(store)
+
+    assert not await store.webhook_postpone(stalled, 0)
+    assert await store.webhook_postpone(taken_over, 0)
+    [again] = await store.claim_webhook_events(10, 30)
+    assert again.id == taken_over.id and again.attempts == 0
+
+
+async def test_pausing_a_receiver_holds_back_its_pending_events_only(store: Store) -> None:
+    paused, other = "https://down.example.com", "https://up.example.com"
+    user = await new_user(store)
+    await queue_events(store, user, f"{paused}/hook", 3)
+    await queue_events(store, user, f"{other}/hook", 1)
+    [in_flight] = await store.claim_webhook_events(1, 30, allowances={other: 0})
+    [retrying] = await store.claim_webhook_events(1, 30, allowances={other: 0})
+    assert await store.webhook_retry_later(retrying, 7200, "no answer")
+
+    # The unleased event due now waits; the leased one and the one due later stay as they are.
+    assert await store.postpone_receiver_webhooks(paused, 0.5) == 1
+    [left] = await store.claim_webhook_events(10, 30)
+    assert left.receiver == other
+    assert await store.webhook_retry_later(in_flight, 0, "no answer")
+    [recorded] = await store.claim_webhook_events(10, 30)
+    assert recorded.id == in_flight.id
+
+    async def after_the_pause() -> list[WebhookEvent] | None:
+        return await store.claim_webhook_events(10, 30) or None
+
+    [waited] = await eventually(after_the_pause)
+    assert waited.receiver == paused and waited.attempts == 0
+    assert waited.id not in (in_flight.id, retrying.id)
+
+
+async def test_concurrent_claims_never_hand_out_one_event_twice(store: Store) -> None:
+    user = await new_user(store)
+    for n in range(5):
+        await queue_events(store, user, f"https://r{n}.example.com/hook", 8)
+
+    ids: list[int] = []
+    while len(ids) < 40:
+        claims = await asyncio.gather(
+            *(store.claim_webhook_events(7, 30, per_receiver=3) for _ in range(8))
+        )
+        claimed = [event.id for claim in claims for event in claim]
+        assert claimed, "the outbox still holds unleased events"
+        ids += claimed
+
+    assert len(ids) == len(set(ids)) == 40
 
 
 # -- scaling rules --------------------------------------------------------------------------

@@ -199,6 +199,8 @@ class WebhookEvent:
     attempts: int
     created: datetime
     lease_token: str  # this claim's; the outcome is recorded only while it holds the lease
+    # `scheme://host:port` as written in the URL, lowercased: the unit of fair delivery
+    receiver: str
 
 
 @dataclass(frozen=True, slots=True)

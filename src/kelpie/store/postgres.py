@@ -350,19 +350,53 @@ FROM marked, blocked, LATERAL (
     LIMIT 1
 ) AS latest"""
 
+# Due webhook events, a fair share of each receiver: a walk over the distinct receivers with
+# pending events (one index probe each), then, per receiver, its soonest due events up to its
+# allowance ($4/$5: receivers and their allowances, else $6); the batch takes every
+# receiver's first event before any one's second. $1 limit, $2 lease seconds, $3 token.
 _CLAIM_WEBHOOK_EVENTS = """
-WITH due AS (
-    SELECT id FROM webhook_outbox
-    WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= now()
-      AND (leased_until IS NULL OR leased_until <= now())
-    ORDER BY id
-    LIMIT $1
+WITH RECURSIVE receivers AS (
+    (SELECT receiver FROM webhook_outbox
+     WHERE delivered_at IS NULL AND dead_at IS NULL
+     ORDER BY receiver LIMIT 1)
+    UNION ALL
+    SELECT (SELECT o.receiver FROM webhook_outbox AS o
+            WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.receiver > r.receiver
+            ORDER BY o.receiver LIMIT 1)
+    FROM receivers AS r WHERE r.receiver IS NOT NULL
+),
+allowed AS (
+    SELECT r.receiver, coalesce(a.allowance, $6) AS allowance
+    FROM receivers AS r
+    LEFT JOIN unnest($4::text[], $5::int[]) AS a(receiver, allowance) USING (receiver)
+    WHERE r.receiver IS NOT NULL
+),
+picked AS (
+    SELECT d.id, d.next_attempt_at,
+           row_number() OVER (PARTITION BY a.receiver ORDER BY d.next_attempt_at, d.id) AS rank
+    FROM allowed AS a CROSS JOIN LATERAL (
+        SELECT o.id, o.next_attempt_at FROM webhook_outbox AS o
+        WHERE o.receiver = a.receiver AND o.delivered_at IS NULL AND o.dead_at IS NULL
+          AND o.next_attempt_at <= now() AND (o.leased_until IS NULL OR o.leased_until <= now())
+        ORDER BY o.next_attempt_at, o.id
+        LIMIT greatest(a.allowance, 0)
+    ) AS d
+),
+due AS (
+    -- Rechecked once locked, as another claim may have taken an event meanwhile. Spelt so
+    -- that only the primary key fits (not the due index, whose scan a table with stale
+    -- statistics can make look cheap).
+    SELECT o.id FROM webhook_outbox AS o
+    WHERE o.id = ANY(ARRAY(SELECT id FROM picked ORDER BY rank, next_attempt_at, id LIMIT $1))
+      AND coalesce(o.delivered_at, o.dead_at) IS NULL
+      AND (o.leased_until IS NULL OR o.leased_until <= now())
     FOR UPDATE SKIP LOCKED
 )
 UPDATE webhook_outbox AS o
 SET leased_until = now() + $2::float8 * interval '1 s', lease_token = $3
-FROM due WHERE o.id = due.id
-RETURNING o.id, o.user_id, o.url, o.payload, o.attempts, o.created, o.lease_token"""
+WHERE o.id = ANY(ARRAY(SELECT id FROM due))
+RETURNING o.id, o.user_id, o.url, o.payload, o.attempts, o.created, o.lease_token, o.receiver"""
+
 # The attempt's outcome, written only while its claim holds the lease. $1 id, $2 token.
 _HOLDS_WEBHOOK_LEASE = "id = $1 AND lease_token = $2 AND leased_until IS NOT NULL"
 
@@ -1070,8 +1104,24 @@ class PostgresStore:
         )
 
     # -- webhook outbox ----------------------------------------------------------------
-    async def claim_webhook_events(self, limit: int, lease_seconds: float) -> list[WebhookEvent]:
-        rows = await self._connected().fetch(_CLAIM_WEBHOOK_EVENTS, limit, lease_seconds, new_id())
+    async def claim_webhook_events(
+        self,
+        limit: int,
+        lease_seconds: float,
+        *,
+        per_receiver: int | None = None,
+        allowances: Mapping[str, int] | None = None,
+    ) -> list[WebhookEvent]:
+        listed = dict(allowances or {})
+        rows = await self._connected().fetch(
+            _CLAIM_WEBHOOK_EVENTS,
+            limit,
+            lease_seconds,
+            new_id(),
+            list(listed),
+            list(listed.values()),
+            limit if per_receiver is None else per_receiver,
+        )
         events = [
             WebhookEvent(
                 id=row["id"],
@@ -1081,6 +1131,7 @@ class PostgresStore:
                 attempts=row["attempts"],
                 created=row["created"],
                 lease_token=row["lease_token"],
+                receiver=row["receiver"],
             )
             for row in rows
         ]
@@ -1101,6 +1152,27 @@ class PostgresStore:
 
     async def webhook_give_up(self, event: WebhookEvent, error: str) -> bool:
         return await self._record_webhook_outcome("dead_at = now(), last_error = $3", event, error)
+
+    async def webhook_postpone(self, event: WebhookEvent, delay_seconds: float) -> bool:
+        status: str = await self._connected().execute(
+            "UPDATE webhook_outbox SET next_attempt_at = now() + $3::float8 * interval '1 s',"
+            f" leased_until = NULL, lease_token = NULL WHERE {_HOLDS_WEBHOOK_LEASE}",
+            event.id,
+            event.lease_token,
+            delay_seconds,
+        )
+        return status == "UPDATE 1"
+
+    async def postpone_receiver_webhooks(self, receiver: str, delay_seconds: float) -> int:
+        status: str = await self._connected().execute(
+            "UPDATE webhook_outbox SET next_attempt_at = now() + $2::float8 * interval '1 s'"
+            " WHERE receiver = $1 AND delivered_at IS NULL AND dead_at IS NULL"
+            "   AND next_attempt_at < now() + $2::float8 * interval '1 s'"
+            "   AND (leased_until IS NULL OR leased_until <= now())",
+            receiver,
+            delay_seconds,
+        )
+        return int(status.rsplit(" ", 1)[1])
 
     async def _record_webhook_outcome(
         self, assignments: str, event: WebhookEvent, *args: object

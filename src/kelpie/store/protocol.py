@@ -253,9 +253,21 @@ class Store(Protocol):
         under a machine id never count toward, nor use up, another tenant's."""
 
     # -- webhook outbox ----------------------------------------------------------------
-    async def claim_webhook_events(self, limit: int, lease_seconds: float) -> list[WebhookEvent]:
+    async def claim_webhook_events(
+        self,
+        limit: int,
+        lease_seconds: float,
+        *,
+        per_receiver: int | None = None,
+        allowances: Mapping[str, int] | None = None,
+    ) -> list[WebhookEvent]:
         """Events due for delivery, leased for `lease_seconds` so that no other process
-        delivers the same attempt at the same time."""
+        delivers the same attempt at the same time.
+
+        At most `per_receiver` events of one receiver (`WebhookEvent.receiver`), or as many
+        as its entry in `allowances` says (0: none). Within a receiver, the soonest due
+        first; across receivers, each one's first event before any one's second, so a
+        receiver with a large backlog cannot fill the batch."""
 
     # The outcome of an attempt is recorded only while its claim still holds the lease, and
     # these say whether it was: a process that stalled past its lease learns that another
@@ -268,6 +280,14 @@ class Store(Protocol):
         """Counts the attempt and makes the event due again after the delay."""
 
     async def webhook_give_up(self, event: WebhookEvent, error: str) -> bool: ...
+
+    async def webhook_postpone(self, event: WebhookEvent, delay_seconds: float) -> bool:
+        """Releases the event unattempted: due again after the delay, no attempt counted."""
+
+    async def postpone_receiver_webhooks(self, receiver: str, delay_seconds: float) -> int:
+        """The receiver's pending events that are not leased and due sooner wait until the
+        delay has passed, no attempt counted (a receiver that stopped answering is paused
+        for every process). Returns how many were moved."""
 
     async def pending_webhook_count(self) -> int: ...
 

@@ -173,6 +173,46 @@ WHERE id = (
 RETURNING seq, {_JOB_COLUMNS}"""
 
 
+# Due webhook events, a fair share of each receiver: a walk over the distinct receivers with
+# pending events (one index probe each), then, per receiver, its soonest due events one index
+# step at a time, up to its allowance (:allowances, a JSON object, or :per_receiver); the
+# batch takes every receiver's first event before any one's second.
+_CLAIM_WEBHOOK_EVENTS = """
+WITH RECURSIVE receivers(receiver) AS (
+    SELECT min(receiver) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL
+    UNION ALL
+    SELECT (SELECT min(o.receiver) FROM webhook_outbox AS o
+            WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.receiver > r.receiver)
+    FROM receivers AS r WHERE r.receiver IS NOT NULL
+),
+allowed(receiver, allowance) AS (
+    SELECT r.receiver, coalesce(
+        (SELECT a.value FROM json_each(:allowances) AS a WHERE a.key = r.receiver), :per_receiver)
+    FROM receivers AS r WHERE r.receiver IS NOT NULL
+),
+picked(receiver, allowance, id, next_attempt_at, rank) AS (
+    SELECT a.receiver, a.allowance, o.id, o.next_attempt_at, 1
+    FROM allowed AS a JOIN webhook_outbox AS o ON o.id = (
+        SELECT d.id FROM webhook_outbox AS d
+        WHERE d.receiver = a.receiver AND d.delivered_at IS NULL AND d.dead_at IS NULL
+          AND d.next_attempt_at <= :now AND (d.leased_until IS NULL OR d.leased_until <= :now)
+        ORDER BY d.next_attempt_at, d.id LIMIT 1)
+    WHERE a.allowance > 0
+    UNION ALL
+    SELECT p.receiver, p.allowance, o.id, o.next_attempt_at, p.rank + 1
+    FROM picked AS p JOIN webhook_outbox AS o ON o.id = (
+        SELECT d.id FROM webhook_outbox AS d
+        WHERE d.receiver = p.receiver AND d.delivered_at IS NULL AND d.dead_at IS NULL
+          AND d.next_attempt_at <= :now AND (d.leased_until IS NULL OR d.leased_until <= :now)
+          AND (d.next_attempt_at, d.id) > (p.next_attempt_at, p.id)
+        ORDER BY d.next_attempt_at, d.id LIMIT 1)
+    WHERE p.rank < p.allowance
+)
+UPDATE webhook_outbox SET leased_until = :until, lease_token = :token
+WHERE id IN (SELECT id FROM picked ORDER BY rank, next_attempt_at, id LIMIT :limit)
+RETURNING id, user_id, url, payload, attempts, created, receiver"""
+
+
 def _split_statements(script: str) -> list[str]:
     """The statements of a migration file, for execution one by one inside our transaction
     (`executescript` would commit first)."""
@@ -1193,21 +1233,26 @@ class SqliteStore:
         return await self._write(mark)
 
     # -- webhook outbox ----------------------------------------------------------------
-    async def claim_webhook_events(self, limit: int, lease_seconds: float) -> list[WebhookEvent]:
+    async def claim_webhook_events(
+        self,
+        limit: int,
+        lease_seconds: float,
+        *,
+        per_receiver: int | None = None,
+        allowances: Mapping[str, int] | None = None,
+    ) -> list[WebhookEvent]:
         token = new_id()
+        params = {
+            "limit": limit,
+            "per_receiver": limit if per_receiver is None else per_receiver,
+            "allowances": json.dumps(dict(allowances or {})),
+            "token": token,
+        }
 
         def lease(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             now = time.time()
             return _all(
-                conn,
-                "UPDATE webhook_outbox SET leased_until = :until, lease_token = :token"
-                " WHERE id IN ("
-                "  SELECT id FROM webhook_outbox"
-                "  WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= :now"
-                "    AND (leased_until IS NULL OR leased_until <= :now)"
-                "  ORDER BY id LIMIT :limit)"
-                " RETURNING id, user_id, url, payload, attempts, created",
-                {"now": now, "until": now + lease_seconds, "limit": limit, "token": token},
+                conn, _CLAIM_WEBHOOK_EVENTS, {**params, "now": now, "until": now + lease_seconds}
             )
 
         rows = await self._write(lease)
@@ -1220,6 +1265,7 @@ class SqliteStore:
                 attempts=row["attempts"],
                 created=_dt(row["created"]),
                 lease_token=token,
+                receiver=row["receiver"],
             )
             for row in rows
         ]
@@ -1241,6 +1287,37 @@ class SqliteStore:
         return await self._record_webhook_outcome(
             "dead_at = :now, last_error = :error", event, {"error": error}
         )
+
+    async def webhook_postpone(self, event: WebhookEvent, delay_seconds: float) -> bool:
+        def release(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE webhook_outbox SET next_attempt_at = :now + :delay,"
+                " leased_until = NULL, lease_token = NULL"
+                " WHERE id = :id AND lease_token = :token AND leased_until IS NOT NULL",
+                {
+                    "now": time.time(),
+                    "delay": delay_seconds,
+                    "id": event.id,
+                    "token": event.lease_token,
+                },
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(release)
+
+    async def postpone_receiver_webhooks(self, receiver: str, delay_seconds: float) -> int:
+        def postpone(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            cursor = conn.execute(
+                "UPDATE webhook_outbox SET next_attempt_at = :until"
+                " WHERE receiver = :receiver AND delivered_at IS NULL AND dead_at IS NULL"
+                "   AND next_attempt_at < :until"
+                "   AND (leased_until IS NULL OR leased_until <= :now)",
+                {"receiver": receiver, "until": now + delay_seconds, "now": now},
+            )
+            return cursor.rowcount
+
+        return await self._write(postpone)
 
     async def _record_webhook_outcome(
         self, assignments: str, event: WebhookEvent, params: dict[str, Any]

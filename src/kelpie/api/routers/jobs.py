@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from kelpie.api.convert import attempt_body, job_body, new_job
 from kelpie.api.deps import AdminPrincipal, CurrentPrincipal, JobId, State, StoreDep, scope
 from kelpie.api.errors import ApiError, error_responses, not_found
+from kelpie.api.state import AppState
 from kelpie.schemas import (
     MAX_BATCH,
     NO_NUL,
@@ -22,11 +25,26 @@ from kelpie.schemas import (
     PurgeOut,
 )
 from kelpie.store.models import CancelOutcome, JobQuery
+from kelpie.webhooks.targets import address_policy
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 _ERRORS = error_responses(400, 401, 403, 404)
 GroupFilter = Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_NUL)]
+
+
+def _refuse_unreachable_webhooks(
+    state: AppState, submissions: Sequence[JobCreate], *, batch: bool
+) -> None:
+    """A webhook whose host is an address kelpie does not deliver to (the server's
+    KELPIE_WEBHOOK_ALLOWED_NETWORKS decides) is a 400 naming the field, like any invalid one."""
+    policy = address_policy(state.settings.webhook_allowed_networks)
+    for index, submission in enumerate(submissions):
+        refusal = submission.webhook and policy.literal_refusal(submission.webhook)
+        if refusal:
+            where = ("body", index, "webhook") if batch else ("body", "webhook")
+            error = {"type": "value_error", "loc": where, "msg": refusal, "input": None}
+            raise RequestValidationError([error])
 
 
 @router.post(
@@ -40,6 +58,7 @@ GroupFilter = Annotated[str | None, Query(min_length=1, max_length=255, pattern=
 async def submit_job(
     submission: JobCreate, principal: CurrentPrincipal, state: State
 ) -> JSONResponse:
+    _refuse_unreachable_webhooks(state, [submission], batch=False)
     (job,) = await state.store.create_jobs(principal.user.id, [new_job(submission, principal)])
     state.notifier.notify(job.container_group_id)
     return JSONResponse(job_body(job), status_code=202)
@@ -58,6 +77,7 @@ async def submit_batch(
     principal: CurrentPrincipal,
     state: State,
 ) -> JSONResponse:
+    _refuse_unreachable_webhooks(state, submissions, batch=True)
     jobs = await state.store.create_jobs(
         principal.user.id, [new_job(item, principal) for item in submissions]
     )

@@ -117,13 +117,16 @@ CREATE TABLE webhook_outbox (
     dead_at         timestamptz,
     last_error      text,
     created         timestamptz NOT NULL,
-    lease_token     text        -- the current lease holder's claim
+    lease_token     text,       -- the current lease holder's claim
+    -- scheme://host:port as written in the URL, lowercased: the unit of fair delivery
+    receiver        text GENERATED ALWAYS AS (lower(
+        CASE WHEN strpos(url, '://') = 0 THEN url
+        ELSE substr(url, 1, strpos(url, '://') + 1 + strpos(
+            replace(replace(substr(url, strpos(url, '://') + 3), '?', '/'), '#', '/') || '/', '/'))
+        END)) STORED
 );
-CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at)
-    WHERE delivered_at IS NULL AND dead_at IS NULL;
--- The claim walks undelivered events in id order; without this it would step over every
--- delivered row on the primary key.
-CREATE INDEX webhook_outbox_undelivered ON webhook_outbox (id)
+-- Claims walk the receivers, then each one's events in due order.
+CREATE INDEX webhook_outbox_receiver_due ON webhook_outbox (receiver, next_attempt_at, id)
     WHERE delivered_at IS NULL AND dead_at IS NULL;
 
 -- Rules outlive their user, like jobs: no foreign key on user_id.

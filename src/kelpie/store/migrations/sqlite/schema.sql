@@ -120,9 +120,16 @@ CREATE TABLE webhook_outbox (
     dead_at         REAL,
     last_error      TEXT,
     created         REAL NOT NULL,
-    lease_token     TEXT        -- the current lease holder's claim
+    lease_token     TEXT,       -- the current lease holder's claim
+    -- scheme://host:port as written in the URL, lowercased: the unit of fair delivery
+    receiver        TEXT GENERATED ALWAYS AS (lower(
+        CASE WHEN instr(url, '://') = 0 THEN url
+        ELSE substr(url, 1, instr(url, '://') + 1 + instr(
+            replace(replace(substr(url, instr(url, '://') + 3), '?', '/'), '#', '/') || '/', '/'))
+        END)) VIRTUAL
 );
-CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at)
+-- Claims walk the receivers, then each one's events in due order.
+CREATE INDEX webhook_outbox_receiver_due ON webhook_outbox (receiver, next_attempt_at, id)
     WHERE delivered_at IS NULL AND dead_at IS NULL;
 
 -- Rules outlive their user, like jobs: no foreign key on user_id.
