@@ -24,6 +24,8 @@ class ServerSettings(BaseSettings):
     webhook_max_age_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
     webhook_retention_s: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
     log_level: str = "info"
+    # `/metrics` answers only `Authorization: Bearer <metrics_key>` when set; open otherwise.
+    metrics_key: str | None = None
 
     @field_validator("database_url")
     @classmethod
