@@ -55,7 +55,9 @@ def chromium_missing_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API runs an event loop on the main thread while
+# it is open, and the async tests of other modules need that thread's loop to themselves.
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Playwright]:
     reason = chromium_missing_reason()
     if reason is not None:
@@ -66,9 +68,9 @@ def playwright_driver() -> Iterator[Playwright]:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_driver: Playwright) -> Iterator[Browser]:
-    """One headless Chromium for the session; Playwright gives each launch a fresh, temporary
+    """One headless Chromium per test module; Playwright gives each launch a fresh, temporary
     user-data-dir, and each test its own context."""
     launched = playwright_driver.chromium.launch(
         executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS

@@ -19,6 +19,7 @@ Set `KELPIE_METRICS_KEY` to require `Authorization: Bearer <key>` on `/metrics`.
 from __future__ import annotations
 
 import hmac
+import inspect
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
@@ -118,7 +119,7 @@ class _ErrorCountingStore:
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._store, name)
-        if not callable(attribute) or name.startswith("_"):
+        if not inspect.iscoroutinefunction(attribute):
             return attribute
 
         async def counted(*args: Any, **kwargs: Any) -> Any:
