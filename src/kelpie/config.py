@@ -38,6 +38,8 @@ class ServerSettings(BaseSettings):
     # (loopback, private, link-local, ...); empty: public addresses only.
     webhook_allowed_networks: str = ""
     log_level: str = "info"
+    # `/metrics` answers only `Authorization: Bearer <metrics_key>` when set; open otherwise.
+    metrics_key: str | None = None
 
     @field_validator("admin_key")
     @classmethod

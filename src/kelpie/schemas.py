@@ -545,3 +545,57 @@ class ScalingRuleList(BaseModel):
 class HealthOut(BaseModel):
     status: Literal["ok"]
     version: str
+
+
+# -- operator views: container groups (the dashboard's group pages) ----------------------------
+
+
+class JobCounts(BaseModel):
+    """Jobs of a container group by status."""
+
+    pending: int = 0
+    running: int = 0
+    completed: int = 0
+    canceled: int = 0
+    failed: int = 0
+
+
+class GroupOut(BaseModel):
+    container_group_id: str
+    jobs: JobCounts
+
+
+class GroupList(BaseModel):
+    count: int = Field(alias="_count")
+    groups: list[GroupOut]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class BlockedMachineOut(BaseModel):
+    machine_id: str
+    jobs: int
+    last_blocked: Timestamp
+    reallocated: bool
+
+
+class ActivityBucketOut(BaseModel):
+    start: Timestamp
+    pending: int
+    running: int
+    interrupted: int = 0
+    lost: int = 0
+    failed: int = 0
+    completed: int = 0
+    canceled: int = 0
+
+
+class GroupActivityOut(BaseModel):
+    since: Timestamp
+    bucket_seconds: float
+    buckets: list[ActivityBucketOut]
+
+
+class GroupDetailOut(GroupOut):
+    blocked_machines: list[BlockedMachineOut]
+    activity: GroupActivityOut

@@ -19,11 +19,23 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from kelpie import __version__
+from kelpie.api import docs, ui
 from kelpie.api.availability import StoreAvailability
 from kelpie.api.errors import install_error_handlers
 from kelpie.api.limits import BodySizeLimit
 from kelpie.api.liveness import Liveness
-from kelpie.api.routers import checkpoints, events, health, jobs, scaling_rules, users, work
+from kelpie.api.metrics import RequestMetrics, count_store_errors
+from kelpie.api.metrics import router as metrics_router
+from kelpie.api.routers import (
+    checkpoints,
+    events,
+    groups,
+    health,
+    jobs,
+    scaling_rules,
+    users,
+    work,
+)
 from kelpie.api.security import hash_api_key
 from kelpie.api.state import AppState
 from kelpie.config import ServerSettings
@@ -133,7 +145,7 @@ async def _run_in_background(
 def create_app(settings: ServerSettings, fleet: FleetProvider | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(settings.database_url)
+        store = count_store_errors(open_store(settings.database_url))
         provider = fleet or fleet_provider_from_env(os.environ)
         state = AppState(
             settings=settings,
@@ -170,6 +182,9 @@ def create_app(settings: ServerSettings, fleet: FleetProvider | None = None) -> 
         version=__version__,
         summary="Coordination API that shepherds long-running jobs through interruptible nodes.",
         lifespan=lifespan,
+        # /docs and /redoc are served from packaged assets (kelpie.api.docs), never a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
@@ -181,6 +196,11 @@ def create_app(settings: ServerSettings, fleet: FleetProvider | None = None) -> 
         work.router,
         users.router,
         scaling_rules.router,
+        groups.router,
+        metrics_router,
     ):
         app.include_router(router)
+    docs.install(app)
+    ui.install(app)
+    app.add_middleware(RequestMetrics)
     return app

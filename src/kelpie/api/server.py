@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 
 import uvicorn
 from fastapi import FastAPI
 
 from kelpie.api.app import create_app
 from kelpie.api.http_protocol import DeadlineHttpProtocol
+from kelpie.api.metrics import MULTIPROCESS_DIR_ENV
 from kelpie.config import ServerSettings
 
 HTTP_PROTOCOL = f"{DeadlineHttpProtocol.__module__}:{DeadlineHttpProtocol.__name__}"
@@ -37,6 +40,19 @@ def serve(settings: ServerSettings) -> None:
             os.environ.pop(variable, None)
         else:
             os.environ[variable] = str(value)
+    # Several processes pool their per-process metrics in one fresh directory, so a scrape
+    # answered by any of them sums all (prometheus_client's multiprocess mode).
+    metrics_dir = tempfile.mkdtemp(prefix="kelpie-metrics-") if settings.workers > 1 else None
+    if metrics_dir is not None:
+        os.environ[MULTIPROCESS_DIR_ENV] = metrics_dir
+    try:
+        _run_uvicorn(settings)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_uvicorn(settings: ServerSettings) -> None:
     uvicorn.run(
         "kelpie.api.server:app_from_env",
         factory=True,

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
@@ -67,6 +68,16 @@ from kelpie.store.models import (
     ScalingRulePatch,
     User,
     WebhookEvent,
+)
+from kelpie.store.overview import (
+    ActivityBucket,
+    BlockedMachine,
+    GroupCounts,
+    StoreMetrics,
+    activity_series,
+    activity_tallies,
+    group_counts,
+    store_metrics,
 )
 from kelpie.store.protocol import (
     AlreadyExists,
@@ -1308,3 +1319,132 @@ class PostgresStore:
             ttl_seconds,
         )
         return row is not None
+
+    # -- operator views: the dashboard and /metrics (read-only) -------------------------
+    async def metrics_snapshot(self) -> StoreMetrics:
+        rows = await self._connected().fetch(_METRICS)
+        return store_metrics((tuple(row) for row in rows), _as_datetime)
+
+    async def group_counts(
+        self, user_id: str | None, container_group_id: str | None = None
+    ) -> list[GroupCounts]:
+        where, args = _group_filters(user_id, container_group_id)
+        rows = await self._connected().fetch(
+            "SELECT container_group_id, status, count(*) FROM jobs"
+            f" WHERE {where} GROUP BY container_group_id, status ORDER BY container_group_id",
+            *args,
+        )
+        return group_counts(tuple(row) for row in rows)
+
+    async def blocked_machines(
+        self, user_id: str | None, container_group_id: str, limit: int = 100
+    ) -> list[BlockedMachine]:
+        where, args = _group_filters(user_id, container_group_id, table="j")
+        rows = await self._connected().fetch(
+            _BLOCKED_MACHINES.format(where=where, limit=f"${len(args) + 1}"), *args, limit
+        )
+        return [BlockedMachine(row[0], int(row[1]), row[2], bool(row[3])) for row in rows]
+
+    async def group_activity(
+        self,
+        user_id: str | None,
+        container_group_id: str,
+        since: datetime,
+        bucket_seconds: float,
+        buckets: int,
+    ) -> list[ActivityBucket]:
+        where, args = _group_filters(user_id, container_group_id)
+        n = len(args)
+        rows = await self._connected().fetch(
+            _GROUP_ACTIVITY.format(
+                where=where,
+                since=f"${n + 1}::timestamptz",
+                until=f"${n + 2}::timestamptz",
+                width=f"${n + 3}::float8",
+            ),
+            *args,
+            since,
+            since + timedelta(seconds=bucket_seconds * buckets),
+            bucket_seconds,
+        )
+        tallies = activity_tallies((tuple(row) for row in rows), since, bucket_seconds, buckets)
+        return activity_series(tallies)
+
+
+# -- operator views: the dashboard and /metrics (read-only) ---------------------------------
+
+# Every figure /metrics reads, in one statement so that they come from one snapshot. Jobs are
+# counted from the jobs_by_group_status index alone.
+_METRICS = """
+SELECT 'jobs' AS kind, container_group_id AS name, status AS detail, count(*) AS n,
+       NULL::timestamptz AS at
+  FROM jobs GROUP BY container_group_id, status
+UNION ALL
+SELECT 'attempts', outcome, NULL, count(*), NULL FROM attempts GROUP BY outcome
+UNION ALL
+SELECT 'reallocations', NULL, NULL, count(*), NULL FROM machine_reallocations
+UNION ALL
+SELECT 'blocked_machines', NULL, NULL, count(DISTINCT machine_id), NULL FROM job_blocks
+UNION ALL
+SELECT 'webhook_backlog', NULL, NULL, count(*), min(created) FROM webhook_outbox
+ WHERE delivered_at IS NULL AND dead_at IS NULL"""
+
+_BLOCKED_MACHINES = """
+SELECT b.machine_id, count(*) AS jobs, max(b.blocked_at) AS last_blocked,
+       bool_or(EXISTS (SELECT 1 FROM machine_reallocations AS r
+                  WHERE r.machine_id = b.machine_id AND r.user_id = j.user_id))
+  FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+ WHERE {where}
+ GROUP BY b.machine_id
+ ORDER BY last_blocked DESC, b.machine_id
+ LIMIT {limit}"""
+
+# Counts behind a group's activity chart (see kelpie.store.overview.activity_series): the
+# group's jobs and attempts that overlap the window [since, until), alive before it, and
+# created, started and ended in each bucket of `width` seconds.
+_GROUP_ACTIVITY = """
+WITH g AS (
+    SELECT id, created, coalesce(completed, failed, canceled) AS ended FROM jobs
+     WHERE {where} AND created < {until}
+       AND (coalesce(completed, failed, canceled) IS NULL
+            OR coalesce(completed, failed, canceled) >= {since})
+), a AS (
+    SELECT attempts.started, attempts.ended, attempts.outcome
+      FROM attempts JOIN g ON g.id = attempts.job_id
+     WHERE attempts.started < {until} AND (attempts.ended IS NULL OR attempts.ended >= {since})
+)
+SELECT 'alive' AS kind, -1 AS bucket, count(*) AS n FROM g WHERE created < {since}
+UNION ALL
+SELECT 'created', floor(extract(epoch FROM created - {since}) / {width})::int AS bucket, count(*)
+  FROM g WHERE created >= {since} GROUP BY bucket
+UNION ALL
+SELECT 'ended', floor(extract(epoch FROM ended - {since}) / {width})::int AS bucket, count(*)
+  FROM g WHERE ended < {until} GROUP BY bucket
+UNION ALL
+SELECT 'held', -1, count(*) FROM a WHERE started < {since}
+UNION ALL
+SELECT 'started', floor(extract(epoch FROM started - {since}) / {width})::int AS bucket,
+       count(*)
+  FROM a WHERE started >= {since} GROUP BY bucket
+UNION ALL
+SELECT 'ended:' || outcome, floor(extract(epoch FROM ended - {since}) / {width})::int AS bucket,
+       count(*)
+  FROM a WHERE ended < {until} GROUP BY outcome, bucket"""
+
+
+def _group_filters(
+    user_id: str | None, container_group_id: str | None, table: str = "jobs"
+) -> tuple[str, list[Any]]:
+    """Only the filters given, so that the planner picks the index that fits them; the
+    values are the statement's first parameters."""
+    conditions, args = ["TRUE"], []
+    for column, value in (("user_id", user_id), ("container_group_id", container_group_id)):
+        if value is not None:
+            args.append(value)
+            conditions.append(f"{table}.{column} = ${len(args)}")
+    return " AND ".join(conditions), args
+
+
+def _as_datetime(value: object) -> datetime:
+    assert isinstance(value, datetime)
+    return value

@@ -18,6 +18,7 @@ keeps:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from kelpie.schemas import JobStatus
@@ -41,6 +42,7 @@ from kelpie.store.models import (
     User,
     WebhookEvent,
 )
+from kelpie.store.overview import ActivityBucket, BlockedMachine, GroupCounts, StoreMetrics
 
 
 class StoreError(Exception):
@@ -322,3 +324,30 @@ class Store(Protocol):
 
     async def try_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
         """Take or renew a named lease (leader election for periodic tasks)."""
+
+    # -- operator views: the dashboard and /metrics (read-only) -------------------------
+    async def metrics_snapshot(self) -> StoreMetrics:
+        """Every user's figures for `/metrics`, read in one statement (one snapshot), so every
+        API process reports the same numbers. Cheap enough to run at each scrape."""
+
+    async def group_counts(
+        self, user_id: str | None, container_group_id: str | None = None
+    ) -> list[GroupCounts]:
+        """Jobs by status of every container group the user has jobs in (or only of
+        `container_group_id`), ordered by group id."""
+
+    async def blocked_machines(
+        self, user_id: str | None, container_group_id: str, limit: int = 100
+    ) -> list[BlockedMachine]:
+        """Machines blocked from the user's jobs of the group, most recently blocked first."""
+
+    async def group_activity(
+        self,
+        user_id: str | None,
+        container_group_id: str,
+        since: datetime,
+        bucket_seconds: float,
+        buckets: int,
+    ) -> list[ActivityBucket]:
+        """The group's queue depth and running jobs at the end of each of `buckets` steps of
+        `bucket_seconds` from `since`, and the attempts that ended within each, by outcome."""

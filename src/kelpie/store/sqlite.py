@@ -80,6 +80,16 @@ from kelpie.store.models import (
     User,
     WebhookEvent,
 )
+from kelpie.store.overview import (
+    ActivityBucket,
+    BlockedMachine,
+    GroupCounts,
+    StoreMetrics,
+    activity_series,
+    activity_tallies,
+    group_counts,
+    store_metrics,
+)
 from kelpie.store.protocol import (
     AlreadyExists,
     InvalidChange,
@@ -1489,6 +1499,51 @@ class SqliteStore:
 
         return await self._write(take)
 
+    # -- operator views: the dashboard and /metrics (read-only) -------------------------
+    async def metrics_snapshot(self) -> StoreMetrics:
+        rows = await self._read(_METRICS)
+        return store_metrics((tuple(row) for row in rows), _dt_any)
+
+    async def group_counts(
+        self, user_id: str | None, container_group_id: str | None = None
+    ) -> list[GroupCounts]:
+        where, params = _group_filters(user_id, container_group_id)
+        rows = await self._read(
+            "SELECT container_group_id, status, count(*) FROM jobs"
+            f" WHERE {where} GROUP BY container_group_id, status ORDER BY container_group_id",
+            params,
+        )
+        return group_counts(tuple(row) for row in rows)
+
+    async def blocked_machines(
+        self, user_id: str | None, container_group_id: str, limit: int = 100
+    ) -> list[BlockedMachine]:
+        where, params = _group_filters(user_id, container_group_id, table="j")
+        rows = await self._read(_BLOCKED_MACHINES.format(where=where), {**params, "limit": limit})
+        return [BlockedMachine(row[0], int(row[1]), _dt(row[2]), bool(row[3])) for row in rows]
+
+    async def group_activity(
+        self,
+        user_id: str | None,
+        container_group_id: str,
+        since: datetime,
+        bucket_seconds: float,
+        buckets: int,
+    ) -> list[ActivityBucket]:
+        where, params = _group_filters(user_id, container_group_id)
+        start = since.timestamp()
+        rows = await self._read(
+            _GROUP_ACTIVITY.format(where=where),
+            {
+                **params,
+                "since": start,
+                "until": start + bucket_seconds * buckets,
+                "width": bucket_seconds,
+            },
+        )
+        tallies = activity_tallies((tuple(row) for row in rows), since, bucket_seconds, buckets)
+        return activity_series(tallies)
+
 
 def _held_params(
     job_id: str, machine_id: str, user_id: str | None, attempt_id: int | None
@@ -1520,3 +1575,78 @@ def _job_filters(query: JobQuery) -> tuple[list[str], dict[str, Any]]:
             conditions.append(f"{column} = :{column}")
             params[column] = value
     return conditions, params
+
+
+# -- operator views: the dashboard and /metrics (read-only) ---------------------------------
+
+# Every figure /metrics reads, in one statement so that they come from one snapshot. Jobs are
+# counted from the jobs_by_group_status index alone.
+_METRICS = """
+SELECT 'jobs' AS kind, container_group_id AS name, status AS detail, count(*) AS n, NULL AS at
+  FROM jobs GROUP BY container_group_id, status
+UNION ALL
+SELECT 'attempts', outcome, NULL, count(*), NULL FROM attempts GROUP BY outcome
+UNION ALL
+SELECT 'reallocations', NULL, NULL, count(*), NULL FROM machine_reallocations
+UNION ALL
+SELECT 'blocked_machines', NULL, NULL, count(DISTINCT machine_id), NULL FROM job_blocks
+UNION ALL
+SELECT 'webhook_backlog', NULL, NULL, count(*), min(created) FROM webhook_outbox
+ WHERE delivered_at IS NULL AND dead_at IS NULL"""
+
+_BLOCKED_MACHINES = """
+SELECT b.machine_id, count(*) AS jobs, max(b.blocked_at) AS last_blocked,
+       max(EXISTS (SELECT 1 FROM machine_reallocations AS r
+                  WHERE r.machine_id = b.machine_id AND r.user_id = j.user_id))
+  FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+ WHERE {where}
+ GROUP BY b.machine_id
+ ORDER BY last_blocked DESC, b.machine_id
+ LIMIT :limit"""
+
+# Counts behind a group's activity chart (see kelpie.store.overview.activity_series): the
+# group's jobs and attempts that overlap the window [since, until), alive before it, and
+# created, started and ended in each bucket of `width` seconds.
+_GROUP_ACTIVITY = """
+WITH g AS (
+    SELECT id, created, coalesce(completed, failed, canceled) AS ended FROM jobs
+     WHERE {where} AND created < :until
+       AND (coalesce(completed, failed, canceled) IS NULL
+            OR coalesce(completed, failed, canceled) >= :since)
+), a AS (
+    SELECT attempts.started, attempts.ended, attempts.outcome
+      FROM attempts JOIN g ON g.id = attempts.job_id
+     WHERE attempts.started < :until AND (attempts.ended IS NULL OR attempts.ended >= :since)
+)
+SELECT 'alive' AS kind, -1 AS bucket, count(*) AS n FROM g WHERE created < :since
+UNION ALL
+SELECT 'created', CAST((created - :since) / :width AS INTEGER) AS bucket, count(*)
+  FROM g WHERE created >= :since GROUP BY bucket
+UNION ALL
+SELECT 'ended', CAST((ended - :since) / :width AS INTEGER) AS bucket, count(*)
+  FROM g WHERE ended < :until GROUP BY bucket
+UNION ALL
+SELECT 'held', -1, count(*) FROM a WHERE started < :since
+UNION ALL
+SELECT 'started', CAST((started - :since) / :width AS INTEGER) AS bucket, count(*)
+  FROM a WHERE started >= :since GROUP BY bucket
+UNION ALL
+SELECT 'ended:' || outcome, CAST((ended - :since) / :width AS INTEGER) AS bucket, count(*)
+  FROM a WHERE ended < :until GROUP BY outcome, bucket"""
+
+
+def _group_filters(
+    user_id: str | None, container_group_id: str | None, table: str = "jobs"
+) -> tuple[str, dict[str, Any]]:
+    """Only the filters given, so that the planner picks the index that fits them."""
+    conditions, params = ["1 = 1"], {}
+    for column, value in (("user_id", user_id), ("container_group_id", container_group_id)):
+        if value is not None:
+            conditions.append(f"{table}.{column} = :{column}")
+            params[column] = value
+    return " AND ".join(conditions), params
+
+
+def _dt_any(value: object) -> datetime:
+    assert isinstance(value, int | float)
+    return _dt(value)

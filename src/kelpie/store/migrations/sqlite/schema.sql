@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0005 (sqlite). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0006 (sqlite). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
@@ -74,6 +74,8 @@ CREATE INDEX jobs_by_user ON jobs (user_id, created);
 CREATE INDEX jobs_by_user_status ON jobs (user_id, status, created);
 CREATE INDEX jobs_by_user_group ON jobs (user_id, container_group_id, created);
 CREATE INDEX jobs_by_created ON jobs (created);
+-- jobs counted by group and status (dashboard, /metrics), from the index alone
+CREATE INDEX jobs_by_group_status ON jobs (container_group_id, status);
 
 -- Every hold of a job by a machine; at most one 'running' attempt per job.
 CREATE TABLE attempts (
