@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from kelpie.cli import JobFlags, load_document, main, submissions, watch_line
+from kelpie.cli import main
+from kelpie.cli.jobs import JobFlags, load_document, submissions, watch_line
 from kelpie.schemas import AttemptOut, JobOut
 
 API_COMMANDS = [
@@ -158,3 +161,26 @@ def test_watch_line_shows_progress() -> None:
         "j1  running  machine m2  attempts 2  heartbeats 7  failures 1/3"
     )
     assert watch_line(job, attempts, now).endswith("last beat 4 s ago")
+
+
+def test_the_cli_starts_without_loading_the_client_or_pydantic() -> None:
+    # `kelpie jobs list --help` must not pay for httpx and pydantic (about 0.2 s of CPU).
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, kelpie.cli; print(' '.join(sorted(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert not {"httpx", "pydantic", "yaml", "kelpie.client", "kelpie.schemas"} & set(loaded)
+
+
+def test_the_clis_light_constants_agree_with_the_client_and_schemas() -> None:
+    from kelpie.cli import base
+    from kelpie.client.config import KEY_ENV, URL_ENV
+    from kelpie.schemas import JOB_STATUSES
+
+    assert (base.KEY_ENV, base.URL_ENV, base.JOB_STATUSES) == (KEY_ENV, URL_ENV, JOB_STATUSES)
