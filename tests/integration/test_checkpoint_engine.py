@@ -291,9 +291,10 @@ async def test_a_checkpoint_set_always_restores_whole_from_one_step(rig: Rig, la
         assert report.generation == rig.api.newest
         await engine.start()
         resumed = state.step or 0
-        env = {"LAYOUT": layout, "STEP_S": "0.3", "FILE_SIZE": str(SET_FILE_SIZE)}
+        # quiet between sets for well over the settle time, even on a busy machine
+        env = {"LAYOUT": layout, "STEP_S": "0.6", "FILE_SIZE": str(SET_FILE_SIZE)}
         with job("checkpoint_sets.py", rig, engine, **env) as process:
-            steps = chance.randint(6, 10)
+            steps = chance.randint(3, 6)
             await wait_until(
                 lambda goal=resumed + steps: any(
                     e["step"] >= goal for e in log_events(rig, "complete")

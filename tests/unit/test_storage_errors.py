@@ -112,18 +112,20 @@ async def test_transient_failures_are_retried_for_as_long_as_the_window_lasts() 
 
 
 @pytest.mark.usefixtures("quick_backoff")
-async def test_transient_failures_give_up_once_the_window_has_passed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(s3, "OPERATION_RETRY_WINDOW_S", 0.05)
+async def test_transient_failures_give_up_once_the_window_has_passed_as_an_outage() -> None:
+    quick = s3.ObjectStorage(
+        S3Settings.from_env({"AWS_ENDPOINT_URL": "http://127.0.0.1:1"}), retry_window_s=0.05
+    )
     flaky = Flaky(10**9, ConnectionResetError("reset by peer"))
-    with pytest.raises(StorageError, match=r"get s3://b/k failed: reset by peer"):
-        await storage()._retrying("get", "b", "k", flaky)
+    with pytest.raises(StorageError, match=r"get s3://b/k failed: reset by peer") as caught:
+        await quick._retrying("get", "b", "k", flaky)
     assert flaky.calls > 1
+    assert caught.value.transient  # unreachable storage: the job is handed back, not failed
 
 
 async def test_a_permanent_failure_is_not_retried() -> None:
     flaky = Flaky(1, GenericError(NO_SUCH_BUCKET))
-    with pytest.raises(StorageError, match="the bucket does not exist"):
+    with pytest.raises(StorageError, match="the bucket does not exist") as caught:
         await storage()._retrying("list", "b", "", flaky)
     assert flaky.calls == 1
+    assert not caught.value.transient  # a mistake no retry fixes: the job fails

@@ -53,20 +53,28 @@ LARGE_TRANSFERS = 2  # large files moving at once: bounds buffers to ~2 x 8 x 8 
 GZ_SUFFIX = ".gz"
 KELPIE_AREA = CHECKPOINT_AREA.rstrip("/")  # kelpie's own folder under a checkpoint prefix
 
-# obstore's own per-request retries: 100 ms doubling to 5 s, with jitter, for up to 2 min.
-REQUEST_RETRIES: RetryConfig = {
-    "max_retries": 40,
-    "retry_timeout": timedelta(minutes=2),
-    "backoff": {
-        "init_backoff": timedelta(milliseconds=100),
-        "max_backoff": timedelta(seconds=5),
-        "base": 2,
-    },
-}
+# How long a failing request is retried before the storage counts as unreachable: obstore's
+# own per-request retries (100 ms doubling to 5 s, with jitter) for up to this long, and the
+# whole-operation retries below for as long again. A worker hands its job back after that.
+RETRY_WINDOW_S = 60.0
+
+
+def request_retries(window_s: float) -> RetryConfig:
+    """obstore's retry settings for requests retried for up to `window_s` seconds."""
+    return {
+        "max_retries": 40,
+        "retry_timeout": timedelta(seconds=window_s),
+        "backoff": {
+            "init_backoff": timedelta(milliseconds=100),
+            "max_backoff": timedelta(seconds=5),
+            "base": 2,
+        },
+    }
+
+
 # Whole-operation retries on top, for the failures obstore does not retry: full-jitter
-# backoff from 0.5 s doubling to 8 s, for as long as failures have gone on under a minute.
-# A time window rather than a count, so an outage of a few seconds is always ridden out.
-OPERATION_RETRY_WINDOW_S = 60.0
+# backoff from 0.5 s doubling to 8 s, for as long as failures have gone on under the
+# window. A time window rather than a count, so an outage of a few seconds is ridden out.
 OPERATION_BACKOFF_S = 0.5
 OPERATION_BACKOFF_MAX_S = 8.0
 # What a transfer can raise besides our own StorageError: obstore (FileNotFoundError and
@@ -97,11 +105,20 @@ class ObjectStorage:
     `concurrency` bounds how many objects are in flight across every call on this instance.
     """
 
-    def __init__(self, settings: S3Settings, *, concurrency: int = 16) -> None:
+    def __init__(
+        self,
+        settings: S3Settings,
+        *,
+        concurrency: int = 16,
+        retry_window_s: float = RETRY_WINDOW_S,
+    ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if retry_window_s <= 0:
+            raise ValueError("retry_window_s must be positive")
         self.settings = settings
         self.concurrency = concurrency
+        self.retry_window_s = retry_window_s
         self._stores: dict[str, S3Store] = {}
         self._slots = asyncio.Semaphore(concurrency)
         self._large_slots = asyncio.Semaphore(min(LARGE_TRANSFERS, concurrency))
@@ -261,7 +278,9 @@ class ObjectStorage:
     def _store(self, bucket: str) -> S3Store:
         store = self._stores.get(bucket)
         if store is None:
-            store = self._stores[bucket] = _make_store(self.settings, bucket)
+            store = self._stores[bucket] = _make_store(
+                self.settings, bucket, request_retries(self.retry_window_s)
+            )
         return store
 
     async def _download(self, bucket: str, item: Download, progress: TransferProgress) -> None:
@@ -320,7 +339,7 @@ class ObjectStorage:
         """Run `attempt`, retrying transient failures with exponential backoff and jitter.
 
         Gives up on the first permanent failure, or on a transient one once failures have
-        gone on for OPERATION_RETRY_WINDOW_S.
+        gone on for the retry window.
         """
         first_failure: float | None = None
         number = 0
@@ -333,7 +352,7 @@ class ObjectStorage:
                 first_failure = now if first_failure is None else first_failure
                 failing_for = now - first_failure
                 transient = is_transient(exc)
-                if not transient or failing_for >= OPERATION_RETRY_WINDOW_S:
+                if not transient or failing_for >= self.retry_window_s:
                     raise StorageError(
                         f"{action} {_url(bucket, key)} failed: {summarize(exc)}",
                         transient=transient or _retries_spent_on_outage(exc),
@@ -363,7 +382,7 @@ def _retries_spent_on_outage(exc: BaseException) -> bool:
     )
 
 
-def _make_store(settings: S3Settings, bucket: str) -> S3Store:
+def _make_store(settings: S3Settings, bucket: str, retries: RetryConfig) -> S3Store:
     # Path-style (<endpoint>/<bucket>/<key>) for custom endpoints, which all understand it;
     # virtual-hosted for AWS itself, which is deprecating path-style.
     virtual_hosted = settings.endpoint_url is None
@@ -384,7 +403,7 @@ def _make_store(settings: S3Settings, bucket: str) -> S3Store:
         "timeout": timedelta(hours=6),
         "read_timeout": timedelta(seconds=60),
     }
-    return S3Store(bucket, config=config, client_options=client, retry_config=REQUEST_RETRIES)
+    return S3Store(bucket, config=config, client_options=client, retry_config=retries)
 
 
 def plan_downloads(

@@ -71,6 +71,12 @@ class WorkerSettings(BaseSettings):
     """How long checkpoint folders must be still (and no file there open for writing) before
     their state is taken as a generation."""
 
+    storage_retry_s: Annotated[float, Field(gt=0)] = Field(
+        60.0, validation_alias="KELPIE_WORKER_STORAGE_RETRY_S"
+    )
+    """How long a failing S3 request is retried before the bucket counts as unreachable (the
+    job is then handed back, no failure counted)."""
+
     upload_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(
         8, validation_alias="KELPIE_WORKER_UPLOAD_CONCURRENCY"
     )

@@ -179,7 +179,11 @@ def _storage_from_env(settings: WorkerSettings) -> Storage | None:
     except (StorageError, ValueError) as exc:
         logger.warning("worker: no usable S3 settings (%s); jobs that move files will fail", exc)
         return None
-    storage: Storage = ObjectStorage(s3, concurrency=settings.transfer_concurrency)
+    storage: Storage = ObjectStorage(
+        s3,
+        concurrency=settings.transfer_concurrency,
+        retry_window_s=settings.storage_retry_s,
+    )
     return storage
 
 

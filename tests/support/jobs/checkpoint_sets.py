@@ -6,8 +6,9 @@ it logs `complete` with the step. The log is CHECKPOINT_LOG, outside the synced 
 
 With USE_COMMIT_FILE=1 the job touches $KELPIE_CHECKPOINT_COMMIT_FILE after each complete set
 and waits for it to disappear before changing the folder again. SIGTERM: the current set
-is finished, then the job exits 143. Stops after STEPS steps (exit 0). PAUSE_BETWEEN_FILES_S
-makes it pause after the first file of each set (a job that computes between files).
+is finished, then the job exits 143 (with IGNORE_SIGTERM=1 it carries on, to be killed
+mid-write). Stops after STEPS steps (exit 0). PAUSE_BETWEEN_FILES_S makes it pause after the
+first file of each set (a job that computes between files).
 """
 
 import os
@@ -81,7 +82,10 @@ def commit_now() -> None:
         time.sleep(0.005)
 
 
-signal.signal(signal.SIGTERM, on_sigterm)
+if os.environ.get("IGNORE_SIGTERM") == "1":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, on_sigterm)
 state = read_set(folder, layout, size)
 log(journal, event="start", resumed=state.step, intact=state.intact, detail=state.detail)
 if not state.intact:
