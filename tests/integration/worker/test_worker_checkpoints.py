@@ -76,10 +76,11 @@ def holder_of(lab: WorkerLab, job_id: str) -> str | None:
     return str(job["machine_id"]) if job["status"] == "running" else None
 
 
-def checkpointing_holder(lab: WorkerLab, job_id: str, journal: Path) -> str | None:
-    """The job's holder, once the job runs and has finished a set since it last started."""
+def checkpointing_holder(lab: WorkerLab, job_id: str, journal: Path, kills: int) -> str | None:
+    """The job's holder, once the job has started again after its `kills` kills and has
+    finished a set since."""
     runs, done = starts(journal), completed_steps(journal)
-    if not runs or not done or done[-1][0] <= float(runs[-1]["time"]):
+    if len(runs) <= kills or not done or done[-1][0] <= float(runs[-1]["time"]):
         return None
     return holder_of(lab, job_id)
 
@@ -102,7 +103,7 @@ def test_every_resume_after_random_kills_finds_a_whole_recent_set(lab: WorkerLab
             if len(kills[layout]) >= KILLS_PER_LAYOUT:
                 continue
             holder = wait_for(
-                partial(checkpointing_holder, lab, job["id"], journal),
+                partial(checkpointing_holder, lab, job["id"], journal, len(kills[layout])),
                 f"the {layout} job running and checkpointing",
                 timeout=60,
             )
@@ -120,20 +121,36 @@ def test_every_resume_after_random_kills_finds_a_whole_recent_set(lab: WorkerLab
         assert lab.job(job["id"])["num_failures"] == 0, lab.logs()
         runs = starts(journal)
         assert all(run["intact"] for run in runs), runs
-        done = completed_steps(journal)
-        for killed_at, resumed in zip(kills[layout], runs[1:], strict=False):
-            settled = [step for at, step in done if at <= killed_at - COMMITTED_WITHIN_S]
-            written = [step for at, step in done if at <= killed_at]
-            assert (settled[-1] if settled else 0) <= (resumed["resumed"] or 0), (layout, runs)
-            assert (resumed["resumed"] or 0) <= (written[-1] if written else 0), (layout, runs)
+        events = read_log(journal)
+        for killed_at, killed, resumed in zip(kills[layout], runs, runs[1:], strict=False):
+            # what the killed run had finished, and when
+            done = [
+                (float(str(e["time"])), int(str(e["step"])))
+                for e in events
+                if e["event"] == "complete" and e["pid"] == killed["pid"]
+            ]
+            before = killed["resumed"] or 0
+            settled = max([s for at, s in done if at <= killed_at - COMMITTED_WITHIN_S] + [before])
+            written = max([s for at, s in done if at <= killed_at] + [before])
+            # never older than a set that had settled, never newer than one written
+            assert settled <= (resumed["resumed"] or 0) <= written, (layout, killed, resumed)
         lab.user.http.delete(f"/jobs/{job['id']}")
 
 
 def test_a_job_ignoring_sigterm_killed_mid_write_never_restores_torn(lab: WorkerLab) -> None:
-    # The node goes away while the job rewrites its set in place and ignores the SIGTERM:
-    # it is killed after the stop grace, whatever it was writing. The next holder must find a
-    # whole set, and no newer than what had settled before the kill.
-    job, journal = submit_sets(lab, "overwrite", IGNORE_SIGTERM="1")
+    # The node goes away while the job is in the middle of a set (it marks each whole set
+    # with the commit file, and pauses 5 s after a set's first file) and ignores the SIGTERM:
+    # it is killed after the 3 s stop grace, its set half written. The folders as it left
+    # them must not become a generation: the next holder finds the last whole set.
+    job, journal = submit_sets(
+        lab,
+        "overwrite",
+        IGNORE_SIGTERM="1",
+        USE_COMMIT_FILE="1",
+        KELPIE_CHECKPOINT_MODE="explicit",  # only marked sets, from the start
+        PAUSE_BETWEEN_FILES_S="5",
+        STEP_S="0.2",
+    )
     first = lab.start_worker("node-a", KELPIE_WORKER_CHECKPOINT_SETTLE_S=SETTLE_S)
     wait_for(lambda: lab.checkpoints(job["id"]) or None, "a generation committed", timeout=30)
     first.signal(15)  # SIGTERM: the worker hands the job back; the job carries on writing
@@ -145,6 +162,7 @@ def test_a_job_ignoring_sigterm_killed_mid_write_never_restores_torn(lab: Worker
     wait_for(lambda: len(starts(journal)) >= 2 or None, "the job resumed on node-b")
     runs = starts(journal)
     assert all(run["intact"] for run in runs), runs
+    assert runs[1]["resumed"] == 1  # the one whole set marked before the kill
     lab.user.http.delete(f"/jobs/{job['id']}")
 
 
