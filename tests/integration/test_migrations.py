@@ -126,22 +126,22 @@ async def test_postgres_migrations_build_the_snapshot_schema(
     assert await postgres_catalog(migrated_url) == await postgres_catalog(snapshot_url)
 
 
-async def applied_versions(database_url: str) -> list[int]:
-    if database_url.startswith("sqlite:///"):
-        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+async def applied_versions(empty_database_url: str) -> list[int]:
+    if empty_database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(empty_database_url.removeprefix("sqlite:///"))
         try:
             return [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
         finally:
             conn.close()
-    pg = await asyncpg.connect(database_url)
+    pg = await asyncpg.connect(empty_database_url)
     try:
         return [row[0] for row in await pg.fetch("SELECT version FROM schema_migrations")]
     finally:
         await pg.close()
 
 
-async def test_concurrent_opens_of_a_fresh_database_migrate_once(database_url: str) -> None:
-    stores = [open_store(database_url) for _ in range(4)]
+async def test_concurrent_opens_of_a_fresh_database_migrate_once(empty_database_url: str) -> None:
+    stores = [open_store(empty_database_url) for _ in range(4)]
 
     await asyncio.gather(*(store.open() for store in stores))
 
@@ -151,40 +151,40 @@ async def test_concurrent_opens_of_a_fresh_database_migrate_once(database_url: s
     finally:
         await asyncio.gather(*(store.close() for store in stores))
     expected = [m.version for m in load_migrations("sqlite")]
-    assert sorted(await applied_versions(database_url)) == expected
+    assert sorted(await applied_versions(empty_database_url)) == expected
 
 
-async def test_reopening_keeps_the_data_and_applies_nothing(database_url: str) -> None:
-    store = open_store(database_url)
+async def test_reopening_keeps_the_data_and_applies_nothing(empty_database_url: str) -> None:
+    store = open_store(empty_database_url)
     await store.open()
     user = await store.create_user("survivor")
     await store.close()
 
-    reopened = open_store(database_url)
+    reopened = open_store(empty_database_url)
     await reopened.open()
     try:
         assert await reopened.get_user(user.id) == user
     finally:
         await reopened.close()
-    assert len(await applied_versions(database_url)) == len(load_migrations("sqlite"))
+    assert len(await applied_versions(empty_database_url)) == len(load_migrations("sqlite"))
 
 
-async def test_a_database_from_a_newer_kelpie_is_refused(database_url: str) -> None:
-    store = open_store(database_url)
+async def test_a_database_from_a_newer_kelpie_is_refused(empty_database_url: str) -> None:
+    store = open_store(empty_database_url)
     await store.open()
     await store.close()
-    if database_url.startswith("sqlite:///"):
-        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+    if empty_database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(empty_database_url.removeprefix("sqlite:///"))
         with conn:
             conn.execute("INSERT INTO schema_migrations VALUES (9999, 0)")
         conn.close()
     else:
-        pg = await asyncpg.connect(database_url)
+        pg = await asyncpg.connect(empty_database_url)
         await pg.execute("INSERT INTO schema_migrations VALUES (9999, now())")
         await pg.close()
 
     with pytest.raises(StoreError, match="newer"):
-        await open_store(database_url).open()
+        await open_store(empty_database_url).open()
 
 
 # A kelpie that had only the first migration left a user, a running job with its attempt, and
@@ -218,9 +218,9 @@ _OLD_ROWS = {
 }
 
 
-async def _write_first_schema_with_rows(database_url: str) -> None:
-    if database_url.startswith("sqlite:///"):
-        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+async def _write_first_schema_with_rows(empty_database_url: str) -> None:
+    if empty_database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(empty_database_url.removeprefix("sqlite:///"))
         try:
             conn.executescript(load_migrations("sqlite")[0].sql)
             conn.execute(
@@ -234,7 +234,7 @@ async def _write_first_schema_with_rows(database_url: str) -> None:
         finally:
             conn.close()
         return
-    pg = await asyncpg.connect(database_url)
+    pg = await asyncpg.connect(empty_database_url)
     try:
         await pg.execute(load_migrations("postgresql")[0].sql)
         await pg.execute(
@@ -248,11 +248,11 @@ async def _write_first_schema_with_rows(database_url: str) -> None:
         await pg.close()
 
 
-async def test_an_older_database_is_upgraded_with_its_data_intact(database_url: str) -> None:
-    await _write_first_schema_with_rows(database_url)
-    assert await applied_versions(database_url) == [1]
+async def test_an_older_database_is_upgraded_with_its_data_intact(empty_database_url: str) -> None:
+    await _write_first_schema_with_rows(empty_database_url)
+    assert await applied_versions(empty_database_url) == [1]
 
-    store = open_store(database_url)
+    store = open_store(empty_database_url)
     await store.open()
     try:
         user = await store.get_user("u1")
@@ -269,13 +269,13 @@ async def test_an_older_database_is_upgraded_with_its_data_intact(database_url: 
         assert await store.complete_if_held("j1", "m1", None) is HeldOutcome.DONE
     finally:
         await store.close()
-    assert sorted(await applied_versions(database_url)) == [
+    assert sorted(await applied_versions(empty_database_url)) == [
         m.version for m in load_migrations("sqlite")
     ]
 
 
 async def test_keys_and_reallocations_get_ids_and_tenants_on_upgrade(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A database from before key ids: an admin key from KELPIE_ADMIN_KEY, a key the admin
     # minted for a SaladCloud project, a user's key, and a machine reallocated once.
@@ -284,7 +284,7 @@ async def test_keys_and_reallocations_get_ids_and_tenants_on_upgrade(
 
     monkeypatch.setattr(kelpie.store.sqlite, "load_migrations", before_key_ids)
     monkeypatch.setattr(kelpie.store.postgres, "load_migrations", before_key_ids)
-    old = open_store(database_url)
+    old = open_store(empty_database_url)
     await old.open()
     admin = await old.create_user("admin", is_admin=True)
     user = await old.create_user("someone")
@@ -295,7 +295,7 @@ async def test_keys_and_reallocations_get_ids_and_tenants_on_upgrade(
     assert await old.claim_job("m1", "g", None) is not None
     await old.fail_if_held(failed.id, "m1", None, 1, "boom")
     await old.close()
-    now = "0" if database_url.startswith("sqlite") else "now()"
+    now = "0" if empty_database_url.startswith("sqlite") else "now()"
     key = "INSERT INTO api_keys (key_hash, user_id, org_name, project_name, created) VALUES"
     statements = [
         f"{key} ('admin-hash', '{admin.id}', NULL, NULL, {now})",  # from KELPIE_ADMIN_KEY
@@ -303,10 +303,10 @@ async def test_keys_and_reallocations_get_ids_and_tenants_on_upgrade(
         f"{key} ('user-hash', '{user.id}', NULL, NULL, {now})",
         f"INSERT INTO machine_reallocations (machine_id, at) VALUES ('m1', {now})",
     ]
-    await _execute(database_url, statements)
+    await _execute(empty_database_url, statements)
     monkeypatch.undo()
 
-    store = open_store(database_url)
+    store = open_store(empty_database_url)
     await store.open()
     try:
         for key_hash in ("admin-hash", "minted-hash", "user-hash"):
@@ -323,15 +323,15 @@ async def test_keys_and_reallocations_get_ids_and_tenants_on_upgrade(
         await store.close()
 
 
-async def _execute(database_url: str, statements: list[str]) -> None:
-    if database_url.startswith("sqlite:///"):
-        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+async def _execute(empty_database_url: str, statements: list[str]) -> None:
+    if empty_database_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(empty_database_url.removeprefix("sqlite:///"))
         with conn:
             for statement in statements:
                 conn.execute(statement)
         conn.close()
         return
-    pg = await asyncpg.connect(database_url)
+    pg = await asyncpg.connect(empty_database_url)
     try:
         for statement in statements:
             await pg.execute(statement)

@@ -68,6 +68,25 @@ async def drop_database(url: str) -> None:
     await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+async def empty_every_table(url: str) -> None:
+    """Delete every row of every table but the migrations' record, and restart identities:
+    a migrated database as a first start leaves it."""
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        tables = [
+            row["tablename"]
+            for row in await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename <> 'schema_migrations'"
+            )
+        ]
+        if tables:
+            names = ", ".join(f'"{name}"' for name in tables)
+            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
 def unreachable_reason() -> str | None:
     """Why the PostgreSQL server cannot be used, or None when it can."""
     try:
