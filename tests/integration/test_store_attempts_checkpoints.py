@@ -6,7 +6,6 @@ the API) instead of waiting for it.
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ import kelpie.store.postgres
 from kelpie.store import PostgresStore, Store
 from kelpie.store._common import MAX_WORKER_EVENTS_PER_ATTEMPT
 from kelpie.store.models import CommitOutcome, HeldOutcome, Job, ManifestEntry, NewJob, User
+from tests.support.store_time import run_sql, stall
 
 GROUP = "group-a"
 SPEC: dict[str, Any] = {"command": "python", "arguments": ["train.py"]}
@@ -44,36 +44,6 @@ async def claim(store: Store, machine: str) -> Job:
     job = await store.claim_job(machine, GROUP, None)
     assert job is not None
     return job
-
-
-async def run_sql(database_url: str, sqlite_sql: str, postgres_sql: str) -> None:
-    """One statement straight on the database, outside the store (to move time)."""
-    if database_url.startswith("sqlite"):
-        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"))
-        try:
-            conn.execute(sqlite_sql)
-            conn.commit()
-        finally:
-            conn.close()
-        return
-    pg = await asyncpg.connect(database_url)
-    try:
-        await pg.execute(postgres_sql)
-    finally:
-        await pg.close()
-
-
-async def stall(database_url: str, job_id: str, seconds_ago: int = 60) -> None:
-    """The job's holder last beat `seconds_ago` seconds ago."""
-    await run_sql(
-        database_url,
-        f"UPDATE jobs SET heartbeat = heartbeat - {seconds_ago},"
-        f" lease_expires = heartbeat - {seconds_ago} + 2 * heartbeat_interval"
-        f" WHERE id = '{job_id}'",
-        f"UPDATE jobs SET heartbeat = heartbeat - interval '{seconds_ago} s',"
-        f" lease_expires = heartbeat - interval '{seconds_ago} s'"
-        f" + heartbeat_interval * interval '2 s' WHERE id = '{job_id}'",
-    )
 
 
 def files(*entries: tuple[str, str, int]) -> list[ManifestEntry]:

@@ -14,7 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,6 +47,7 @@ from kelpie.store.models import (
     User,
     WebhookEvent,
 )
+from tests.support.store_time import stall
 
 T = TypeVar("T")
 
@@ -440,17 +441,18 @@ async def test_claim_is_isolated_by_group_and_user(store: Store) -> None:
     assert claimed_b is not None and claimed_b.id == other_group.id
 
 
-async def test_stalled_job_is_handed_to_next_machine(store: Store) -> None:
+async def test_stalled_job_is_handed_to_next_machine(store: Store, database_url: str) -> None:
     user = await new_user(store)
     [job] = await submit(store, user, heartbeat_interval=1)
     assert await store.claim_job("m-old", GROUP, user.id) is not None
     assert await store.claim_job("m-new", GROUP, user.id) is None  # not stalled yet
+    await stall(database_url, job.id, 3)  # the holder fell silent 3 s ago
 
-    taken = await eventually(lambda: store.claim_job("m-new", GROUP, user.id))
+    taken = await store.claim_job("m-new", GROUP, user.id)
 
+    assert taken is not None
     assert taken.id == job.id and taken.machine_id == "m-new" and taken.status == "running"
     assert taken.heartbeat is not None and taken.started is not None
-    assert taken.heartbeat - taken.started >= timedelta(seconds=2)  # started kept
     assert await outcomes(store, job.id) == [("m-old", "lost"), ("m-new", "running")]
     attempts = await store.list_attempts(job.id, None)
     assert attempts is not None and attempts[0].ended is not None
@@ -465,25 +467,20 @@ async def test_stalled_job_is_handed_to_next_machine(store: Store) -> None:
     assert await store.complete_if_held(job.id, "m-new", user.id) is HeldOutcome.DONE
 
 
-async def test_stalled_job_is_claimed_before_older_pending_job(store: Store) -> None:
+async def test_stalled_job_is_claimed_before_older_pending_job(
+    store: Store, database_url: str
+) -> None:
     user = await new_user(store)
     [older] = await submit(store, user, heartbeat_interval=3600)
     [stalling] = await submit(store, user, heartbeat_interval=1)
     assert (await store.claim_job("m1", GROUP, None) or older).id == older.id
     assert (await store.claim_job("m2", GROUP, None) or older).id == stalling.id
     assert await store.interrupt_if_held(older.id, "m1", None) is HeldOutcome.DONE
+    await stall(database_url, stalling.id, 3)
 
-    async def claim_stalled() -> Job | None:
-        # the pending job is claimable all along: put it back until the stalled one is due
-        job = await store.claim_job("m3", GROUP, None)
-        if job is not None and job.id == older.id:
-            assert await store.interrupt_if_held(job.id, "m3", None) is HeldOutcome.DONE
-            return None
-        return job
+    taken = await store.claim_job("m3", GROUP, None)
 
-    taken = await eventually(claim_stalled)
-
-    assert taken.id == stalling.id and taken.machine_id == "m3"
+    assert taken is not None and taken.id == stalling.id and taken.machine_id == "m3"
 
 
 async def test_heartbeat_answers_for_the_holder_and_the_rest(store: Store) -> None:
@@ -582,7 +579,7 @@ async def test_interrupt_requeues_without_counting_a_failure(store: Store) -> No
     assert await outcomes(store, job.id) == [("m1", "interrupted"), ("m1", "running")]
 
 
-async def test_attempts_record_every_hold(store: Store) -> None:
+async def test_attempts_record_every_hold(store: Store, database_url: str) -> None:
     user = await new_user(store)
     [job] = await submit(store, user, heartbeat_interval=1)
     assert await store.claim_job("m1", GROUP, None) is not None
@@ -590,7 +587,8 @@ async def test_attempts_record_every_hold(store: Store) -> None:
     assert await store.claim_job("m2", GROUP, None) is not None
     assert (await store.fail_if_held(job.id, "m2", None, 3, "bad")).outcome is HeldOutcome.DONE
     assert await store.claim_job("m3", GROUP, None) is not None
-    await eventually(lambda: store.claim_job("m4", GROUP, None))
+    await stall(database_url, job.id, 3)
+    assert await store.claim_job("m4", GROUP, None) is not None
     assert await store.complete_if_held(job.id, "m4", None) is HeldOutcome.DONE
 
     attempts = await store.list_attempts(job.id, user.id)

@@ -9,7 +9,7 @@ from typing import Any
 
 from kelpie.store import Store
 from kelpie.store.models import CancelOutcome, HeldOutcome, Job, NewJob, User
-from tests.integration.test_store_attempts_checkpoints import stall
+from tests.support.store_time import stall
 
 SPEC: dict[str, Any] = {"command": "python", "arguments": ["train.py"]}
 
