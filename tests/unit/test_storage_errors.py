@@ -7,6 +7,7 @@ import zlib
 import pytest
 from obstore.exceptions import GenericError, PermissionDeniedError, PreconditionError
 
+from kelpie.backoff import Backoff
 from kelpie.storage import s3
 from kelpie.storage.errors import StorageError, is_transient, summarize
 from kelpie.storage.settings import S3Settings
@@ -96,8 +97,7 @@ class Flaky:
 
 @pytest.fixture
 def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(s3, "OPERATION_BACKOFF_S", 0.001)
-    monkeypatch.setattr(s3, "OPERATION_BACKOFF_MAX_S", 0.002)
+    monkeypatch.setattr(s3, "OPERATION_BACKOFF", Backoff(base=0.001, cap=0.002))
 
 
 def storage() -> s3.ObjectStorage:

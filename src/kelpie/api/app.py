@@ -38,6 +38,7 @@ from kelpie.api.routers import (
 )
 from kelpie.api.security import hash_api_key
 from kelpie.api.state import AppState
+from kelpie.backoff import Backoff
 from kelpie.config import ServerSettings
 from kelpie.fleet import fleet_provider_from_env
 from kelpie.fleet.autoscaler import run_autoscaler
@@ -52,7 +53,7 @@ BackgroundLoop = Callable[[AppState, asyncio.Event], Awaitable[None]]
 
 ADMIN_USERNAME = "admin"
 # Waits between attempts to reach the store at start-up; the last one repeats.
-STORE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
+STORE_RETRY = Backoff(base=0.5, cap=5.0, floor=0.25)
 
 
 def _background_loops() -> list[tuple[str, BackgroundLoop]]:
@@ -114,7 +115,7 @@ async def _wait_for_store(state: AppState, stop: asyncio.Event, first: StoreUnav
     started = time.monotonic()
     attempt = 0
     while not stop.is_set():
-        await _pause(stop, STORE_RETRY_DELAYS_S[min(attempt, len(STORE_RETRY_DELAYS_S) - 1)])
+        await _pause(stop, STORE_RETRY.delay(attempt + 1))
         attempt += 1
         try:
             await _set_up_store(state)

@@ -1,8 +1,8 @@
 """`kelpie jobs checkpoints` and `kelpie jobs events`: what a job committed, and what happened.
 
-    kelpie jobs checkpoints JOB_ID                        # the committed generations
-    kelpie jobs checkpoints download JOB_ID [--generation N] DIR
-    kelpie jobs events JOB_ID
+kelpie jobs checkpoints JOB_ID                        # the committed generations
+kelpie jobs checkpoints download JOB_ID [--generation N] DIR
+kelpie jobs events JOB_ID
 """
 
 from __future__ import annotations

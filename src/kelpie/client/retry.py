@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import enum
 import logging
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx
+
+from kelpie.backoff import Backoff as JitteredBackoff
 
 logger = logging.getLogger("kelpie.client")
 
@@ -57,7 +58,7 @@ class Backoff:
     def delay(self, failed_attempt: int, retry_after: float | None = None) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after)
-        return random.uniform(0.0, min(self.cap, self.base * 2 ** (failed_attempt - 1)))
+        return JitteredBackoff(self.base, self.cap).delay(failed_attempt)
 
 
 def is_transient(policy: RetryPolicy, outcome: Outcome) -> bool:

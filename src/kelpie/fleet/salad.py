@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import math
-import random
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -26,6 +25,7 @@ from urllib.parse import quote
 
 import httpx
 
+from kelpie.backoff import Backoff
 from kelpie.fleet.base import FleetError, FleetTarget, GroupNotFound, GroupState
 
 logger = logging.getLogger("kelpie.fleet")
@@ -229,8 +229,7 @@ class SaladFleetProvider:
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter, so many callers do not retry in step."""
-        ceiling = min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1))
-        return random.uniform(0, ceiling)
+        return Backoff(self._backoff_base, self._backoff_max).delay(attempt)
 
     def _delay_after(self, response: httpx.Response, attempt: int) -> float:
         """Honour `Retry-After` (seconds or an HTTP date, capped); else back off."""

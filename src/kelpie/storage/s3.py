@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import re
 import stat
 import time
@@ -27,6 +26,7 @@ import obstore
 from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import S3Store
 
+from kelpie.backoff import Backoff
 from kelpie.schemas import CHECKPOINT_AREA
 from kelpie.storage.errors import StorageError, is_transient, is_transient_cause, summarize
 from kelpie.storage.files import (
@@ -75,8 +75,7 @@ def request_retries(window_s: float) -> RetryConfig:
 # Whole-operation retries on top, for the failures obstore does not retry: full-jitter
 # backoff from 0.5 s doubling to 8 s, for as long as failures have gone on under the
 # window. A time window rather than a count, so an outage of a few seconds is ridden out.
-OPERATION_BACKOFF_S = 0.5
-OPERATION_BACKOFF_MAX_S = 8.0
+OPERATION_BACKOFF = Backoff(base=1.0, cap=8.0)
 # What a transfer can raise besides our own StorageError: obstore (FileNotFoundError and
 # ValueError included), the local filesystem, and gzip data that does not decode.
 _ERRORS = (ObstoreError, OSError, EOFError, ValueError, zlib.error)
@@ -357,9 +356,7 @@ class ObjectStorage:
                         f"{action} {_url(bucket, key)} failed: {summarize(exc)}",
                         transient=transient or _retries_spent_on_outage(exc),
                     ) from exc
-                delay = random.uniform(
-                    0, min(OPERATION_BACKOFF_MAX_S, OPERATION_BACKOFF_S * 2 ** min(number, 8))
-                )
+                delay = OPERATION_BACKOFF.delay(number)
                 logger.warning(
                     "%s %s failed (%s); retrying in %.1f s (attempt %d, failing for %.0f s)",
                     action,

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from kelpie.backoff import Backoff
 from kelpie.schemas import JobStatus
 from kelpie.store._common import (
     API_KEY_COLUMNS,
@@ -92,7 +93,7 @@ _decode = RowDecoder(time=lambda value: value, json=lambda value: value)
 
 # pg_advisory_xact_lock key serializing migrations of one database across processes
 _MIGRATION_LOCK = int.from_bytes(b"kelpie:m", "big")
-_LISTEN_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_LISTEN_RETRY = Backoff(base=0.5, cap=30.0, floor=0.25)
 # A server that does not answer a connection attempt within this long counts as unreachable
 # (asyncpg would wait 60 s).
 CONNECT_TIMEOUT_S = 10.0
@@ -550,7 +551,7 @@ class PostgresStore:
     async def _relisten(self) -> None:
         attempt = 0
         while not self._closing:
-            delay = _LISTEN_RETRY_DELAYS_S[min(attempt, len(_LISTEN_RETRY_DELAYS_S) - 1)]
+            delay = _LISTEN_RETRY.delay(attempt + 1)
             await asyncio.sleep(delay)
             try:
                 await self._listen()

@@ -28,7 +28,6 @@ import collections
 import contextlib
 import json
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Mapping
@@ -41,6 +40,7 @@ import httpx
 
 from kelpie import __version__
 from kelpie.api.state import AppState
+from kelpie.backoff import Backoff
 from kelpie.store.models import WebhookEvent
 from kelpie.store.protocol import Store
 from kelpie.webhooks.connect import GuardedNetworkBackend
@@ -93,7 +93,7 @@ def retry_delay(failed_attempts: int) -> float:
     """Seconds before the next attempt after `failed_attempts` failures (≥ 1): exponential
     backoff with full jitter, so receivers coming back are not hit by every sender in step."""
     exponent = min(max(failed_attempts - 1, 0), 30)
-    return random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**exponent))
+    return Backoff(BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS).delay(exponent + 1)
 
 
 def encode_body(payload: Mapping[str, Any]) -> bytes:

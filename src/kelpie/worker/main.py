@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import signal
 import sys
 import time
 
 from pydantic import ValidationError
 
+from kelpie.backoff import Backoff
 from kelpie.client import ApiUnavailable, AsyncKelpieClient, KelpieError
 from kelpie.fleet.imds import ImdsClient
 from kelpie.schemas import JobOut
@@ -30,7 +30,8 @@ logger = logging.getLogger("kelpie.worker")
 
 EXIT_OK = 0
 EXIT_BAD_CONFIG = 2
-POLL_BACKOFF_MAX_S = 30.0
+# Between failed polls (or after a storage outage): 2 s doubling to 30 s, at least 0.5 s.
+POLL_BACKOFF = Backoff(base=2.0, cap=30.0, floor=0.5)
 CLIENT_TIMEOUT_S = 10.0
 
 
@@ -162,7 +163,7 @@ class Worker:
         return False
 
     async def _back_off(self, failures: int, why: str) -> None:
-        delay = random.uniform(0.5, min(POLL_BACKOFF_MAX_S, 2.0**failures))
+        delay = POLL_BACKOFF.delay(failures)
         logger.warning("worker: %s; polling again in %.1f s", why, delay)
         try:
             async with asyncio.timeout(delay):

@@ -37,14 +37,14 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 
+from kelpie.backoff import Backoff
 from kelpie.storage import FileChangedError, StorageError
 from kelpie.worker.plan import UploadTarget
 from kelpie.worker.tasks import cancel_and_wait, spawn
 
 logger = logging.getLogger("kelpie.worker.sync")
 
-RETRY_BACKOFF_MIN_S = 0.5
-RETRY_BACKOFF_MAX_S = 30.0
+RETRY_BACKOFF = Backoff(base=0.5, cap=30.0)
 _WATCHED_EVENTS: list[type[FileSystemEvent]] = [FileClosedEvent, FileMovedEvent, DirMovedEvent]
 
 
@@ -308,7 +308,7 @@ class LiveSync:
         failure = self._failures.setdefault(path, _Failure(0, ""))
         failure.attempts += 1
         failure.error = f"{type(exc).__name__}: {exc}"
-        delay = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_MIN_S * 2 ** (failure.attempts - 1))
+        delay = RETRY_BACKOFF.delay(failure.attempts)
         logger.warning(
             "sync of %s failed (attempt %d), retrying in %.1f s: %s",
             path,

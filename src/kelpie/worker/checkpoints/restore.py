@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol, TypeVar
 
+from kelpie.backoff import Backoff
 from kelpie.client import ApiUnavailable, NotFoundError
 from kelpie.schemas import CheckpointManifestOut, CheckpointOut
 from kelpie.storage import FileStamp, ObjectDamaged, TransferStats, VerifiedDownload
@@ -26,8 +27,7 @@ from kelpie.worker.plan import CheckpointTarget
 logger = logging.getLogger("kelpie.worker.checkpoints")
 
 T = TypeVar("T")
-API_RETRY_MIN_S = 1.0
-API_RETRY_MAX_S = 10.0
+API_RETRY = Backoff(base=1.0, cap=10.0, floor=0.5)
 
 
 class GenerationReader(Protocol):
@@ -223,14 +223,15 @@ def _safe(path: str) -> bool:
 async def api_call(call: Callable[[], Awaitable[T]]) -> T:
     """Make a read call, waiting out an unreachable API (1 s doubling to 10 s) for as long as
     it takes: without it no restore can be right. The caller bounds the wait."""
-    delay = API_RETRY_MIN_S
+    failures = 0
     while True:
         try:
             return await call()
         except ApiUnavailable as exc:
-            logger.warning("checkpoints: API unreachable (%s); again in %.0f s", exc, delay)
+            failures += 1
+            delay = API_RETRY.delay(failures)
+            logger.warning("checkpoints: API unreachable (%s); again in %.1f s", exc, delay)
             await asyncio.sleep(delay)
-            delay = min(API_RETRY_MAX_S, delay * 2)
 
 
 async def fetch_generation(
