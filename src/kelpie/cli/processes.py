@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
-from kelpie.cli.base import describe_settings_error, main
+from kelpie.cli.base import fail, main
+
+# Exit code of a usage or configuration error, as click's own.
+EXIT_USAGE = 2
 
 
 @main.command()
@@ -69,9 +72,11 @@ def serve(
     """Run the coordination API. SaladCloud fleet actions need SALAD_API_KEY (and
     KELPIE_SALAD_API_URL for another endpoint); without it they are only logged."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from kelpie.api.server import serve as run_server
     from kelpie.config import ServerSettings
+    from kelpie.settings_errors import describe_settings_errors
 
     try:
         settings = ServerSettings(
@@ -85,7 +90,11 @@ def serve(
             log_level=log_level,
         )
     except ValidationError as exc:
-        raise click.UsageError(describe_settings_error(exc)) from None
+        for line in describe_settings_errors(exc, ServerSettings):
+            click.echo(f"error: {line}", err=True)
+        raise click.exceptions.Exit(EXIT_USAGE) from None
+    except SettingsError as exc:
+        fail(str(exc), EXIT_USAGE)
     run_server(settings)
 
 
