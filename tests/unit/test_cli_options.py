@@ -81,6 +81,27 @@ def test_yaml_dates_become_strings_not_crashes() -> None:
     }
 
 
+def test_yaml_numbers_and_booleans_in_the_environment_become_strings() -> None:
+    text = "command: python\nenvironment: {STEPS: 40, LR: 0.5, DEBUG: true, FAST: no, NAME: x}\n"
+    [job] = submissions(named(text, "job.yaml"), None, JobFlags(environment=("EXTRA=1",)))
+    assert job["environment"] == {
+        "STEPS": "40",
+        "LR": "0.5",
+        "DEBUG": "true",
+        "FAST": "false",
+        "NAME": "x",
+        "EXTRA": "1",
+    }
+    batch = named("- command: python\n  environment: {STEPS: 40}\n", "batch.yaml")
+    [batch_job] = submissions(None, batch, JobFlags())
+    assert batch_job["environment"] == {"STEPS": "40"}
+
+
+def test_other_values_in_the_environment_are_left_for_the_api_to_refuse() -> None:
+    [job] = submissions(named("environment: {A: null, B: [1]}\n", "j.yaml"), None, JobFlags())
+    assert job["environment"] == {"A": None, "B": [1]}
+
+
 def test_an_unparseable_file_is_a_bad_parameter() -> None:
     with pytest.raises(click.BadParameter, match=r"job\.yaml is neither JSON nor YAML"):
         load_document(named("command: [unclosed\n", "job.yaml"))
