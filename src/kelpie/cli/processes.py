@@ -107,7 +107,10 @@ def worker() -> None:
 
     Configured from the environment: KELPIE_API_URL, KELPIE_API_KEY, SALAD_MACHINE_ID,
     SALAD_CONTAINER_GROUP_ID, INPUT_DIR, CHECKPOINT_DIR, OUTPUT_DIR, MAX_TIME_WITH_NO_WORK_S
-    (the README lists every setting).
+    (the README lists every setting). Off SaladCloud (no SALAD_MACHINE_ID) only the first
+    two are needed: the worker takes a name on this host (KELPIE_WORKER_NAME, default the
+    first free w1, w2, ...), its machine id <host>-<name>, its own folders under
+    KELPIE_WORKER_HOME/<name>, and the container group `local`.
     """
     from kelpie.worker.main import main as run_worker
 
