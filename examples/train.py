@@ -38,6 +38,7 @@ TRUE_A, TRUE_B = 3.0, 2.0
 LEARNING_RATE = 0.2
 BATCH = 16
 COMMIT_WAIT_S = 60.0
+STOPPING_COMMIT_WAIT_S = 3.0  # kelpie's grace between SIGTERM and SIGKILL is longer
 
 stop_signal = 0
 
@@ -86,10 +87,10 @@ def mark_complete() -> None:
         Path(marker).touch()
 
 
-def wait_until_committed() -> None:
+def wait_until_committed(patience: float = COMMIT_WAIT_S) -> None:
     """kelpie removes the marker once it has taken the checkpoint; until then, hands off."""
     marker = os.environ.get("KELPIE_CHECKPOINT_COMMIT_FILE")
-    deadline = time.monotonic() + COMMIT_WAIT_S
+    deadline = time.monotonic() + patience
     while marker and os.path.exists(marker) and time.monotonic() < deadline:
         time.sleep(0.02)
 
@@ -133,7 +134,7 @@ def main() -> int:
             save(checkpoint, state)
             mark_complete()
     if stop_signal:
-        wait_until_committed()
+        wait_until_committed(STOPPING_COMMIT_WAIT_S)
         save(checkpoint, state)
         print(f"stopped by signal {stop_signal} at step {state['step']}", flush=True)
         return 128 + stop_signal
