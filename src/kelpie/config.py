@@ -46,7 +46,7 @@ class ServerSettings(BaseSettings):
     def _long_admin_key(cls, key: str | None) -> str | None:
         if key is not None and len(key) < MIN_ADMIN_KEY_LENGTH:
             raise ValueError(
-                f"KELPIE_ADMIN_KEY must be at least {MIN_ADMIN_KEY_LENGTH} characters, not"
+                f"must be at least {MIN_ADMIN_KEY_LENGTH} characters, not"
                 f" {len(key)}; make one with: python3 -c 'import secrets;"
                 " print(secrets.token_urlsafe(32))'"
             )

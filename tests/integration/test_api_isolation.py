@@ -32,7 +32,7 @@ def test_other_users_job_is_not_found_and_unchanged(api: Api, call: str) -> None
     response = CALLS[call](intruder.http, job["id"])
 
     assert response.status_code == 404
-    assert response.json()["message"] == "Job not found"
+    assert response.json()["message"] == f"Job {job['id']} not found"
     assert owner.job(job["id"]) == before
 
 

@@ -89,11 +89,12 @@ def test_job_round_trips_through_get(user: ApiUser, group: str) -> None:
     assert user.job(job["id"]) == job
 
 
-def test_unknown_job_is_404_in_the_error_shape(user: ApiUser) -> None:
-    response = user.http.get(f"/jobs/{uuid.uuid4()}")
+def test_unknown_job_is_404_in_the_error_shape_naming_the_id(user: ApiUser) -> None:
+    job_id = uuid.uuid4()
+    response = user.http.get(f"/jobs/{job_id}")
 
     assert response.status_code == 404
-    assert response.json() == {"error": "Not Found", "message": "Job not found"}
+    assert response.json() == {"error": "Not Found", "message": f"Job {job_id} not found"}
 
 
 def _list(user: ApiUser, **params: Any) -> dict[str, Any]:

@@ -428,16 +428,18 @@ def test_watch_of_an_ended_job_prints_it_as_json(cli: Cli, group: str) -> None:
 
 
 def test_watch_of_an_unknown_job_exits_4(cli: Cli) -> None:
-    proc = cli.process("jobs", "watch", str(uuid.uuid4()))
-    assert_clean_error(proc, 4, "Job not found")
+    job_id = str(uuid.uuid4())
+    proc = cli.process("jobs", "watch", job_id)
+    assert_clean_error(proc, 4, f"Job {job_id} not found")
 
 
 # -- errors, as real processes ----------------------------------------------------------------
 
 
-def test_an_unknown_job_id_is_a_clean_error(cli: Cli) -> None:
+def test_an_unknown_job_id_is_a_clean_error_naming_it(cli: Cli) -> None:
     for command in (["jobs", "get"], ["jobs", "cancel"], ["jobs", "attempts"]):
-        assert_clean_error(cli.process(*command, str(uuid.uuid4())), 1, "Job not found")
+        job_id = str(uuid.uuid4())
+        assert_clean_error(cli.process(*command, job_id), 1, f"Job {job_id} not found")
 
 
 def test_a_bad_key_is_a_clean_error(cli: Cli) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import sysconfig
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import click
 import pytest
@@ -79,6 +81,27 @@ def test_yaml_dates_become_strings_not_crashes() -> None:
     assert load_document(named("environment: {DAY: 2024-04-19}\n", "j.yaml")) == {
         "environment": {"DAY": "2024-04-19"}
     }
+
+
+def test_yaml_numbers_and_booleans_in_the_environment_become_strings() -> None:
+    text = "command: python\nenvironment: {STEPS: 40, LR: 0.5, DEBUG: true, FAST: no, NAME: x}\n"
+    [job] = submissions(named(text, "job.yaml"), None, JobFlags(environment=("EXTRA=1",)))
+    assert job["environment"] == {
+        "STEPS": "40",
+        "LR": "0.5",
+        "DEBUG": "true",
+        "FAST": "false",
+        "NAME": "x",
+        "EXTRA": "1",
+    }
+    batch = named("- command: python\n  environment: {STEPS: 40}\n", "batch.yaml")
+    [batch_job] = submissions(None, batch, JobFlags())
+    assert batch_job["environment"] == {"STEPS": "40"}
+
+
+def test_other_values_in_the_environment_are_left_for_the_api_to_refuse() -> None:
+    [job] = submissions(named("environment: {A: null, B: [1]}\n", "j.yaml"), None, JobFlags())
+    assert job["environment"] == {"A": None, "B": [1]}
 
 
 def test_an_unparseable_file_is_a_bad_parameter() -> None:
@@ -184,3 +207,16 @@ def test_the_clis_light_constants_agree_with_the_client_and_schemas() -> None:
     from kelpie.schemas import JOB_STATUSES
 
     assert (base.KEY_ENV, base.URL_ENV, base.JOB_STATUSES) == (KEY_ENV, URL_ENV, JOB_STATUSES)
+
+
+@pytest.mark.parametrize("command", ["demo", "dev"])
+def test_demo_and_dev_without_the_local_extra_say_how_to_get_it(
+    command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A kelpie installed without `kelpie[local]`: no `weed` beside python, none on PATH.
+    monkeypatch.setattr(sysconfig, "get_path", lambda name: str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    result = CliRunner().invoke(main, [command])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ")
+    assert "pip install 'kelpie[local]'" in result.stderr

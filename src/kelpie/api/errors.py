@@ -46,8 +46,10 @@ def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorOut} for code in status_codes}
 
 
-def not_found(what: str = "Job") -> ApiError:
-    return ApiError(404, f"{what} not found")
+def not_found(what: str, key: object) -> ApiError:
+    """404 naming what was looked for: `Job 8b9c… not found`. Another user's job is not
+    found either, so naming the id the caller sent tells it nothing new."""
+    return ApiError(404, f"{what} {key} not found")
 
 
 def error_body(status_code: int, message: str, **extra: Any) -> dict[str, Any]:

@@ -643,7 +643,7 @@ ERROR_EXAMPLES: dict[str, dict[str, str]] = {
     "400": {"error": "Invalid request", "message": "max_failures: Input should be greater than 0"},
     "401": {"error": "Unauthorized", "message": "missing X-Kelpie-Key header"},
     "403": {"error": "Forbidden", "message": "unknown or revoked API key"},
-    "404": {"error": "Not Found", "message": "Job not found"},
+    "404": {"error": "Not Found", "message": f"Job {JOB_ID} not found"},
     "409": {
         "error": "Conflict",
         "message": "job has already ended (completed or failed) and cannot be canceled",

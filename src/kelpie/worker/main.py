@@ -20,7 +20,9 @@ from kelpie.backoff import Backoff
 from kelpie.client import ApiUnavailable, AsyncKelpieClient, KelpieError
 from kelpie.fleet.imds import ImdsClient
 from kelpie.schemas import JobOut
+from kelpie.settings_errors import describe_settings_errors
 from kelpie.worker.config import WorkerSettings
+from kelpie.worker.identity import WorkerNameLock, WorkerNameTaken, hold_worker_name, on_saladcloud
 from kelpie.worker.job import JobAttempt, Outcome, Storage, empty_dirs
 from kelpie.worker.node import Node
 from kelpie.worker.proctree import ContainmentUnavailable, install
@@ -65,10 +67,11 @@ class Worker:
     async def run(self) -> int:
         settings = self._settings
         logger.info(
-            "worker: machine %s, group %s, API %s",
+            "worker: machine %s, group %s, API %s, checkpoints in %s",
             settings.machine_id,
             settings.container_group_id,
             settings.api_url,
+            settings.checkpoint_dir,
         )
         await asyncio.to_thread(empty_dirs, settings.job_dirs, create=True)
         self._node.idle()
@@ -217,14 +220,45 @@ def _configure_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def _read_settings(name: str | None = None) -> WorkerSettings | None:
+    """The settings, or None after logging each problem on a line of its own."""
+    try:
+        return WorkerSettings() if name is None else WorkerSettings(worker_name=name)
+    except ValidationError as exc:
+        for line in describe_settings_errors(exc, WorkerSettings):
+            logger.error("worker: invalid configuration: %s", line)
+        return None
+
+
+def _load_settings() -> tuple[WorkerSettings, WorkerNameLock | None] | None:
+    """Settings from the environment; off SaladCloud also the worker name, held until exit."""
+    settings = _read_settings()
+    if settings is None:
+        return None
+    if on_saladcloud(os.environ):
+        return settings, None
+    try:
+        lock = hold_worker_name(settings.worker_home, settings.worker_name)
+    except WorkerNameTaken as exc:
+        logger.error("worker: invalid configuration: KELPIE_WORKER_NAME: %s", exc)
+        return None
+    except OSError as exc:
+        logger.error("worker: invalid configuration: KELPIE_WORKER_HOME: %s", exc)
+        return None
+    named = _read_settings(lock.name)
+    if named is None:
+        lock.release()
+        return None
+    return named, lock
+
+
 def main() -> int:
     """Entry point of `kelpie worker`: settings from the environment, the loop, the exit code."""
     _configure_logging()
-    try:
-        settings = WorkerSettings()
-    except ValidationError as exc:
-        logger.error("worker: invalid configuration:\n%s", exc)
+    loaded = _load_settings()
+    if loaded is None:
         return EXIT_BAD_CONFIG
+    settings, _name_lock = loaded  # held by this process until it exits
     try:
         # Before anything else runs: children the worker has now are not a job's.
         install(settings.containment)

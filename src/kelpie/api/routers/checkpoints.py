@@ -43,7 +43,7 @@ async def commit_checkpoint(
 ) -> JSONResponse:
     job = await store.get_job(str(job_id), scope(principal))
     if job is None:
-        raise not_found()
+        raise not_found("Job", job_id)
     targets = checkpoint_targets(job)
     for index, item in enumerate(commit.files):
         if item.target >= len(targets):
@@ -64,7 +64,7 @@ async def commit_checkpoint(
         [ManifestEntry(f.target, f.path, f.key, f.size, f.sha256) for f in commit.files],
     )
     if result.outcome is CommitOutcome.NOT_FOUND:
-        raise not_found()
+        raise not_found("Job", job_id)
     if result.outcome is CommitOutcome.NOT_HOLDER:
         raise ApiError(409, f"attempt {commit.attempt_id} does not hold the job")
     if result.outcome is CommitOutcome.NOT_NEWER:
@@ -98,7 +98,7 @@ async def list_checkpoints(
 ) -> JSONResponse:
     checkpoints = await store.list_checkpoints(str(job_id), scope(principal))
     if checkpoints is None:
-        raise not_found()
+        raise not_found("Job", job_id)
     return JSONResponse([checkpoint_body(checkpoint) for checkpoint in checkpoints])
 
 
@@ -114,10 +114,10 @@ async def get_checkpoint(
 ) -> JSONResponse:
     job = await store.get_job(str(job_id), scope(principal))
     if job is None:
-        raise not_found()
+        raise not_found("Job", job_id)
     checkpoint = await store.get_checkpoint(str(job_id), scope(principal), generation)
     if checkpoint is None:
-        raise not_found(f"Checkpoint generation {generation}")
+        raise ApiError(404, f"Checkpoint generation {generation} of job {job_id} not found")
     if not checkpoint.kept:
-        raise not_found(f"Checkpoint generation {generation} (no longer kept)")
+        raise ApiError(404, f"Checkpoint generation {generation} of job {job_id} is no longer kept")
     return JSONResponse(manifest_body(checkpoint, job))

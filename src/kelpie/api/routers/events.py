@@ -33,7 +33,7 @@ async def list_events(
 ) -> JSONResponse:
     events = await store.list_job_events(str(job_id), scope(principal), after, limit)
     if events is None:
-        raise not_found()
+        raise not_found("Job", job_id)
     return JSONResponse([event_body(event) for event in events])
 
 
@@ -58,7 +58,7 @@ async def add_event(
         event.data,
     )
     if outcome is HeldOutcome.NOT_FOUND:
-        raise not_found()
+        raise not_found("Job", job_id)
     if outcome is HeldOutcome.NOT_HOLDER:
         raise ApiError(409, f"attempt {event.attempt_id} does not hold the job")
     return JSONResponse({"message": "Event recorded"}, status_code=202)

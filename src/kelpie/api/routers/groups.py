@@ -72,7 +72,7 @@ async def get_group(
     user_id = scope(principal)
     counts = await store.group_counts(user_id, container_group_id)
     if not counts:
-        raise not_found("Container group")
+        raise not_found("Container group", container_group_id)
     blocked = await store.blocked_machines(user_id, container_group_id)
     bucket_seconds = window / buckets
     since = datetime.now(UTC) - timedelta(seconds=window)

@@ -151,7 +151,7 @@ async def purge_group(
 async def get_job(job_id: JobId, principal: CurrentPrincipal, store: StoreDep) -> JSONResponse:
     job = await store.get_job(str(job_id), scope(principal))
     if job is None:
-        raise not_found()
+        raise not_found("Job", job_id)
     return JSONResponse(job_body(job))
 
 
@@ -166,7 +166,7 @@ async def get_job(job_id: JobId, principal: CurrentPrincipal, store: StoreDep) -
 async def cancel_job(job_id: JobId, principal: CurrentPrincipal, store: StoreDep) -> JSONResponse:
     outcome = await store.cancel_job(str(job_id), scope(principal))
     if outcome is CancelOutcome.NOT_FOUND:
-        raise not_found()
+        raise not_found("Job", job_id)
     if outcome is CancelOutcome.ALREADY_ENDED:
         raise ApiError(409, "job has already ended (completed or failed) and cannot be canceled")
     return JSONResponse({"message": "Job canceled"}, status_code=202)
@@ -184,5 +184,5 @@ async def list_attempts(
 ) -> JSONResponse:
     attempts = await store.list_attempts(str(job_id), scope(principal))
     if attempts is None:
-        raise not_found()
+        raise not_found("Job", job_id)
     return JSONResponse([attempt_body(attempt) for attempt in attempts])

@@ -137,7 +137,7 @@ async def get_rule(
 ) -> ScalingRuleOut:
     rule = await store.get_scaling_rule(scope(principal), container_group_id)
     if rule is None:
-        raise not_found("Scaling rule")
+        raise not_found("Scaling rule of container group", container_group_id)
     return _out(rule)
 
 
@@ -165,7 +165,7 @@ async def update_rule(
     except InvalidChange:
         raise ApiError(400, "min_replicas must not be greater than max_replicas") from None
     if rule is None:
-        raise not_found("Scaling rule")
+        raise not_found("Scaling rule of container group", container_group_id)
     return _out(rule)
 
 

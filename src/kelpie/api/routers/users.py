@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Response
 from fastapi.responses import JSONResponse
 
 from kelpie.api.deps import AdminPrincipal, CurrentPrincipal, State, StoreDep
-from kelpie.api.errors import ApiError, error_responses
+from kelpie.api.errors import ApiError, error_responses, not_found
 from kelpie.api.security import hash_api_key, new_api_key
 from kelpie.schemas import (
     ApiKeyList,
@@ -85,7 +85,7 @@ async def create_token(
             str(user_id), hash_api_key(key), body.org_name, body.project_name
         )
     except NotFound:
-        raise ApiError(404, "User not found") from None
+        raise not_found("User", user_id) from None
     return JSONResponse({"token": key, "id": created.id}, status_code=201)
 
 
@@ -103,7 +103,7 @@ def _key_body(key: ApiKey) -> dict[str, Any]:
 def _may_manage_keys_of(principal: Principal, user_id: uuid.UUID) -> None:
     """Admins manage every user's keys, a user its own; another user's are not found."""
     if not principal.user.is_admin and principal.user.id != str(user_id):
-        raise ApiError(404, "User not found")
+        raise not_found("User", user_id)
 
 
 @router.get(
@@ -118,7 +118,7 @@ async def list_tokens(
 ) -> JSONResponse:
     _may_manage_keys_of(principal, user_id)
     if await store.get_user(str(user_id)) is None:
-        raise ApiError(404, "User not found")
+        raise not_found("User", user_id)
     keys = [_key_body(key) for key in await store.list_api_keys(str(user_id))]
     return JSONResponse({"_count": len(keys), "tokens": keys})
 
@@ -135,7 +135,7 @@ async def revoke_token(
 ) -> Response:
     _may_manage_keys_of(principal, user_id)
     if not await state.store.revoke_api_key(str(user_id), str(token_id)):
-        raise ApiError(404, "API key not found")
+        raise not_found("API key", token_id)
     # This process trusts no resolved key any more; the others within KEY_CACHE_SECONDS.
     state.keys.clear()
     return Response(status_code=204)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -76,7 +77,7 @@ async def heartbeat(
         str(job_id), report.machine_id, scope(principal), report.attempt_id
     )
     if status is None:
-        raise not_found()
+        raise not_found("Job", job_id)
     if report.attempt_id is not None and status != "running":
         raise ApiError(409, _not_holder_because(status, report.attempt_id))
     return JSONResponse({"status": status})
@@ -95,7 +96,7 @@ async def report_completed(
     outcome = await state.store.complete_if_held(
         str(job_id), report.machine_id, scope(principal), report.attempt_id
     )
-    if ignored := _unless_done(outcome, report):
+    if ignored := _unless_done(job_id, outcome, report):
         return ignored
     state.webhooks_due.set()
     return JSONResponse({"message": "Job completed"})
@@ -120,7 +121,7 @@ async def report_failed(
         report.error,
         report.attempt_id,
     )
-    if ignored := _unless_done(result.outcome, report, status_code=202):
+    if ignored := _unless_done(job_id, result.outcome, report, status_code=202):
         return ignored
     if result.job is not None and result.job.status == "failed":
         state.webhooks_due.set()
@@ -145,20 +146,20 @@ async def report_interrupted(
     outcome = await state.store.interrupt_if_held(
         str(job_id), report.machine_id, scope(principal), report.attempt_id
     )
-    if ignored := _unless_done(outcome, report, status_code=202):
+    if ignored := _unless_done(job_id, outcome, report, status_code=202):
         return ignored
     state.notifier.notify(report.container_group_id)
     return JSONResponse({"message": "Job interrupted"}, status_code=202)
 
 
 def _unless_done(
-    outcome: HeldOutcome, report: WorkerReport, status_code: int = 200
+    job_id: uuid.UUID, outcome: HeldOutcome, report: WorkerReport, status_code: int = 200
 ) -> JSONResponse | None:
     """None when the report took effect. A caller that does not hold the job gets 409 when it
     sent its attempt id; without one (the reference worker, which crashes on any error
     answer) it gets a success that says the report was ignored."""
     if outcome is HeldOutcome.NOT_FOUND:
-        raise not_found()
+        raise not_found("Job", job_id)
     if outcome is HeldOutcome.NOT_HOLDER:
         if report.attempt_id is not None:
             raise ApiError(409, _NOT_HOLDER)
