@@ -218,7 +218,8 @@ def whole_step(data: bytes) -> int | None:
 async def test_an_in_place_writer_never_yields_a_torn_generation(rig: Rig) -> None:
     engine, _ = rig.engine(1)
     async with running(engine):
-        with job("in_place_writer.py", rig, engine, STEP_S="0.3", PAUSE_S="0.6"):
+        # closed between writes for well over the settle time, even on a busy machine
+        with job("in_place_writer.py", rig, engine, STEP_S="0.6", PAUSE_S="0.6"):
             await wait_until(lambda: len(rig.api.generations) >= 4, "four generations", 60)
     for generation in rig.api.generations:
         [data] = rig.generation_files(generation.number).values()
@@ -228,7 +229,7 @@ async def test_an_in_place_writer_never_yields_a_torn_generation(rig: Rig) -> No
 async def test_an_mmap_writer_is_not_snapshotted_until_its_mapping_is_gone(rig: Rig) -> None:
     engine, _ = rig.engine(1)
     async with running(engine):
-        with job("mmap_writer.py", rig, engine, STEP_S="0.3", PAUSE_S="1.0"):
+        with job("mmap_writer.py", rig, engine, STEP_S="0.6", PAUSE_S="1.0"):
             await wait_until(lambda: len(rig.api.generations) >= 3, "three generations", 60)
     for generation in rig.api.generations:
         [data] = rig.generation_files(generation.number).values()

@@ -233,6 +233,8 @@ class CheckpointEngine:
         """Objects this attempt uploaded that no committed generation holds (yet)."""
         self._newest = 0
         self._unanswered: set[int] = set()
+        self._to_delete: set[tuple[str, str]] = set()
+        """Objects no kept generation holds any more, not deleted yet: `close` tries again."""
         """Generations whose commit was sent without a definite answer."""
         self._previous: Scan | None = None
         self._events_seen = 0
@@ -322,6 +324,7 @@ class CheckpointEngine:
         try:
             async with asyncio.timeout(CLEANUP_TIMEOUT_S):
                 await self._delete_uncommitted()
+                await self._delete(list(self._to_delete))  # expired, if cut short before
         except TimeoutError:
             logger.warning("checkpoints: leftovers not deleted in time; the next holder will")
         await asyncio.to_thread(shutil.rmtree, self._marker_dir, ignore_errors=True)
@@ -532,7 +535,8 @@ class CheckpointEngine:
             len(files),
             sum(f.size for f in files),
         )
-        await self._delete([*leftovers, *((o.bucket, o.key) for o in answer.expired)])
+        self._to_delete.update([*leftovers, *((o.bucket, o.key) for o in answer.expired)])
+        await self._delete(list(self._to_delete))
         return True
 
     async def _final_generation(self, deadline: float) -> str | None:
@@ -636,6 +640,8 @@ class CheckpointEngine:
                 await self._storage.delete_objects(bucket, keys)
             except StorageError as exc:
                 logger.warning("checkpoints: could not delete %d objects: %s", len(keys), exc)
+                continue
+            self._to_delete.difference_update((bucket, key) for key in keys)
 
     # -- supervision -----------------------------------------------------------------------
 
