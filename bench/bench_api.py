@@ -77,6 +77,7 @@ CLAIM_SHARE_TARGET = 0.35
 HEARTBEAT_SHARE_TARGET = 0.50
 SUBMIT_SHARE_TARGET = 0.35
 CEILING_METRIC = "no-op FastAPI endpoint (ceiling)"
+CLAIM_PRIORITIES = 11  # -5..5, for the claims with priorities in use
 
 
 @dataclass(frozen=True)
@@ -456,15 +457,27 @@ def _new_group(purpose: str) -> str:
     return f"bench-{purpose}-{uuid.uuid4().hex[:8]}"
 
 
-async def submit_jobs(deployment: Deployment, key: str, group: str, count: int) -> None:
-    """Queue `count` jobs in batches of 1,000, two connections per server."""
+def _priority(position: int, levels: int) -> int:
+    """Priorities spread over `levels` values around 0, mixed along the queue."""
+    return (position * 7) % levels - levels // 2
+
+
+async def submit_jobs(
+    deployment: Deployment, key: str, group: str, count: int, priorities: int = 1
+) -> None:
+    """Queue `count` jobs in batches of 1,000, two connections per server; with
+    `priorities` > 1, of as many priorities, mixed."""
     address = deployment.address(0)  # only names the Host header; any server takes any request
-    requests = [
-        encode_request(
-            address, "POST", "/jobs/batch", key, [_job(group)] * min(BATCH_SIZE, count - start)
-        )
-        for start in range(0, count, BATCH_SIZE)
-    ]
+    requests = []
+    for start in range(0, count, BATCH_SIZE):
+        size = min(BATCH_SIZE, count - start)
+        if priorities > 1:
+            batch = [
+                {**_job(group), "priority": _priority(start + i, priorities)} for i in range(size)
+            ]
+        else:
+            batch = [_job(group)] * size
+        requests.append(encode_request(address, "POST", "/jobs/batch", key, batch))
     await send_all(deployment.address, requests, concurrency=2 * len(deployment.addresses))
 
 
@@ -487,8 +500,20 @@ async def list_all(deployment: Deployment, key: str, query: str) -> list[dict[st
 
 
 async def measure_claims(deployment: Deployment, options: Options, cpu: CpuMeter) -> list[Figure]:
+    return await _measure_claims(deployment, options, cpu, priorities=1)
+
+
+async def measure_priority_claims(
+    deployment: Deployment, options: Options, cpu: CpuMeter
+) -> list[Figure]:
+    return await _measure_claims(deployment, options, cpu, priorities=CLAIM_PRIORITIES)
+
+
+async def _measure_claims(
+    deployment: Deployment, options: Options, cpu: CpuMeter, priorities: int
+) -> list[Figure]:
     group = _new_group("claims")
-    await submit_jobs(deployment, deployment.user_key, group, options.claim_jobs)
+    await submit_jobs(deployment, deployment.user_key, group, options.claim_jobs, priorities)
     if options.plans_dir:
         await record_claim_plans(deployment, Path(options.plans_dir), group)
     claimed: list[str] = []
@@ -530,8 +555,9 @@ async def measure_claims(deployment: Deployment, options: Options, cpu: CpuMeter
     failure = ""
     if duplicates or not agrees:
         failure = "a job was handed out twice, or the store's running jobs differ from the claims"
+    mixed = f", {priorities} priorities mixed" if priorities > 1 else ""
     figure = Figure(
-        f"unique claims, {options.clients} pollers",
+        f"unique claims{mixed}, {options.clients} pollers",
         deployment.label,
         result.rate,
         "/s",
@@ -929,6 +955,8 @@ PHASES: list[tuple[str, Phase]] = [
     ("ceiling", measure_ceiling),
     ("claims", measure_claims),
     ("ceiling", measure_ceiling),
+    ("priority-claims", measure_priority_claims),
+    ("ceiling", measure_ceiling),
     ("heartbeats", measure_heartbeats),
     ("ceiling", measure_ceiling),
     ("submits", measure_submits),
@@ -1037,7 +1065,7 @@ async def measure_scale_pages(
 
 
 SCALE_PHASES: list[tuple[str, Phase]] = [
-    *PHASES[:7],  # the ceiling around claims, heartbeats and submits
+    *[(name, phase) for name, phase in PHASES if name != "priority-claims"][:7],
     ("pages", measure_scale_pages),
 ]
 
