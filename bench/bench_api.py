@@ -967,31 +967,42 @@ PHASES: list[tuple[str, Phase]] = [
 ]
 
 
-async def measure_backend(
-    deployment: Deployment, options: Options, phases: Sequence[tuple[str, Phase]] = ()
-) -> list[Figure]:
-    deployment.user_id, deployment.user_key = await create_user_key(
-        deployment, f"bench-{uuid.uuid4().hex[:6]}"
-    )
-    if not deployment.pages_key:
-        _, deployment.pages_key = await create_user_key(
-            deployment, f"bench-pages-{uuid.uuid4().hex[:6]}"
+async def measure_backend(deployment: Deployment, options: Options) -> list[Figure]:
+    (figures,) = await measure_side_by_side([deployment], options, PHASES)
+    return figures
+
+
+async def measure_side_by_side(
+    deployments: Sequence[Deployment], options: Options, phases: Sequence[tuple[str, Phase]]
+) -> list[list[Figure]]:
+    """Each phase on every deployment in turn, so that deployments compared with each other
+    are measured minutes apart at most, under the same load of the machine."""
+    meters = []
+    for deployment in deployments:
+        deployment.user_id, deployment.user_key = await create_user_key(
+            deployment, f"bench-{uuid.uuid4().hex[:6]}"
         )
-    database = None
-    if deployment.backend == "postgres":
-        database = deployment.servers[0].database_url.rpartition("/")[2]
-    cpu = CpuMeter([server.proc.pid for server in deployment.servers], database)
-    figures: list[Figure] = []
+        if not deployment.pages_key:
+            _, deployment.pages_key = await create_user_key(
+                deployment, f"bench-pages-{uuid.uuid4().hex[:6]}"
+            )
+        database = None
+        if deployment.backend == "postgres":
+            database = deployment.servers[0].database_url.rpartition("/")[2]
+        meters.append(CpuMeter([server.proc.pid for server in deployment.servers], database))
+    figures: list[list[Figure]] = [[] for _ in deployments]
     last = ""
-    for name, phase in phases or PHASES:
+    for name, phase in phases:
         if options.only and name not in options.only and name != "ceiling":
             continue
         if name == last == "ceiling":
             continue
         last = name
-        print(f"  {deployment.label}: {name} ...", flush=True)
-        figures.extend(await phase(deployment, options, cpu))
-    figures.append(measure_memory(deployment))
+        for deployment, cpu, mine in zip(deployments, meters, figures, strict=True):
+            print(f"  {deployment.label}: {name} ...", flush=True)
+            mine.extend(await phase(deployment, options, cpu))
+    for deployment, mine in zip(deployments, figures, strict=True):
+        mine.append(measure_memory(deployment))
     return figures
 
 
@@ -1099,27 +1110,35 @@ def _save(path: Path, text: str) -> Path:
 def bench_scale(
     backend: str, options: Options, work_dir: Path, sizes: Sequence[int]
 ) -> list[Figure]:
-    """The usual rates and pages, once per store size, each on a fresh store loaded by SQL."""
-    figures: list[Figure] = []
-    for size in sizes:
-        database_url = f"sqlite:///{work_dir / f'kelpie-{size}.db'}"
-        if backend == "postgres":
-            database_url = run_async(create_database())
-        try:
-            owner_id, key, seconds = run_async(prepare_store(database_url, size))
-            print(f"{backend}: {size:,} jobs loaded in {seconds:.1f} s", flush=True)
-            deployment = start_deployment(backend, database_url, work_dir / "logs")
-            deployment.label = f"{backend}, {size:,} jobs"
-            deployment.pages_key, deployment.pages_user_id = key, owner_id
-            deployment.store_jobs = size
-            try:
-                figures += run_async(measure_backend(deployment, options, SCALE_PHASES))
-            finally:
-                stop_deployment(deployment)
-        finally:
+    """The usual rates and pages on a fresh store per size, loaded by SQL; the stores are
+    served side by side and measured phase by phase, in turn."""
+    urls: list[str] = []
+    owners: list[tuple[str, str]] = []  # (id, key) of the loaded jobs' owner, per store
+    deployments: list[Deployment] = []
+    try:
+        for size in sizes:
+            database_url = f"sqlite:///{work_dir / f'kelpie-{size}.db'}"
             if backend == "postgres":
+                database_url = run_async(create_database())
+            urls.append(database_url)
+            owner_id, key, seconds = run_async(prepare_store(database_url, size))
+            owners.append((owner_id, key))
+            print(f"{backend}: {size:,} jobs loaded in {seconds:.1f} s", flush=True)
+        for size, database_url in zip(sizes, urls, strict=True):
+            deployment = start_deployment(backend, database_url, work_dir / "logs")
+            deployments.append(deployment)
+            deployment.label = f"{backend}, {size:,} jobs"
+            deployment.store_jobs = size
+        for deployment, owner in zip(deployments, owners, strict=True):
+            deployment.pages_user_id, deployment.pages_key = owner
+        by_size = run_async(measure_side_by_side(deployments, options, SCALE_PHASES))
+        return [figure for figures in by_size for figure in figures]
+    finally:
+        for deployment in deployments:
+            stop_deployment(deployment)
+        if backend == "postgres":
+            for database_url in urls:
                 run_async(drop_database(database_url))
-    return figures
 
 
 def _scale_p50(figures: Sequence[Figure], label: str, metric: str) -> Figure | None:
@@ -1149,6 +1168,9 @@ def scale_figures(
                 continue
             before_ms = before.p50_ms if before.p50_ms is not None else before.value
             after_ms = after.p50_ms if after.p50_ms is not None else after.value
+            cpu = ""
+            if before.cpu_us and after.cpu_us:
+                cpu = f"; cpu/req {before.cpu_us:.0f} → {after.cpu_us:.0f} µs"
             compared.append(
                 Figure(
                     f"{what} p50, {big:,} jobs vs {small:,}",
@@ -1157,7 +1179,7 @@ def scale_figures(
                     "x",
                     SCALE_TOLERANCE,
                     False,
-                    detail=f"{how}: {before_ms:.1f} ms → {after_ms:.1f} ms",
+                    detail=f"{how}: {before_ms:.1f} ms → {after_ms:.1f} ms{cpu}",
                 )
             )
     return compared
