@@ -43,6 +43,8 @@ MAX_ARGUMENTS_BYTES = 32 * 1024  # UTF-8
 MAX_SYNC_ENTRIES = 32  # per phase
 MAX_PATTERN_LENGTH = 1024
 MAX_JOB_BYTES = 128 * 1024  # the whole submission, as JSON
+# A job's priority: higher is claimed first within its container group.
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
 
 def format_timestamp(value: datetime) -> str:
@@ -225,6 +227,7 @@ class JobCreate(_Request):
     container_group_id: Annotated[str, Field(min_length=1, max_length=255)]
     compression: bool = False
     checkpoint_keep: Annotated[int, Field(ge=1, le=1000)] = 3
+    priority: Annotated[int, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)] = 0
 
     @model_validator(mode="after")
     def _storage_form_is_consistent(self) -> JobCreate:
@@ -284,6 +287,7 @@ class JobOut(BaseModel):
     container_group_id: str
     compression: bool = False
     checkpoint_keep: int = 3
+    priority: int = 0
     checkpoint_generation: int | None = None
     attempt_id: int | None = None
     """Set only in the answer of `GET /work`: the claim's fencing token."""

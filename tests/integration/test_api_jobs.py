@@ -39,6 +39,7 @@ def test_submitted_job_has_every_field_with_defaults(user: ApiUser, group: str) 
     assert job["heartbeat_interval"] == 30
     assert job["webhook"] is None
     assert job["compression"] is False
+    assert job["priority"] == 0
     assert job["container_group_id"] == group
     assert "sync" not in job
 

@@ -25,6 +25,29 @@ def test_claim_hands_out_oldest_pending_job_and_marks_it_running(user: ApiUser, 
     assert job["heartbeat"] is not None
 
 
+def test_claims_hand_out_higher_priority_first_and_the_oldest_within_a_priority(
+    user: ApiUser, group: str
+) -> None:
+    low = user.submit(container_group_id=group, priority=-5)
+    batch = user.http.post(
+        "/jobs/batch",
+        json=[{"command": "python", "container_group_id": group, "priority": p} for p in (7, 0, 7)],
+    )
+    assert batch.status_code == 202, batch.text
+    first_seven, default, second_seven = batch.json()
+    assert [job["priority"] for job in (low, first_seven, default, second_seven)] == [-5, 7, 0, 7]
+
+    claimed = [user.claim(f"m{i}", group) for i in range(4)]
+
+    assert [job["id"] if job else None for job in claimed] == [
+        first_seven["id"],
+        second_seven["id"],
+        default["id"],
+        low["id"],
+    ]
+    assert user.job(low["id"])["priority"] == -5
+
+
 def test_empty_queue_answers_an_empty_list(user: ApiUser, group: str) -> None:
     assert user.claim("m1", group) is None
 

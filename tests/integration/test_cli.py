@@ -126,6 +126,8 @@ def test_submit_with_flags_prints_the_id(cli: Cli, group: str) -> None:
         "--compression",
         "--webhook",
         "https://example.com/hook",
+        "--priority",
+        "-7",
     ).stdout.strip()
     job = cli.json("jobs", "get", job_id)
     assert job["id"] == job_id
@@ -134,6 +136,7 @@ def test_submit_with_flags_prints_the_id(cli: Cli, group: str) -> None:
     assert (job["input_bucket"], job["input_prefix"]) == ("bucket", "in/job1/")
     assert (job["max_failures"], job["heartbeat_interval"], job["compression"]) == (2, 5, True)
     assert job["webhook"] == "https://example.com/hook"
+    assert job["priority"] == -7
 
 
 def test_submit_a_yaml_file_with_a_flag_override(cli: Cli, group: str, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import kelpie.store.postgres
 import kelpie.store.sqlite
 from kelpie.store import PostgresStore, SqliteStore, StoreError, open_store
 from kelpie.store.migrations import Dialect, Migration, load_migrations, schema_snapshot
-from kelpie.store.models import HeldOutcome, NewJob
+from kelpie.store.models import HeldOutcome
 
 Catalog = dict[str, Any]
 
@@ -288,16 +288,17 @@ async def test_keys_and_reallocations_get_ids_and_tenants_on_upgrade(
     await old.open()
     admin = await old.create_user("admin", is_admin=True)
     user = await old.create_user("someone")
-    job = NewJob(
-        container_group_id="g", max_failures=3, heartbeat_interval=30, webhook=None, spec={}
-    )
-    [failed] = await old.create_jobs(user.id, [job])
-    assert await old.claim_job("m1", "g", None) is not None
-    await old.fail_if_held(failed.id, "m1", None, 1, "boom")
     await old.close()
     now = "0" if empty_database_url.startswith("sqlite") else "now()"
     key = "INSERT INTO api_keys (key_hash, user_id, org_name, project_name, created) VALUES"
+    # A job that failed on m1, written in that schema's terms (today's store writes columns
+    # added since).
+    failed = str(uuid.uuid4())
     statements = [
+        "INSERT INTO jobs (id, user_id, status, container_group_id, created, max_failures,"
+        f" heartbeat_interval, spec) VALUES ('{failed}', '{user.id}', 'pending', 'g', {now},"
+        " 3, 30, '{}')",
+        f"INSERT INTO job_blocks (job_id, machine_id, blocked_at) VALUES ('{failed}', 'm1', {now})",
         f"{key} ('admin-hash', '{admin.id}', NULL, NULL, {now})",  # from KELPIE_ADMIN_KEY
         f"{key} ('minted-hash', '{admin.id}', 'acme', 'render', {now})",
         f"{key} ('user-hash', '{user.id}', NULL, NULL, {now})",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import queue
+import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 
 import pytest
@@ -138,3 +140,60 @@ async def test_claimers_in_two_processes_on_one_sqlite_file_take_each_job_once(
                 process.kill()
         results.close()
         await store.close()
+
+
+PRIORITY_JOBS = 400
+SPEC = {"command": "true"}
+PRIORITY_CLAIMERS = 16
+
+
+@dataclass(frozen=True)
+class TimedClaim:
+    started: float
+    ended: float
+    job_id: str
+
+
+async def claim_timed_until_empty(store: Store, machine_id: str) -> list[TimedClaim]:
+    claims: list[TimedClaim] = []
+    while True:
+        started = time.monotonic()
+        job = await store.claim_job(machine_id, GROUP, None)
+        if job is None:
+            return claims
+        claims.append(TimedClaim(started, time.monotonic(), job.id))
+
+
+async def test_concurrent_claimers_hand_out_jobs_in_priority_order(database_url: str) -> None:
+    """Claims racing on two stores: whenever one claim ended before another began, the first
+    took a job that comes earlier in claim order (higher priority, then submitted earlier)."""
+    stores = [open_store(database_url), open_store(database_url)]
+    for store in stores:
+        await store.open()
+    try:
+        user = await stores[0].create_user("prioritizer")
+        order: list[tuple[int, int, str]] = []  # (-priority, submission position, id)
+        for start in range(0, PRIORITY_JOBS, 100):
+            priorities = [(i * 7919) % 11 - 5 for i in range(start, start + 100)]
+            batch = [NewJob(GROUP, 3, 30, None, SPEC, priority=p) for p in priorities]
+            jobs = await stores[0].create_jobs(user.id, batch)
+            order += [(-job.priority, start + i, job.id) for i, job in enumerate(jobs)]
+        rank = {job_id: position for position, (_, _, job_id) in enumerate(sorted(order))}
+
+        results = await asyncio.gather(
+            *(claim_timed_until_empty(stores[i % 2], f"m{i}") for i in range(PRIORITY_CLAIMERS))
+        )
+
+        claims = [claim for claimed in results for claim in claimed]
+        assert sorted(claim.job_id for claim in claims) == sorted(rank)
+        out_of_order = [
+            (earlier.job_id, later.job_id)
+            for earlier in claims
+            for later in claims
+            if earlier.ended < later.started and rank[earlier.job_id] > rank[later.job_id]
+        ]
+        assert out_of_order == []
+        assert sum(1 for claimed in results if claimed) > 1  # the claimers really raced
+    finally:
+        for store in stores:
+            await store.close()

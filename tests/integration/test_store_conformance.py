@@ -483,6 +483,47 @@ async def test_stalled_job_is_claimed_before_older_pending_job(
     assert taken is not None and taken.id == stalling.id and taken.machine_id == "m3"
 
 
+async def test_claims_take_higher_priority_first_and_the_oldest_within_a_priority(
+    store: Store,
+) -> None:
+    user = await new_user(store)
+    [low] = await submit(store, user, priority=-3)
+    batch = await store.create_jobs(user.id, [new_job(priority=p) for p in (5, 0, 5, 1000)])
+    [late_five] = await submit(store, user, priority=5)
+    other_group = await submit(store, user, group="group-b", priority=1000)
+    expected = [batch[3], batch[0], batch[2], late_five, batch[1], low]
+
+    claimed = [await store.claim_job(f"m{i}", GROUP, user.id) for i in range(len(expected))]
+
+    assert [job.id if job else None for job in claimed] == [job.id for job in expected]
+    assert [job.priority for job in claimed if job] == [1000, 5, 5, 5, 0, -3]
+    assert await store.claim_job("m-last", GROUP, user.id) is None
+    assert (await require_job(store, other_group[0].id)).status == "pending"
+
+
+async def test_stalled_job_is_claimed_before_a_pending_job_of_higher_priority(
+    store: Store,
+) -> None:
+    user = await new_user(store)
+    [stalling] = await submit(store, user, heartbeat_interval=1, priority=-1000)
+    assert (await store.claim_job("m1", GROUP, None) or stalling).machine_id == "m1"
+    [urgent] = await submit(store, user, priority=1000)
+
+    async def claim_stalled() -> Job | None:
+        # the urgent job is claimable all along: put it back until the stalled one is due
+        job = await store.claim_job("m2", GROUP, None)
+        if job is not None and job.id == urgent.id:
+            assert await store.interrupt_if_held(job.id, "m2", None) is HeldOutcome.DONE
+            return None
+        return job
+
+    taken = await eventually(claim_stalled)
+
+    assert taken.id == stalling.id and taken.priority == -1000
+    next_job = await store.claim_job("m3", GROUP, None)
+    assert next_job is not None and next_job.id == urgent.id
+
+
 async def test_heartbeat_answers_for_the_holder_and_the_rest(store: Store) -> None:
     user = await new_user(store)
     [job] = await submit(store, user)

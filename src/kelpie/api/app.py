@@ -52,6 +52,17 @@ log = logging.getLogger("kelpie.api")
 BackgroundLoop = Callable[[AppState, asyncio.Event], Awaitable[None]]
 
 ADMIN_USERNAME = "admin"
+DOCS_TAG_ORDER = (
+    "health",
+    "jobs",
+    "checkpoints",
+    "events",
+    "worker",
+    "users",
+    "scaling-rules",
+    "container groups",
+    "metrics",
+)
 # Waits between attempts to reach the store at start-up; the last one repeats.
 STORE_RETRY = Backoff(base=0.5, cap=5.0, floor=0.25)
 
@@ -183,18 +194,22 @@ def create_app(settings: ServerSettings, fleet: FleetProvider | None = None) -> 
         version=__version__,
         summary="Coordination API that shepherds long-running jobs through interruptible nodes.",
         lifespan=lifespan,
+        # The docs list the operations in this order, whatever order requests are matched in.
+        openapi_tags=[{"name": name} for name in DOCS_TAG_ORDER],
         # /docs and /redoc are served from packaged assets (kelpie.api.docs), never a CDN.
         docs_url=None,
         redoc_url=None,
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # A request is matched against the routers in this order, each costing every request
+    # that passes it a few microseconds: the workers' calls and submissions come first.
     for router in (
-        health.router,
+        work.router,
         jobs.router,
         checkpoints.router,
         events.router,
-        work.router,
+        health.router,
         users.router,
         scaling_rules.router,
         groups.router,

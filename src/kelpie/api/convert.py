@@ -31,6 +31,7 @@ def new_job(submission: JobCreate, principal: Principal) -> NewJob:
         org_name=principal.org_name,
         project_name=principal.project_name,
         checkpoint_keep=submission.checkpoint_keep,
+        priority=submission.priority,
     )
 
 
@@ -72,6 +73,7 @@ def job_body(job: Job) -> dict[str, Any]:
         container_group_id=job.container_group_id,
         compression=bool(spec.get("compression", False)),
         checkpoint_keep=job.checkpoint_keep,
+        priority=job.priority,
         checkpoint_generation=job.checkpoint_generation,
     )
     return body

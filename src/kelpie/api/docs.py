@@ -14,18 +14,22 @@ path parameter). Field and parameter descriptions and the examples come from `sp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import BaseRoute
 
 from kelpie import schemas
 from kelpie.api import spec_text
+from kelpie.api.deps import API_KEY_SCHEME, get_principal
 
 ASSETS_URL = "/docs/assets"
 # Error codes an operation's shared `responses` declare that it can never answer.
@@ -88,7 +92,8 @@ def install(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = refine_openapi(generate())
+            spec = refine_openapi(generate())
+            app.openapi_schema = declare_api_key(spec, _operations_needing_a_key(app.routes))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -111,6 +116,36 @@ def refine_openapi(spec: dict[str, Any]) -> dict[str, Any]:
             if "description" not in prop and field in descriptions:
                 prop["description"] = descriptions[field]
     return spec
+
+
+def declare_api_key(spec: dict[str, Any], operation_ids: set[str]) -> dict[str, Any]:
+    """The `X-Kelpie-Key` header as the security of these operations. `get_principal` reads
+    it itself rather than through a FastAPI `Security` dependency, so FastAPI does not know."""
+    name = type(API_KEY_SCHEME).__name__
+    scheme = API_KEY_SCHEME.model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    spec.setdefault("components", {}).setdefault("securitySchemes", {})[name] = scheme
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            if operation.get("operationId") in operation_ids:
+                operation["security"] = [{name: []}]
+    return spec
+
+
+def _operations_needing_a_key(routes: Sequence[BaseRoute]) -> set[str]:
+    """The operation ids of the routes (those of included routers too) that resolve the
+    caller from its key."""
+    found: set[str] = set()
+    for route in routes:
+        if isinstance(route, APIRoute):
+            if _resolves(route.dependant, get_principal):
+                found.add(route.operation_id or route.unique_id)
+        elif (router := getattr(route, "original_router", None)) is not None:
+            found |= _operations_needing_a_key(router.routes)
+    return found
+
+
+def _resolves(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    return dependant.call is call or any(_resolves(sub, call) for sub in dependant.dependencies)
 
 
 # A job as answered carries every submission field.

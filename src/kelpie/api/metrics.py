@@ -103,11 +103,22 @@ class RequestMetrics:
             await self.app(scope, receive, send_and_note_status)
         finally:
             route = getattr(scope.get("route"), "path", None) or UNROUTED
-            REQUEST_SECONDS.labels(scope["method"], route, str(status)).observe(
-                time.perf_counter() - started
-            )
+            _request_seconds(scope["method"], route, status).observe(time.perf_counter() - started)
             if route == HEARTBEAT_ROUTE and status == 200:
                 HEARTBEATS.inc()
+
+
+# The histogram of each (method, route template, status): finding it once saves every
+# request prometheus_client's label checks and lock. A few dozen at most (route templates).
+_request_histograms: dict[tuple[str, str, int], Histogram] = {}
+
+
+def _request_seconds(method: str, route: str, status: int) -> Histogram:
+    key = (method, route, status)
+    histogram = _request_histograms.get(key)
+    if histogram is None:
+        histogram = _request_histograms[key] = REQUEST_SECONDS.labels(method, route, str(status))
+    return histogram
 
 
 class _ErrorCountingStore:

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import tempfile
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -53,16 +54,21 @@ def serve(settings: ServerSettings) -> None:
 
 
 def _run_uvicorn(settings: ServerSettings) -> None:
-    uvicorn.run(
-        "kelpie.api.server:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http=HTTP_PROTOCOL,
-        timeout_keep_alive=settings.idle_timeout_s,
-        access_log=False,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
-    )
+    uvicorn.run("kelpie.api.server:app_from_env", **uvicorn_options(settings))
+
+
+def uvicorn_options(settings: ServerSettings) -> dict[str, Any]:
+    """How kelpie runs uvicorn on an app factory: event loop, HTTP protocol, processes.
+    bench/bench_api.py serves its no-op ceiling with exactly these, to compare like for like."""
+    return {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "loop": "uvloop",
+        "http": HTTP_PROTOCOL,
+        "timeout_keep_alive": settings.idle_timeout_s,
+        "access_log": False,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": 5,
+    }

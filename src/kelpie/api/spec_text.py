@@ -53,6 +53,10 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "compression": "Gzip uploads (the key gets `.gz`); downloads of `.gz` keys are gunzipped.",
         "checkpoint_keep": "How many committed checkpoint generations are kept; older ones' "
         "objects are deleted.",
+        "priority": "An integer from -1000 to 1000 (default 0). Within its container group "
+        "a job of higher priority is handed out before any of lower priority, jobs of equal "
+        "priority oldest first. A stalled running job is handed on before any pending one, "
+        "whatever their priorities.",
     },
     "JobOut": {
         "id": "The job's id (a UUID).",
@@ -355,6 +359,7 @@ SYNC_SUBMISSION: dict[str, Any] = {
     "container_group_id": GROUP,
     "compression": False,
     "checkpoint_keep": 3,
+    "priority": 10,
 }
 LEGACY_SUBMISSION: dict[str, Any] = {
     "command": "python",

@@ -122,6 +122,7 @@ class JobFlags:
     heartbeat_interval: int | None = None
     webhook: str | None = None
     compression: bool | None = None
+    priority: int | None = None
 
     def is_empty(self) -> bool:
         return self == JobFlags()
@@ -135,6 +136,7 @@ class JobFlags:
             "heartbeat_interval": self.heartbeat_interval,
             "webhook": self.webhook,
             "compression": self.compression,
+            "priority": self.priority,
         }
         merged.update({name: value for name, value in scalars.items() if value is not None})
         if self.arguments:
@@ -222,6 +224,11 @@ def _s3_option(kind: str) -> Callable[[Callable[..., None]], Callable[..., None]
 )
 @click.option("--webhook", help="URL notified when the job runs, completes or fails.")
 @click.option("--compression/--no-compression", default=None, help="Gzip uploads.")
+@click.option(
+    "--priority",
+    type=int,
+    help="Higher is handed out first within the group, -1000 to 1000 [API default: 0].",
+)
 @with_api
 def submit_jobs(api: Api, file: IO[str] | None, batch_file: IO[str] | None, **fields: Any) -> None:
     """Queue a job from FILE (JSON or YAML; `-` for stdin), from flags, or both (flags win).

@@ -211,6 +211,7 @@ class RowDecoder:
             attempt_id=row["attempt_id"],
             checkpoint_generation=row["checkpoint_generation"],
             checkpoint_keep=row["checkpoint_keep"],
+            priority=row["priority"],
         )
 
     def user(self, row: Row) -> User:

@@ -57,6 +57,7 @@ class NewJob:
     org_name: str | None = None
     project_name: str | None = None
     checkpoint_keep: int = 3
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,8 @@ class Job:
     """The running (or last) attempt's id: the claim's fencing token."""
     checkpoint_generation: int | None = None
     checkpoint_keep: int = 3
+    priority: int = 0
+    """Higher is claimed first within its container group."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,6 +124,7 @@ _JOB_FIELDS = (
     "attempt_id",
     "checkpoint_generation",
     "checkpoint_keep",
+    "priority",
 )
 _JOB_COLUMNS = ", ".join(_JOB_FIELDS)
 _USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
@@ -181,9 +182,15 @@ def _add_event(source: str, kind: str, message: str, data: str = "NULL") -> str:
 
 
 def _claimable(status: Literal["running", "pending"], gate: str = "TRUE") -> str:
-    """The oldest job of the group in `status` (stalled, when running) that the machine may
-    take, locked. $1 machine, $2 group, $3 user or NULL. `gate` is a condition on nothing in
-    the row: when false, the scan never runs and locks nothing."""
+    """The first job of the group in `status` (stalled, when running) that the machine may
+    take, in claim order (highest priority, then oldest), locked. $1 machine, $2 group, $3
+    user or NULL. `gate` is a condition on nothing in the row: when false, the scan never
+    runs and locks nothing. Pending jobs come in this order from jobs_pending_by_group, the
+    only index that has it: no plan can walk another index (`created`) filtering as it goes.
+    The user's scope (true when $3 is NULL) is spelt so that it is never an index condition:
+    planning a group the statistics do not know yet (a new group, a big batch since the last
+    ANALYZE) with the user known, PostgreSQL would otherwise pick jobs_by_user_group and sort
+    every pending job of the group, at every claim."""
     # lease_expires is a lower bound of the true deadline (see _HEARTBEAT): it finds the
     # candidates through the index, the heartbeat decides.
     stalled = (
@@ -195,10 +202,10 @@ def _claimable(status: Literal["running", "pending"], gate: str = "TRUE") -> str
     return f"""
         SELECT j.id FROM jobs AS j
         WHERE {gate} AND j.status = '{status}' AND j.container_group_id = $2 {stalled}
-          AND ($3::text IS NULL OR j.user_id = $3)
+          AND (j.user_id = $3::text) IS NOT FALSE
           AND NOT EXISTS (
               SELECT 1 FROM job_blocks AS b WHERE b.job_id = j.id AND b.machine_id = $1)
-        ORDER BY j.created, j.seq
+        ORDER BY j.priority DESC, j.created, j.seq
         LIMIT 1
         FOR UPDATE OF j SKIP LOCKED"""
 
@@ -329,11 +336,12 @@ SELECT (SELECT count(*) FROM canceled_job) + (SELECT count(*) FROM deleted_job)"
 # $1 user, $2.. one array per column: all jobs or none, in order (seq follows `position`).
 _CREATE_JOBS = f"""
 INSERT INTO jobs (id, user_id, status, container_group_id, created, max_failures,
-                  heartbeat_interval, webhook, spec, org_name, project_name, checkpoint_keep)
-SELECT id, $1, 'pending', grp, now(), mf, hi, wh, sp::jsonb, org, prj, ck
+                  heartbeat_interval, webhook, spec, org_name, project_name, checkpoint_keep,
+                  priority)
+SELECT id, $1, 'pending', grp, now(), mf, hi, wh, sp::jsonb, org, prj, ck, pr
 FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::text[],
-            $7::text[], $8::text[], $9::text[], $10::int[])
-     WITH ORDINALITY AS t(id, grp, mf, hi, wh, sp, org, prj, ck, position)
+            $7::text[], $8::text[], $9::text[], $10::int[], $11::int[])
+     WITH ORDINALITY AS t(id, grp, mf, hi, wh, sp, org, prj, ck, pr, position)
 ORDER BY position
 RETURNING {_JOB_COLUMNS}"""
 
@@ -684,6 +692,7 @@ class PostgresStore:
             [job.org_name for job in jobs],
             [job.project_name for job in jobs],
             [job.checkpoint_keep for job in jobs],
+            [job.priority for job in jobs],
         )
         try:
             rows = await self._connected().fetch(_CREATE_JOBS, user_id, *columns)

@@ -144,11 +144,11 @@ class Store(Protocol):
         """Atomically hand one job of the group to the machine, or None.
 
         First a stalled running job (heartbeat, or start if it never beat, older than
-        twice its heartbeat_interval: the previous holder's attempt ends as `lost`), oldest
-        `created` first; else the oldest pending job. Jobs the machine is blocked from are
-        skipped. The job becomes running, held by the machine, heartbeat = now, `started`
-        set on first start; a new attempt is recorded and a `running` webhook event
-        queued."""
+        twice its heartbeat_interval: the previous holder's attempt ends as `lost`); else a
+        pending job. Either kind in claim order: highest `priority` first, then oldest
+        `created`, then submission order. Jobs the machine is blocked from are skipped.
+        The job becomes running, held by the machine, heartbeat = now, `started` set on
+        first start; a new attempt is recorded and a `running` webhook event queued."""
 
     # The holder of a running job is its machine and, for callers that send it, the claim's
     # attempt id: with `attempt_id` a call is fenced by attempt (two workers on one machine

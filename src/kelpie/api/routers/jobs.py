@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from kelpie.api.convert import attempt_body, job_body, new_job
-from kelpie.api.deps import AdminPrincipal, CurrentPrincipal, JobId, State, StoreDep, scope
+from kelpie.api.deps import AdminPrincipal, CurrentPrincipal, JobId, StoreDep, app_state, scope
 from kelpie.api.errors import ApiError, error_responses, not_found
 from kelpie.api.state import AppState
 from kelpie.schemas import (
@@ -56,8 +56,9 @@ def _refuse_unreachable_webhooks(
     summary="Queue a job",
 )
 async def submit_job(
-    submission: JobCreate, principal: CurrentPrincipal, state: State
+    submission: JobCreate, principal: CurrentPrincipal, request: Request
 ) -> JSONResponse:
+    state = app_state(request)
     _refuse_unreachable_webhooks(state, [submission], batch=False)
     (job,) = await state.store.create_jobs(principal.user.id, [new_job(submission, principal)])
     state.notifier.notify(job.container_group_id)
@@ -75,8 +76,9 @@ async def submit_job(
 async def submit_batch(
     submissions: Annotated[list[JobCreate], Body(min_length=1, max_length=MAX_BATCH)],
     principal: CurrentPrincipal,
-    state: State,
+    request: Request,
 ) -> JSONResponse:
+    state = app_state(request)
     _refuse_unreachable_webhooks(state, submissions, batch=True)
     jobs = await state.store.create_jobs(
         principal.user.id, [new_job(item, principal) for item in submissions]

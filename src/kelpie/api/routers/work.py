@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from kelpie.api.convert import claimed_job_body
-from kelpie.api.deps import CurrentPrincipal, JobId, State, scope
+from kelpie.api.deps import CurrentPrincipal, JobId, app_state, scope
 from kelpie.api.errors import ApiError, error_responses, not_found
 from kelpie.schemas import NO_NUL, FailureReport, HeartbeatOut, JobOut, Message, WorkerReport
 from kelpie.store.models import HeldOutcome
@@ -38,11 +38,11 @@ _NOT_HOLDER = "this machine does not hold the job (its lease was lost, or the jo
 async def claim_work(
     request: Request,
     principal: CurrentPrincipal,
-    state: State,
     machine_id: Annotated[str, Query(min_length=1, max_length=255, pattern=NO_NUL)],
     container_group_id: Annotated[str, Query(min_length=1, max_length=255, pattern=NO_NUL)],
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0,
 ) -> JSONResponse:
+    state = app_state(request)
     deadline = time.monotonic() + wait
     while True:
         # After an outage the leases of running jobs are extended before anything is handed
@@ -71,8 +71,9 @@ async def claim_work(
     summary="The holder is alive; answers the status the worker must act on",
 )
 async def heartbeat(
-    job_id: JobId, report: WorkerReport, principal: CurrentPrincipal, state: State
+    job_id: JobId, report: WorkerReport, principal: CurrentPrincipal, request: Request
 ) -> JSONResponse:
+    state = app_state(request)
     status = await state.store.heartbeat(
         str(job_id), report.machine_id, scope(principal), report.attempt_id
     )
@@ -91,8 +92,9 @@ async def heartbeat(
     summary="The holder's command exited 0 and its outputs are uploaded",
 )
 async def report_completed(
-    job_id: JobId, report: WorkerReport, principal: CurrentPrincipal, state: State
+    job_id: JobId, report: WorkerReport, principal: CurrentPrincipal, request: Request
 ) -> JSONResponse:
+    state = app_state(request)
     outcome = await state.store.complete_if_held(
         str(job_id), report.machine_id, scope(principal), report.attempt_id
     )
@@ -111,8 +113,9 @@ async def report_completed(
     summary="The holder's command failed",
 )
 async def report_failed(
-    job_id: JobId, report: FailureReport, principal: CurrentPrincipal, state: State
+    job_id: JobId, report: FailureReport, principal: CurrentPrincipal, request: Request
 ) -> JSONResponse:
+    state = app_state(request)
     result = await state.store.fail_if_held(
         str(job_id),
         report.machine_id,
@@ -141,8 +144,9 @@ async def report_failed(
     summary="The holder is going away; the job is pending again at once",
 )
 async def report_interrupted(
-    job_id: JobId, report: WorkerReport, principal: CurrentPrincipal, state: State
+    job_id: JobId, report: WorkerReport, principal: CurrentPrincipal, request: Request
 ) -> JSONResponse:
+    state = app_state(request)
     outcome = await state.store.interrupt_if_held(
         str(job_id), report.machine_id, scope(principal), report.attempt_id
     )

@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0006 (postgresql). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0007 (postgresql). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
@@ -59,11 +59,13 @@ CREATE TABLE jobs (
     project_name       text,
     attempt_id         bigint,               -- the running attempt (attempts.id): its fencing token
     checkpoint_generation bigint,            -- newest committed checkpoint generation
-    checkpoint_keep    integer NOT NULL DEFAULT 3
+    checkpoint_keep    integer NOT NULL DEFAULT 3,
+    priority           integer NOT NULL DEFAULT 0   -- higher is claimed first within a group
 );
--- claim_job: the oldest pending job of a group, the stalled running jobs of a group
+-- claim_job: a group's pending jobs in claim order (highest priority, then oldest), and its
+-- stalled running jobs
 -- (lease_expires: heartbeat + 2 x heartbeat_interval, kept while running)
-CREATE INDEX jobs_pending_by_group ON jobs (container_group_id, created, seq)
+CREATE INDEX jobs_pending_by_group ON jobs (container_group_id, priority DESC, created, seq)
     WHERE status = 'pending';
 CREATE INDEX jobs_running_by_group ON jobs (container_group_id, lease_expires)
     WHERE status = 'running';

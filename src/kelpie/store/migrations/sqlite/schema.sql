@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0006 (sqlite). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0007 (sqlite). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
@@ -62,11 +62,14 @@ CREATE TABLE jobs (
     project_name       TEXT,
     attempt_id         INTEGER,               -- the running attempt (attempts.id): its fencing token
     checkpoint_generation INTEGER,            -- newest committed checkpoint generation
-    checkpoint_keep    INTEGER NOT NULL DEFAULT 3
+    checkpoint_keep    INTEGER NOT NULL DEFAULT 3,
+    priority           INTEGER NOT NULL DEFAULT 0   -- higher is claimed first within a group
 );
--- claim_job: the oldest pending job of a group, the stalled running jobs of a group
+-- claim_job: a group's pending jobs in claim order (highest priority, then oldest), and its
+-- stalled running jobs
 -- (lease_expires: heartbeat + 2 x heartbeat_interval, kept while running)
-CREATE INDEX jobs_pending_by_group ON jobs (container_group_id, created) WHERE status = 'pending';
+CREATE INDEX jobs_pending_by_group ON jobs (container_group_id, priority DESC, created)
+    WHERE status = 'pending';
 CREATE INDEX jobs_running_by_group ON jobs (container_group_id, lease_expires)
     WHERE status = 'running';
 -- list_jobs pages, count_active_jobs, purge_group
