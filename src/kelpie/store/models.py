@@ -57,6 +57,14 @@ class NewJob:
     org_name: str | None = None
     project_name: str | None = None
     checkpoint_keep: int = 3
+    name: str | None = None
+    max_interruptions: int | None = None
+    """None: any number of interruptions; at this many the job fails."""
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        labels: Mapping[str, str] = self.spec.get("labels") or {}
+        return labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,11 @@ class Job:
     """The running (or last) attempt's id: the claim's fencing token."""
     checkpoint_generation: int | None = None
     checkpoint_keep: int = 3
+    name: str | None = None
+    max_interruptions: int | None = None
+    num_interruptions: int = 0
+    """Attempts handed back by their node or lost (stopped heartbeating), and failures an
+    exit code in `retry.interruption_exit_codes` turned into interruptions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +175,29 @@ class JobQuery:
     page: int = 1
     page_size: int = 100
     ascending: bool = False
+    name: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    """(key, value) pairs a job must all carry."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentRequest:
+    """A submission sent with an `Idempotency-Key`: the key (scoped to the submitting user),
+    and a fingerprint of the request that a repeat must match."""
+
+    key: str
+    fingerprint: str
+    status_code: int = 202
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """The jobs of an idempotent submission, and whether this call created them or repeated
+    an earlier one (then `status_code` is the earlier answer's)."""
+
+    jobs: list[Job]
+    replayed: bool
+    status_code: int
 
 
 class CancelOutcome(enum.Enum):
