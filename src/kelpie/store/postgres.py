@@ -530,6 +530,10 @@ RETURNING o.id, o.user_id, o.url, o.payload, o.attempts, o.created, o.lease_toke
 _HOLDS_WEBHOOK_LEASE = "id = $1 AND lease_token = $2 AND leased_until IS NOT NULL"
 
 
+# For the rest of the transaction, statements are planned for their parameters each time,
+# never with the generic plan a prepared statement otherwise settles on after five runs.
+_CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
+
 # A committed generation counted on its attempt (the goodput ledger reads it there). $1 the
 # attempt, $2 its upload seconds or NULL.
 _COUNT_COMMIT = """
@@ -978,7 +982,7 @@ class PostgresStore:
             # A plan for these labels: one kept for any label would be the same whether the
             # label marks one job (find it through the label's index) or thousands (walk the
             # jobs newest first and check each), and slow for one of them.
-            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            await conn.execute(_CUSTOM_PLAN)
             rows = await conn.fetch(statement, *args)
         return [_decode.job(row) for row in rows]
 
@@ -1164,9 +1168,13 @@ class PostgresStore:
     async def group_goodput(
         self, user_id: str | None, container_group_id: str, since: datetime, until: datetime
     ) -> GroupLedger:
-        row = await self._connected().fetchrow(
-            _GROUP_GOODPUT, container_group_id, user_id, since.timestamp(), until.timestamp()
-        )
+        async with self._transaction() as conn:
+            # Planned for this group and window each time: the plan a prepared statement
+            # settles on after five runs, made for any group, is several times slower.
+            await conn.execute(_CUSTOM_PLAN)
+            row = await conn.fetchrow(
+                _GROUP_GOODPUT, container_group_id, user_id, since.timestamp(), until.timestamp()
+            )
         assert row is not None  # an aggregate always answers one row
         return group_ledger(container_group_id, since, until, row)
 
