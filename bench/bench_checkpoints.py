@@ -74,7 +74,9 @@ class Committer:
     def lease_ok(self) -> bool:
         return True
 
-    async def commit(self, generation: int, files: list[CheckpointFile]) -> CheckpointCommitted:
+    async def commit(
+        self, generation: int, files: list[CheckpointFile], upload_seconds: float | None = None
+    ) -> CheckpointCommitted:
         self.committed[generation] = (time.monotonic(), files)
         self.event.set()
         return CheckpointCommitted(checkpoint=self._out(generation))

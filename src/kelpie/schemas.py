@@ -45,6 +45,16 @@ MAX_PATTERN_LENGTH = 1024
 MAX_JOB_BYTES = 128 * 1024  # the whole submission, as JSON
 # A job's priority: higher is claimed first within its container group.
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+MAX_NAME_LENGTH = 255
+MAX_LABELS = 32
+MAX_LABEL_KEY_LENGTH = 63
+MAX_LABEL_VALUE_LENGTH = 255
+MAX_DURATION_SECONDS = 366 * 24 * 3600  # a year: an attempt longer than that is a mistake
+MAX_RETRY_EXIT_CODES = 64  # per rule
+# A label key: letters, digits and `_ . / -`, starting and ending with a letter or digit (so
+# that `key=value` in a `label` filter splits at the first `=`).
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_./-]*[A-Za-z0-9])?$"
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
 
 
 def format_timestamp(value: datetime) -> str:
@@ -92,6 +102,34 @@ def _check_arguments(arguments: list[str]) -> list[str]:
     if size > MAX_ARGUMENTS_BYTES:
         raise ValueError(f"{size} bytes in all, more than the {MAX_ARGUMENTS_BYTES} allowed")
     return arguments
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels, not {len(labels)}")
+    for key, value in labels.items():
+        if len(key) > MAX_LABEL_KEY_LENGTH or not _LABEL_KEY.match(key):
+            raise ValueError(
+                f"{key!r} is not a label key (1-{MAX_LABEL_KEY_LENGTH} letters, digits and"
+                " `_ . / -`, starting and ending with a letter or digit)"
+            )
+        if len(value) > MAX_LABEL_VALUE_LENGTH:
+            raise ValueError(
+                f"the value of {key!r} is longer than {MAX_LABEL_VALUE_LENGTH} characters"
+            )
+    return labels
+
+
+def parse_label_filter(text: str) -> tuple[str, str]:
+    """`key=value` (a `label` filter of `GET /jobs`) → (key, value); ValueError if malformed."""
+    key, sep, value = text.partition("=")
+    if not sep or not _LABEL_KEY.match(key) or len(key) > MAX_LABEL_KEY_LENGTH:
+        raise ValueError(f"{text!r} is not KEY=VALUE with a valid label key")
+    if len(value) > MAX_LABEL_VALUE_LENGTH:
+        raise ValueError(
+            f"the value in {text!r} is longer than {MAX_LABEL_VALUE_LENGTH} characters"
+        )
+    return key, value
 
 
 def _check_webhook(url: str | None) -> str | None:
@@ -201,6 +239,39 @@ _LEGACY_PAIRS = (
 )
 LEGACY_FIELDS: tuple[str, ...] = tuple(name for pair in _LEGACY_PAIRS for name in pair)
 
+ExitCode = Annotated[int, Field(ge=1, le=255)]
+
+
+class RetryRules(_Request):
+    """What an exit code of the job means, beyond "a failure": some fail the job at once,
+    others count as an interruption (the job handled its own preemption)."""
+
+    fail_exit_codes: Annotated[list[ExitCode], Field(max_length=MAX_RETRY_EXIT_CODES)] = Field(
+        default_factory=list
+    )
+    interruption_exit_codes: Annotated[list[ExitCode], Field(max_length=MAX_RETRY_EXIT_CODES)] = (
+        Field(default_factory=list)
+    )
+
+    @model_validator(mode="after")
+    def _each_code_has_one_meaning(self) -> RetryRules:
+        both = sorted(set(self.fail_exit_codes) & set(self.interruption_exit_codes))
+        if both:
+            raise ValueError(
+                f"exit code {both[0]} is in both fail_exit_codes and interruption_exit_codes"
+            )
+        self.fail_exit_codes = sorted(set(self.fail_exit_codes))
+        self.interruption_exit_codes = sorted(set(self.interruption_exit_codes))
+        return self
+
+    def meaning_of(self, exit_code: int | None) -> Literal["fail", "interruption"] | None:
+        """What the rules say about a failure report's exit code; None: an ordinary failure."""
+        if exit_code in self.fail_exit_codes:
+            return "fail"
+        if exit_code in self.interruption_exit_codes:
+            return "interruption"
+        return None
+
 
 class JobCreate(_Request):
     """A job submission (`POST /jobs`, one item of `POST /jobs/batch`)."""
@@ -228,6 +299,11 @@ class JobCreate(_Request):
     compression: bool = False
     checkpoint_keep: Annotated[int, Field(ge=1, le=1000)] = 3
     priority: Annotated[int, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)] = 0
+    name: Annotated[str | None, Field(min_length=1, max_length=MAX_NAME_LENGTH)] = None
+    labels: Annotated[dict[str, str], AfterValidator(_check_labels)] = Field(default_factory=dict)
+    max_duration: Annotated[int | None, Field(ge=1, le=MAX_DURATION_SECONDS)] = None
+    max_interruptions: Annotated[int | None, Field(ge=0, le=1_000_000)] = None
+    retry: RetryRules | None = None
 
     @model_validator(mode="after")
     def _storage_form_is_consistent(self) -> JobCreate:
@@ -289,6 +365,12 @@ class JobOut(BaseModel):
     checkpoint_keep: int = 3
     priority: int = 0
     checkpoint_generation: int | None = None
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    max_duration: int | None = None
+    max_interruptions: int | None = None
+    num_interruptions: int = 0
+    retry: RetryRules | None = None
     attempt_id: int | None = None
     """Set only in the answer of `GET /work`: the claim's fencing token."""
 
@@ -358,6 +440,9 @@ class CheckpointCommit(_Request):
     attempt_id: AttemptId
     generation: Annotated[int, Field(ge=1, le=2**63 - 1)]
     files: Annotated[list[CheckpointFile], Field(max_length=MAX_CHECKPOINT_FILES)]
+    upload_seconds: Annotated[float | None, Field(ge=0, le=MAX_DURATION_SECONDS)] = None
+    """How long the generation took from its files being complete to this commit (the
+    checkpoint's cost, in the goodput report)."""
 
     @model_validator(mode="after")
     def _one_entry_per_file(self) -> CheckpointCommit:
@@ -417,7 +502,12 @@ class CheckpointCommitted(BaseModel):
 EventDataKey = Annotated[str, Field(min_length=1, max_length=64)]
 EventDataValue = int | float | bool | Annotated[str, Field(max_length=1000)] | None
 WorkerEventKind = Literal[
-    "inputs_downloaded", "checkpoint_restored", "checkpoint_fallback", "started", "warning"
+    "inputs_downloaded",
+    "checkpoint_restored",
+    "checkpoint_fallback",
+    "started",
+    "outputs_uploaded",
+    "warning",
 ]
 
 
@@ -603,3 +693,74 @@ class GroupActivityOut(BaseModel):
 class GroupDetailOut(GroupOut):
     blocked_machines: list[BlockedMachineOut]
     activity: GroupActivityOut
+
+
+# -- goodput: where each attempt's time went (`/jobs/{id}/goodput`, group reports) -----------
+
+
+class AttemptGoodputOut(BaseModel):
+    """One attempt's time: downloading (claim to command start), running, uploading (final
+    outputs), and what an interruption or failure cost."""
+
+    id: int
+    machine_id: str
+    outcome: AttemptOutcome
+    started: Timestamp
+    ended: Timestamp | None = None
+    end: Timestamp
+    downloading_s: float
+    running_s: float
+    uploading_s: float
+    checkpoints: int
+    last_checkpoint: Timestamp | None = None
+    work_lost_s: float | None = None
+    detection_delay_s: float | None = None
+
+
+class GoodputTotalsOut(BaseModel):
+    attempts: int
+    interruptions: int
+    failures: int
+    downloading_s: float
+    running_s: float
+    uploading_s: float
+    work_lost_s: float
+    detection_delay_s: float
+    useful_running_s: float
+    goodput: float | None = None
+
+
+class JobGoodputOut(BaseModel):
+    job_id: str
+    status: JobStatus
+    attempts: list[AttemptGoodputOut]
+    totals: GoodputTotalsOut
+
+
+class YoungDalyOut(BaseModel):
+    """The checkpoint interval that loses least, τ* ≈ √(2·C·M), with its inputs."""
+
+    interval_s: float
+    checkpoint_cost_s: float
+    mean_time_between_interruptions_s: float
+    formula: str = "sqrt(2 * checkpoint_cost_s * mean_time_between_interruptions_s)"
+
+
+class GroupGoodputOut(BaseModel):
+    container_group_id: str
+    since: Timestamp
+    until: Timestamp
+    attempts: int
+    interruptions: int
+    failures: int
+    downloading_s: float
+    running_s: float
+    uploading_s: float
+    interruptions_per_hour: float | None = None
+    mean_time_between_interruptions_s: float | None = None
+    checkpoints: int
+    mean_checkpoint_interval_s: float | None = None
+    mean_checkpoint_cost_s: float | None = None
+    gpu_time_lost_s: float
+    mean_detection_delay_s: float | None = None
+    young_daly: YoungDalyOut | None = None

@@ -82,6 +82,45 @@ BAD_SUBMISSIONS: list[tuple[str, Any, str]] = [
     ),
     ("body is a list", [GOOD], "body"),
     ("body is a string", "python", "body"),
+    # scheduling fields
+    ("empty name", {**GOOD, "name": ""}, "name"),
+    ("name too long", {**GOOD, "name": "n" * 256}, "name"),
+    ("name not a string", {**GOOD, "name": 7}, "name"),
+    ("labels not an object", {**GOOD, "labels": ["team=ml"]}, "labels"),
+    ("label value not a string", {**GOOD, "labels": {"team": 1}}, "labels.team"),
+    ("label key with =", {**GOOD, "labels": {"a=b": "c"}}, "labels"),
+    ("label key with a space", {**GOOD, "labels": {"my team": "ml"}}, "labels"),
+    ("label key too long", {**GOOD, "labels": {"k" * 64: "v"}}, "labels"),
+    ("label value too long", {**GOOD, "labels": {"k": "v" * 256}}, "labels"),
+    ("too many labels", {**GOOD, "labels": {f"k{i}": "v" for i in range(33)}}, "labels"),
+    ("max_duration zero", {**GOOD, "max_duration": 0}, "max_duration"),
+    ("max_duration beyond a year", {**GOOD, "max_duration": 10**9}, "max_duration"),
+    ("max_duration as string", {**GOOD, "max_duration": "3600"}, "max_duration"),
+    ("max_interruptions negative", {**GOOD, "max_interruptions": -1}, "max_interruptions"),
+    ("max_interruptions a float", {**GOOD, "max_interruptions": 1.5}, "max_interruptions"),
+    ("retry not an object", {**GOOD, "retry": [143]}, "retry"),
+    ("retry unknown field", {**GOOD, "retry": {"on_exit": [1]}}, "retry.on_exit"),
+    ("retry exit code 0", {**GOOD, "retry": {"fail_exit_codes": [0]}}, "fail_exit_codes[0]"),
+    (
+        "retry exit code 256",
+        {**GOOD, "retry": {"interruption_exit_codes": [256]}},
+        "interruption_exit_codes[0]",
+    ),
+    (
+        "retry exit code as string",
+        {**GOOD, "retry": {"fail_exit_codes": ["2"]}},
+        "fail_exit_codes[0]",
+    ),
+    (
+        "retry code in both rules",
+        {**GOOD, "retry": {"fail_exit_codes": [1, 143], "interruption_exit_codes": [143]}},
+        "exit code 143 is in both",
+    ),
+    (
+        "too many retry codes",
+        {**GOOD, "retry": {"fail_exit_codes": list(range(1, 66))}},
+        "fail_exit_codes",
+    ),
 ]
 
 
@@ -148,6 +187,11 @@ def test_one_bad_item_rejects_the_whole_batch_naming_its_index(user: ApiUser) ->
         {"page": 0},
         {"page": "first"},
         {"asc": "sideways"},
+        {"name": ""},
+        {"label": "team"},
+        {"label": "=ml"},
+        {"label": "bad key=ml"},
+        {"label": ["a=1"] * 17},
     ],
 )
 def test_bad_list_parameters_are_rejected(user: ApiUser, params: dict[str, Any]) -> None:

@@ -472,3 +472,77 @@ def test_usage_errors_exit_2_without_a_traceback(cli: Cli, tmp_path: Path) -> No
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr
         assert "Error: " in proc.stderr
+
+
+# -- scheduling and goodput -------------------------------------------------------------------
+
+
+def test_submit_with_scheduling_flags_and_list_by_them(cli: Cli, group: str) -> None:
+    job = cli.json(
+        "jobs",
+        "submit",
+        "--command",
+        "python",
+        "--group",
+        group,
+        "--name",
+        "resnet",
+        "--label",
+        "team=vision",
+        "--label",
+        "stage=a=b",
+        "--max-duration",
+        "2h",
+        "--max-interruptions",
+        "3",
+        "--fail-exit-code",
+        "2",
+        "--interruption-exit-code",
+        "143",
+    )
+    assert job["name"] == "resnet"
+    assert job["labels"] == {"team": "vision", "stage": "a=b"}
+    assert (job["max_duration"], job["max_interruptions"]) == (7200, 3)
+    assert job["retry"] == {"fail_exit_codes": [2], "interruption_exit_codes": [143]}
+    other = cli.run("jobs", "submit", "--command", "x", "--group", group, "--label", "team=audio")
+
+    listed = cli.json("jobs", "list", "--group", group, "--label", "team=vision")
+    assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+    assert cli.json("jobs", "list", "--group", group, "--name", "resnet")["_count"] == 1
+    table = cli.run("jobs", "list", "--group", group, "--label", "team=audio").stdout
+    assert other.stdout.strip() in table and job["id"] not in table
+    shown = cli.run("jobs", "get", job["id"]).stdout
+    for line in ("resnet", "team=vision", "0 of at most 3", "7200 s per attempt", "143"):
+        assert line in shown
+
+
+def test_submit_with_an_idempotency_key_queues_the_job_once(cli: Cli, group: str) -> None:
+    args = ["jobs", "submit", "--command", "x", "--group", group, "--idempotency-key", "k-1"]
+    first = cli.run(*args).stdout.strip()
+    again = cli.run(*args).stdout.strip()
+    assert again == first
+    assert cli.json("jobs", "list", "--group", group)["_count"] == 1
+    proc = cli.process(*args[:-2], "--name", "other", "--idempotency-key", "k-1")
+    assert_clean_error(proc, 1, "Idempotency-Key")
+
+
+def test_goodput_of_a_job_and_the_group_report(cli: Cli, group: str) -> None:
+    job_id = cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
+    with cli.client() as client:
+        first = client.poll_work("m1", group)
+        assert first is not None
+        client.report_interrupted(job_id, "m1", group)
+        second = client.poll_work("m2", group)
+        assert second is not None
+        client.report_completed(job_id, "m2", group)
+
+    ledger = cli.json("jobs", "goodput", job_id)
+    assert [a["outcome"] for a in ledger["attempts"]] == ["interrupted", "completed"]
+    table = cli.run("jobs", "goodput", job_id).stdout
+    assert "interrupted" in table and "completed" in table and "goodput" in table
+
+    report = cli.json("report", "--group", group, "--window", "1h")
+    assert (report["attempts"], report["interruptions"]) == (2, 1)
+    text = cli.run("report", "--group", group).stdout
+    assert "interruptions per hour" in text and "Young/Daly" in text
+    assert_clean_error(cli.process("report", "--group", "no-such-group"), 1, "not found")

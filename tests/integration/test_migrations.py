@@ -57,7 +57,8 @@ def sqlite_catalog(path: Path) -> Catalog:
 
 
 async def postgres_catalog(url: str) -> Catalog:
-    """Every table, column, constraint and index of the public schema of a database."""
+    """Every table, column, constraint, index, trigger and function of the public schema of a
+    database."""
     conn = await asyncpg.connect(url)
     try:
         columns = await conn.fetch(
@@ -81,7 +82,20 @@ async def postgres_catalog(url: str) -> Catalog:
             " JOIN pg_namespace AS n ON n.oid = c.relnamespace"
             " WHERE n.nspname = 'public' ORDER BY c.relname"
         )
+        triggers = await conn.fetch(
+            "SELECT c.relname, t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger AS t"
+            " JOIN pg_class AS c ON c.oid = t.tgrelid"
+            " JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND NOT t.tgisinternal ORDER BY c.relname, t.tgname"
+        )
+        functions = await conn.fetch(
+            "SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc AS p"
+            " JOIN pg_namespace AS n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'public' ORDER BY p.proname"
+        )
         return {
+            "triggers": [tuple(row) for row in triggers],
+            "functions": [tuple(row) for row in functions],
             "columns": [tuple(row) for row in columns],
             "constraints": [tuple(row) for row in constraints],
             "indexes": [tuple(row) for row in indexes],
@@ -322,6 +336,64 @@ async def test_keys_and_reallocations_get_ids_and_tenants_on_upgrade(
         assert await store.principal_for_key("minted-hash") is not None
     finally:
         await store.close()
+
+
+async def test_attempts_from_before_the_goodput_ledger_are_read_into_it(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database from before the ledger: a job interrupted once, lost once and running, with
+    # its worker's `started` events and one checkpoint commit, written in that schema's shape.
+    def before_the_ledger(dialect: Dialect) -> list[Migration]:
+        return [m for m in load_migrations(dialect) if m.version < 9]
+
+    monkeypatch.setattr(kelpie.store.sqlite, "load_migrations", before_the_ledger)
+    monkeypatch.setattr(kelpie.store.postgres, "load_migrations", before_the_ledger)
+    old = open_store(empty_database_url)
+    await old.open()
+    user = await old.create_user("from-before")
+    await old.close()
+    monkeypatch.undo()
+    sqlite = empty_database_url.startswith("sqlite")
+
+    def at(seconds: int) -> str:
+        return (
+            str(1_700_000_000 + seconds) if sqlite else f"to_timestamp({1_700_000_000 + seconds})"
+        )
+
+    attempt = "INSERT INTO attempts (id, job_id, machine_id, started, ended, outcome)" + (
+        " VALUES" if sqlite else " OVERRIDING SYSTEM VALUE VALUES"
+    )
+    event = "INSERT INTO job_events (job_id, attempt_id, kind, message, created) VALUES"
+    await _execute(
+        empty_database_url,
+        [
+            "INSERT INTO jobs (id, user_id, status, container_group_id, created, max_failures,"
+            f" heartbeat_interval, spec) VALUES ('j1', '{user.id}', 'running', 'g', {at(0)},"
+            " 3, 30, '{}')",
+            f"{attempt} (1, 'j1', 'm1', {at(0)}, {at(1000)}, 'interrupted')",
+            f"{attempt} (2, 'j1', 'm2', {at(1060)}, {at(2000)}, 'lost')",
+            f"{attempt} (3, 'j1', 'm3', {at(2000)}, NULL, 'running')",
+            f"{event} ('j1', 1, 'started', 's', {at(100)})",
+            f"{event} ('j1', 2, 'started', 's', {at(1090)})",
+            "INSERT INTO checkpoints (job_id, generation, attempt_id, machine_id, created, files,"
+            f" bytes) VALUES ('j1', 1, 1, 'm1', {at(700)}, 1, 1)",
+        ],
+    )
+
+    store = open_store(empty_database_url)
+    await store.open()
+    try:
+        job = await store.get_job("j1", None)
+        ledger = await store.job_goodput("j1", None)
+    finally:
+        await store.close()
+    assert job is not None and job.num_interruptions == 2
+    assert ledger is not None
+    first, lost, running = ledger.attempts
+    assert (first.downloading_s, first.checkpoints) == (100, 1)
+    assert (first.work_lost_s, first.detection_delay_s) == (300, 60)
+    assert lost.downloading_s == 30 and lost.detection_delay_s == 0
+    assert running.outcome == "running"
 
 
 async def _execute(empty_database_url: str, statements: list[str]) -> None:

@@ -136,13 +136,17 @@ class FakeCommitter:
         self.lease = True
         self.reachable = True
         self.commits_sent = 0
+        self.upload_seconds: list[float | None] = []
 
     def lease_ok(self) -> bool:
         return self.lease
 
-    async def commit(self, generation: int, files: list[CheckpointFile]) -> CheckpointCommitted:
+    async def commit(
+        self, generation: int, files: list[CheckpointFile], upload_seconds: float | None = None
+    ) -> CheckpointCommitted:
         self._check_reachable()
         self.commits_sent += 1
+        self.upload_seconds.append(upload_seconds)
         return self._api.commit(self.attempt_id, generation, files)
 
     async def generations(self) -> list[CheckpointOut]:

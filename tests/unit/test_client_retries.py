@@ -139,10 +139,9 @@ CALLS: dict[str, tuple[Callable[[Any], Any], httpx.Response]] = {
         httpx.Response(201, json=RULE),
     ),
 }
-# Creating things and claiming jobs must not happen twice.
+# Creating things and claiming jobs must not happen twice. (Submissions carry an
+# Idempotency-Key, which makes them safe to repeat: see the tests below.)
 UNSENT_ONLY_CALLS = {
-    "submit_job",
-    "submit_batch",
     "poll_work",
     "create_user",
     "create_token",
@@ -226,11 +225,37 @@ async def test_async_heartbeat_recovers_from_a_503() -> None:
     assert len(recorder.requests) == 3
 
 
-def test_a_submission_that_may_have_reached_the_server_says_so() -> None:
-    make, success = CALLS["submit_job"]
+def test_a_creation_that_may_have_reached_the_server_says_so() -> None:
+    make, success = CALLS["create_token"]
     recorder = Recorder(FAILURES["read-timeout"], success, failures=1)
     with pytest.raises(ApiUnavailable, match="may have processed"):
         sync_run(recorder, make)
+
+
+@pytest.mark.parametrize("call", ["submit_job", "submit_batch"])
+@pytest.mark.parametrize("failure", ["read-timeout", "connection-dropped", "503"])
+def test_a_retried_submission_repeats_its_idempotency_key(call: str, failure: str) -> None:
+    # The server answers a repeated key with the jobs of the first request, so a submission
+    # whose answer was lost is sent again, with the same key, instead of given up.
+    make, success = CALLS[call]
+    recorder = Recorder(FAILURES[failure], success, failures=2)
+    sync_run(recorder, make)
+    keys = [request.headers.get("Idempotency-Key") for request in recorder.requests]
+    assert len(keys) == 3 and keys[0] and len(set(keys)) == 1
+
+
+async def test_each_submission_gets_its_own_key_unless_one_is_given() -> None:
+    recorder = Recorder(FAILURES["503"], httpx.Response(202, json=JOB), failures=0)
+    job = {"command": "python", "container_group_id": "g1"}
+
+    async def submit_three(client: AsyncKelpieClient) -> None:
+        await client.submit_job(job)
+        await client.submit_job(job)
+        await client.submit_job(job, idempotency_key="nightly-2025-03-14")
+
+    await async_run(recorder, submit_three)
+    keys = [request.headers["Idempotency-Key"] for request in recorder.requests]
+    assert keys[0] != keys[1] and keys[2] == "nightly-2025-03-14"
 
 
 def test_an_unreachable_api_is_named_in_the_error() -> None:

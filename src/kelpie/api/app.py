@@ -38,6 +38,7 @@ from kelpie.api.routers import (
 )
 from kelpie.api.security import hash_api_key
 from kelpie.api.state import AppState
+from kelpie.api.upkeep import run_idempotency_retention, run_interruption_budgets
 from kelpie.backoff import Backoff
 from kelpie.config import ServerSettings
 from kelpie.fleet import fleet_provider_from_env
@@ -74,6 +75,8 @@ def _background_loops() -> list[tuple[str, BackgroundLoop]]:
         ("webhook-delivery", run_webhook_delivery),
         ("webhook-retention", run_webhook_retention),
         ("autoscaler", run_autoscaler),
+        ("interruption-budgets", run_interruption_budgets),
+        ("idempotency-retention", run_idempotency_retention),
     ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from kelpie.schemas import (
     LEGACY_FIELDS,
@@ -12,16 +12,31 @@ from kelpie.schemas import (
     JobCreate,
     JobEventOut,
     JobOut,
+    YoungDalyOut,
     format_timestamp,
 )
+from kelpie.store.goodput import AttemptLedger, GroupLedger, JobLedger
 from kelpie.store.models import Attempt, Checkpoint, Job, JobEvent, NewJob, Principal
 
-# Submission fields the store keeps verbatim and never queries.
-SPEC_FIELDS = ("command", "arguments", "environment", *LEGACY_FIELDS, "sync", "compression")
+# Submission fields the store keeps verbatim and never queries (labels are also stored apart,
+# for filters).
+SPEC_FIELDS = (
+    "command",
+    "arguments",
+    "environment",
+    *LEGACY_FIELDS,
+    "sync",
+    "compression",
+    "labels",
+    "max_duration",
+    "retry",
+)
 
 
 def new_job(submission: JobCreate, principal: Principal) -> NewJob:
     spec = submission.model_dump(mode="json", include=set(SPEC_FIELDS), exclude_none=True)
+    if not spec.get("labels"):
+        spec.pop("labels", None)
     return NewJob(
         container_group_id=submission.container_group_id,
         max_failures=submission.max_failures,
@@ -32,7 +47,22 @@ def new_job(submission: JobCreate, principal: Principal) -> NewJob:
         project_name=principal.project_name,
         checkpoint_keep=submission.checkpoint_keep,
         priority=submission.priority,
+        name=submission.name,
+        max_interruptions=submission.max_interruptions,
     )
+
+
+def retry_meaning(job: Job, exit_code: int | None) -> Literal["fail", "interruption"] | None:
+    """What the job's retry rules make of a failure report with this exit code (None: an
+    ordinary failure)."""
+    rules = job.spec.get("retry")
+    if exit_code is None or not rules:
+        return None
+    if exit_code in rules.get("fail_exit_codes", ()):
+        return "fail"
+    if exit_code in rules.get("interruption_exit_codes", ()):
+        return "interruption"
+    return None
 
 
 def _ts(value: Any) -> str | None:
@@ -75,6 +105,12 @@ def job_body(job: Job) -> dict[str, Any]:
         checkpoint_keep=job.checkpoint_keep,
         priority=job.priority,
         checkpoint_generation=job.checkpoint_generation,
+        name=job.name,
+        labels=dict(spec.get("labels") or {}),
+        max_duration=spec.get("max_duration"),
+        max_interruptions=job.max_interruptions,
+        num_interruptions=job.num_interruptions,
+        retry=spec.get("retry"),
     )
     return body
 
@@ -139,6 +175,81 @@ def manifest_body(checkpoint: Checkpoint, job: Job) -> dict[str, Any]:
     }
 
 
+def _rounded(value: float | None) -> float | None:
+    """Seconds (and rates) to the millisecond: the figures are no more precise than that."""
+    return None if value is None else round(value, 3)
+
+
+def attempt_goodput_body(attempt: AttemptLedger) -> dict[str, Any]:
+    return {
+        "id": attempt.id,
+        "machine_id": attempt.machine_id,
+        "outcome": attempt.outcome,
+        "started": format_timestamp(attempt.started),
+        "ended": _ts(attempt.ended),
+        "end": format_timestamp(attempt.end),
+        "downloading_s": _rounded(attempt.downloading_s),
+        "running_s": _rounded(attempt.running_s),
+        "uploading_s": _rounded(attempt.uploading_s),
+        "checkpoints": attempt.checkpoints,
+        "last_checkpoint": _ts(attempt.last_checkpoint),
+        "work_lost_s": _rounded(attempt.work_lost_s),
+        "detection_delay_s": _rounded(attempt.detection_delay_s),
+    }
+
+
+def job_goodput_body(ledger: JobLedger) -> dict[str, Any]:
+    attempts = ledger.attempts
+    return {
+        "job_id": ledger.job_id,
+        "status": ledger.status,
+        "attempts": [attempt_goodput_body(attempt) for attempt in attempts],
+        "totals": {
+            "attempts": len(attempts),
+            "interruptions": ledger.interruptions,
+            "failures": ledger.failures,
+            "downloading_s": _rounded(sum(a.downloading_s for a in attempts)),
+            "running_s": _rounded(sum(a.running_s for a in attempts)),
+            "uploading_s": _rounded(sum(a.uploading_s for a in attempts)),
+            "work_lost_s": _rounded(ledger.work_lost_s),
+            "detection_delay_s": _rounded(sum(a.detection_delay_s or 0.0 for a in attempts)),
+            "useful_running_s": _rounded(ledger.useful_running_s),
+            "goodput": None if ledger.goodput is None else round(ledger.goodput, 4),
+        },
+    }
+
+
+def group_goodput_body(report: GroupLedger) -> dict[str, Any]:
+    young_daly = report.young_daly
+    return {
+        "container_group_id": report.container_group_id,
+        "since": format_timestamp(report.since),
+        "until": format_timestamp(report.until),
+        "attempts": report.attempts,
+        "interruptions": report.interruptions,
+        "failures": report.failures,
+        "downloading_s": _rounded(report.downloading_s),
+        "running_s": _rounded(report.running_s),
+        "uploading_s": _rounded(report.uploading_s),
+        "interruptions_per_hour": _rounded(report.interruptions_per_hour),
+        "mean_time_between_interruptions_s": _rounded(report.mean_time_between_interruptions_s),
+        "checkpoints": report.checkpoints,
+        "mean_checkpoint_interval_s": _rounded(report.mean_checkpoint_interval_s),
+        "mean_checkpoint_cost_s": _rounded(report.mean_checkpoint_cost_s),
+        "gpu_time_lost_s": _rounded(report.gpu_time_lost_s),
+        "mean_detection_delay_s": _rounded(report.mean_detection_delay_s),
+        "young_daly": None
+        if young_daly is None
+        else YoungDalyOut(
+            interval_s=round(young_daly.interval_s, 3),
+            checkpoint_cost_s=round(young_daly.checkpoint_cost_s, 3),
+            mean_time_between_interruptions_s=round(
+                young_daly.mean_time_between_interruptions_s, 3
+            ),
+        ).model_dump(mode="json"),
+    }
+
+
 def event_body(event: JobEvent) -> dict[str, Any]:
     return JobEventOut(
         id=event.id,
@@ -154,11 +265,15 @@ def event_body(event: JobEvent) -> dict[str, Any]:
 __all__ = [
     "JobOut",
     "attempt_body",
+    "attempt_goodput_body",
     "checkpoint_body",
     "checkpoint_targets",
     "claimed_job_body",
     "event_body",
+    "group_goodput_body",
     "job_body",
+    "job_goodput_body",
     "manifest_body",
     "new_job",
+    "retry_meaning",
 ]

@@ -37,7 +37,13 @@ from prometheus_client.registry import Collector
 from kelpie.api.errors import ApiError, error_responses
 from kelpie.schemas import JOB_STATUSES
 from kelpie.store.overview import StoreMetrics
-from kelpie.store.protocol import AlreadyExists, InvalidChange, NotFound, Store
+from kelpie.store.protocol import (
+    AlreadyExists,
+    IdempotencyConflict,
+    InvalidChange,
+    NotFound,
+    Store,
+)
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -123,7 +129,8 @@ def _request_seconds(method: str, route: str, status: int) -> Histogram:
 
 class _ErrorCountingStore:
     """The store, with every call that fails counted in `kelpie_store_errors_total`.
-    AlreadyExists, NotFound and InvalidChange are answers, not errors, and are not counted."""
+    AlreadyExists, NotFound, InvalidChange and IdempotencyConflict are answers, not errors,
+    and are not counted."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -136,7 +143,7 @@ class _ErrorCountingStore:
         async def counted(*args: Any, **kwargs: Any) -> Any:
             try:
                 return await attribute(*args, **kwargs)
-            except (AlreadyExists, NotFound, InvalidChange):
+            except (AlreadyExists, NotFound, InvalidChange, IdempotencyConflict):
                 raise
             except Exception:
                 STORE_ERRORS.labels(name).inc()

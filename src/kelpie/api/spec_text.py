@@ -57,6 +57,27 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "a job of higher priority is handed out before any of lower priority, jobs of equal "
         "priority oldest first. A stalled running job is handed on before any pending one, "
         "whatever their priorities.",
+        "name": "A name for people and filters (`GET /jobs?name=`); need not be unique. "
+        "1-255 characters, or null.",
+        "labels": "Up to 32 `key: value` strings for filters (`GET /jobs?label=key=value`). "
+        "Keys: 1-63 letters, digits and `_ . / -`, starting and ending with a letter or "
+        "digit; values up to 255 characters.",
+        "max_duration": "Seconds an attempt's command may run (1 s to 366 days; null: no "
+        "limit). Then the worker stops it (SIGTERM, the stop grace, SIGKILL), commits what "
+        "its checkpoints allow, and reports a failure whose reason starts with `timed out`.",
+        "max_interruptions": "Interruptions (the node going away, a lost heartbeat, an exit "
+        "code in `retry.interruption_exit_codes`) after which the job is `failed`, its "
+        "`last_error` saying so: a job that can never finish on this fleet ends. Null: no "
+        "limit.",
+        "retry": "What an exit code means beyond an ordinary failure: some fail the job at "
+        "once, others count as an interruption. Null: every non-zero exit is a failure.",
+    },
+    "RetryRules": {
+        "fail_exit_codes": "Exit codes (1-255) that fail the job at once, whatever "
+        "`max_failures` allows: errors no retry fixes.",
+        "interruption_exit_codes": "Exit codes (1-255) that count as an interruption instead "
+        "of a failure, e.g. 143 from a job that handles SIGTERM from its own preemption "
+        "notice: no failure counted, the machine not blocked, pending again at once.",
     },
     "JobOut": {
         "id": "The job's id (a UUID).",
@@ -75,6 +96,9 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "last_exit_code": "Exit code of the last failure report, or null.",
         "last_error": "Reason given by the last failure report, or null.",
         "checkpoint_generation": "Newest committed checkpoint generation, or null.",
+        "num_interruptions": "Interruptions so far (attempts handed back or lost, and "
+        "failures `retry.interruption_exit_codes` counts as interruptions); at "
+        "`max_interruptions` the job is `failed`.",
         "attempt_id": "Only in the answer of `GET /work`: the claim's attempt id, which the "
         "worker sends with every later call (its fencing token).",
     },
@@ -133,6 +157,8 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "attempt_id": "The holding attempt; another attempt's commit is refused (409).",
         "generation": "The generation number; must be newer than the newest committed one.",
         "files": "Every file of the generation (at most 10,000).",
+        "upload_seconds": "Seconds from the generation's files being complete to this commit "
+        "(its upload): the checkpoint's cost in the goodput report.",
     },
     "CheckpointFile": {
         "target": "Which checkpoint folder: 0 is the legacy checkpoint prefix; with `sync`, "
@@ -175,7 +201,8 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "container_group_id": "Its container group.",
         "attempt_id": "The holding attempt; only it may post (409 otherwise).",
         "kind": "What happened: `inputs_downloaded`, `checkpoint_restored`, "
-        "`checkpoint_fallback`, `started` or `warning`.",
+        "`checkpoint_fallback`, `started` (the command started), `outputs_uploaded` (the "
+        "final uploads took `data.seconds`) or `warning`.",
         "message": "A line for people.",
         "data": "Up to 20 small values (numbers, booleans, short strings) for programs.",
     },
@@ -185,7 +212,7 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "kind": "`claimed`, `lost`, `failed`, `interrupted`, `completed`, `canceled`, "
         "`checkpoint_committed` (written by the API), or a worker's kind "
         "(`inputs_downloaded`, `checkpoint_restored`, `checkpoint_fallback`, `started`, "
-        "`warning`).",
+        "`outputs_uploaded`, `warning`).",
         "message": "A line for people.",
         "attempt_id": "The attempt it belongs to, if any.",
         "machine_id": "The machine involved, if any.",
@@ -287,6 +314,89 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
 }
 
+_SECONDS = " In seconds."
+FIELD_DESCRIPTIONS.update(
+    {
+        "AttemptGoodputOut": {
+            "id": "The attempt's id.",
+            "machine_id": "The machine that held the job.",
+            "outcome": "How the hold ended (as in `/attempts`).",
+            "started": "When the machine claimed the job.",
+            "ended": "When the hold ended. " + _TIME,
+            "end": "When the attempt's work ended: `ended`; for a `lost` attempt the holder's "
+            "last heartbeat (it died then; the takeover came later); now while it runs.",
+            "downloading_s": "From the claim to the command's start: inputs and the "
+            "checkpoint restore. A worker that never reports its command's start (the "
+            "reference worker) counts as running from the claim." + _SECONDS,
+            "running_s": "The command running." + _SECONDS,
+            "uploading_s": "The final uploads after the command exited 0." + _SECONDS,
+            "checkpoints": "Checkpoint generations this attempt committed.",
+            "last_checkpoint": "When it last committed one. " + _TIME,
+            "work_lost_s": "For an interrupted, lost or failed attempt: running time after "
+            "the later of the command's start and its last committed checkpoint, which the "
+            "next attempt must do again. Null otherwise." + _SECONDS,
+            "detection_delay_s": "For an interrupted or lost attempt: from its end to the "
+            "next attempt's claim (the job running again); null before that." + _SECONDS,
+        },
+        "GoodputTotalsOut": {
+            "attempts": "Attempts so far.",
+            "interruptions": "Attempts interrupted or lost.",
+            "failures": "Attempts that failed.",
+            "downloading_s": "All attempts' downloading." + _SECONDS,
+            "running_s": "All attempts' running." + _SECONDS,
+            "uploading_s": "All attempts' final uploads." + _SECONDS,
+            "work_lost_s": "Work lost at interruptions and failures." + _SECONDS,
+            "detection_delay_s": "All detection delays." + _SECONDS,
+            "useful_running_s": "Running time whose work was kept: running minus work lost."
+            + _SECONDS,
+            "goodput": "Useful running time over the time machines held the job (0 to 1), "
+            "or null before any attempt.",
+        },
+        "JobGoodputOut": {
+            "job_id": "The job.",
+            "status": "The job's status.",
+            "attempts": "Every attempt, oldest first.",
+            "totals": "The attempts summed.",
+        },
+        "YoungDalyOut": {
+            "interval_s": "τ* ≈ √(2·C·M): the checkpoint interval that loses least to "
+            "checkpoint cost and interruptions together (Young 1974, Daly 2006)." + _SECONDS,
+            "checkpoint_cost_s": "C: the mean checkpoint cost (files complete to commit)."
+            + _SECONDS,
+            "mean_time_between_interruptions_s": "M: the mean running time between "
+            "interruptions." + _SECONDS,
+            "formula": "How `interval_s` follows from the other two.",
+        },
+        "GroupGoodputOut": {
+            "container_group_id": "The container group.",
+            "since": "Start of the window: attempts that started from then on count.",
+            "until": "End of the window (now).",
+            "attempts": "Attempts in the window.",
+            "interruptions": "Of those, interrupted (node going away, or an exit code in "
+            "`retry.interruption_exit_codes`) or lost (stopped heartbeating).",
+            "failures": "Of those, failed.",
+            "downloading_s": "Their downloading (claim to command start)." + _SECONDS,
+            "running_s": "Their running." + _SECONDS,
+            "uploading_s": "Their final uploads." + _SECONDS,
+            "interruptions_per_hour": "Interruptions per hour of running, or null without "
+            "running time.",
+            "mean_time_between_interruptions_s": "Running time per interruption (M), or null "
+            "without interruptions." + _SECONDS,
+            "checkpoints": "Checkpoint generations committed by these attempts.",
+            "mean_checkpoint_interval_s": "Mean time between consecutive commits of one "
+            "attempt, or null." + _SECONDS,
+            "mean_checkpoint_cost_s": "Mean time from a generation's files being complete to "
+            "its commit (C), or null when no worker reported it." + _SECONDS,
+            "gpu_time_lost_s": "Work lost at interruptions: running time since the last "
+            "committed checkpoint, which had to be done again." + _SECONDS,
+            "mean_detection_delay_s": "Mean time from an interruption to the job running "
+            "again, or null." + _SECONDS,
+            "young_daly": "The checkpoint interval that would lose least, with its inputs; "
+            "null until both C and M are known.",
+        },
+    }
+)
+
 PARAMETER_DESCRIPTIONS: dict[str, str] = {
     "status": "Only jobs in this status.",
     "container_group_id": "The container group (the queue).",
@@ -299,6 +409,8 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
     "limit": "At most this many events (1-1000).",
     "user_id": "The user's id.",
     "window": "Seconds of history in the activity chart (60 s to 30 days).",
+    "name": "Only jobs with this name.",
+    "label": "Only jobs carrying this label, as `key=value` (repeat for several: all must match).",
     "buckets": "Number of steps the window is split into (1-500).",
 }
 
@@ -360,6 +472,11 @@ SYNC_SUBMISSION: dict[str, Any] = {
     "compression": False,
     "checkpoint_keep": 3,
     "priority": 10,
+    "name": "resnet50-run1",
+    "labels": {"team": "vision", "experiment": "lr-sweep"},
+    "max_duration": 86400,
+    "max_interruptions": 20,
+    "retry": {"fail_exit_codes": [2], "interruption_exit_codes": [143]},
 }
 LEGACY_SUBMISSION: dict[str, Any] = {
     "command": "python",
@@ -610,6 +727,82 @@ RESPONSE_EXAMPLES: dict[str, dict[str, Any]] = {
                     },
                 }
             ],
+        }
+    },
+    "get_job_goodput": {
+        "200": {
+            "job_id": JOB_ID,
+            "status": "running",
+            "attempts": [
+                {
+                    "id": 40,
+                    "machine_id": OTHER_MACHINE,
+                    "outcome": "lost",
+                    "started": STARTED,
+                    "ended": "2025-03-14T10:12:30.551Z",
+                    "end": "2025-03-14T10:11:31.002Z",
+                    "downloading_s": 95.3,
+                    "running_s": 2574.498,
+                    "uploading_s": 0.0,
+                    "checkpoints": 4,
+                    "last_checkpoint": "2025-03-14T10:02:12.410Z",
+                    "work_lost_s": 558.592,
+                    "detection_delay_s": 59.549,
+                },
+                {
+                    "id": 41,
+                    "machine_id": MACHINE,
+                    "outcome": "running",
+                    "started": "2025-03-14T10:12:30.551Z",
+                    "ended": None,
+                    "end": HEARTBEAT,
+                    "downloading_s": 101.2,
+                    "running_s": 2912.266,
+                    "uploading_s": 0.0,
+                    "checkpoints": 5,
+                    "last_checkpoint": "2025-03-14T10:58:01.900Z",
+                    "work_lost_s": None,
+                    "detection_delay_s": None,
+                },
+            ],
+            "totals": {
+                "attempts": 2,
+                "interruptions": 1,
+                "failures": 0,
+                "downloading_s": 196.5,
+                "running_s": 5486.764,
+                "uploading_s": 0.0,
+                "work_lost_s": 558.592,
+                "detection_delay_s": 59.549,
+                "useful_running_s": 4928.172,
+                "goodput": 0.8671,
+            },
+        }
+    },
+    "get_container_group_goodput": {
+        "200": {
+            "container_group_id": GROUP,
+            "since": "2025-03-07T11:02:44.017Z",
+            "until": HEARTBEAT,
+            "attempts": 412,
+            "interruptions": 37,
+            "failures": 3,
+            "downloading_s": 40233.1,
+            "running_s": 1532210.4,
+            "uploading_s": 5310.9,
+            "interruptions_per_hour": 0.087,
+            "mean_time_between_interruptions_s": 41411.092,
+            "checkpoints": 9105,
+            "mean_checkpoint_interval_s": 600.2,
+            "mean_checkpoint_cost_s": 38.5,
+            "gpu_time_lost_s": 11420.7,
+            "mean_detection_delay_s": 71.3,
+            "young_daly": {
+                "interval_s": 1785.718,
+                "checkpoint_cost_s": 38.5,
+                "mean_time_between_interruptions_s": 41411.092,
+                "formula": "sqrt(2 * checkpoint_cost_s * mean_time_between_interruptions_s)",
+            },
         }
     },
     "get_container_group": {

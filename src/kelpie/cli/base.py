@@ -141,5 +141,36 @@ def emit_fields(pairs: Iterable[tuple[str, object]]) -> None:
         click.echo(f"{name.ljust(width)}  {value}")
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """An option's duration, as `90`, `90s`, `30m`, `12h` or `7d`, in seconds (a callback)."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:])
+    try:
+        seconds = int(text[:-1] if unit is not None else text) * (unit or 1)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a duration like 90, 90s, 30m, 12h or 7d"
+        ) from None
+    if seconds < 1:
+        raise click.BadParameter(f"{value!r} is not a positive duration")
+    return seconds
+
+
+def seconds_text(seconds: float | None) -> str:
+    """`None` → `-`; otherwise seconds in the largest unit that keeps them readable."""
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
 def when(moment: datetime | None) -> str:
     return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")

@@ -20,6 +20,7 @@ from kelpie.cli.base import (
     emit_table,
     fail,
     main,
+    parse_duration,
     when,
     with_api,
 )
@@ -75,13 +76,13 @@ def parse_s3_url(url: str, option: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+def parse_env(pairs: Sequence[str], option: str = "--env") -> dict[str, str]:
     """`NAME=VALUE` pairs; the value may itself contain `=`."""
     environment = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--env")
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint=option)
         environment[name] = value
     return environment
 
@@ -123,6 +124,12 @@ class JobFlags:
     webhook: str | None = None
     compression: bool | None = None
     priority: int | None = None
+    name: str | None = None
+    labels: tuple[str, ...] = ()
+    max_duration: int | None = None
+    max_interruptions: int | None = None
+    fail_exit_codes: tuple[int, ...] = ()
+    interruption_exit_codes: tuple[int, ...] = ()
 
     def is_empty(self) -> bool:
         return self == JobFlags()
@@ -137,16 +144,30 @@ class JobFlags:
             "webhook": self.webhook,
             "compression": self.compression,
             "priority": self.priority,
+            "name": self.name,
+            "max_duration": self.max_duration,
+            "max_interruptions": self.max_interruptions,
         }
         merged.update({name: value for name, value in scalars.items() if value is not None})
         if self.arguments:
             merged["arguments"] = list(self.arguments)
-        if self.environment:
-            base = merged.get("environment")
-            merged["environment"] = {
-                **(base if isinstance(base, dict) else {}),
-                **parse_env(self.environment),
-            }
+        for field, pairs, option in (
+            ("environment", self.environment, "--env"),
+            ("labels", self.labels, "--label"),
+        ):
+            if pairs:
+                base = merged.get(field)
+                merged[field] = {
+                    **(base if isinstance(base, dict) else {}),
+                    **parse_env(pairs, option),
+                }
+        for rule, codes in (
+            ("fail_exit_codes", self.fail_exit_codes),
+            ("interruption_exit_codes", self.interruption_exit_codes),
+        ):
+            if codes:
+                base = merged.get("retry")
+                merged["retry"] = {**(base if isinstance(base, dict) else {}), rule: list(codes)}
         for kind, url in (
             ("input", self.input_url),
             ("checkpoint", self.checkpoint_url),
@@ -229,8 +250,46 @@ def _s3_option(kind: str) -> Callable[[Callable[..., None]], Callable[..., None]
     type=int,
     help="Higher is handed out first within the group, -1000 to 1000 [API default: 0].",
 )
+@click.option("--name", help="A name for the job (a filter of `jobs list`).")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label (repeat).")
+@click.option(
+    "--max-duration",
+    metavar="DURATION",
+    callback=parse_duration,
+    help="Longest an attempt may run before it is stopped and failed (`timed out`).",
+)
+@click.option(
+    "--max-interruptions",
+    type=click.IntRange(min=0),
+    help="Interruptions after which the job fails [API default: no limit].",
+)
+@click.option(
+    "--fail-exit-code",
+    "fail_exit_codes",
+    type=click.IntRange(1, 255),
+    multiple=True,
+    help="An exit code that fails the job at once (repeat).",
+)
+@click.option(
+    "--interruption-exit-code",
+    "interruption_exit_codes",
+    type=click.IntRange(1, 255),
+    multiple=True,
+    help="An exit code that counts as an interruption, not a failure (repeat).",
+)
+@click.option(
+    "--idempotency-key",
+    help="Submitting again with the same key (and job) within 24 h queues nothing and prints"
+    " the first submission's job(s). Default: a new key, so only retries are deduplicated.",
+)
 @with_api
-def submit_jobs(api: Api, file: IO[str] | None, batch_file: IO[str] | None, **fields: Any) -> None:
+def submit_jobs(
+    api: Api,
+    file: IO[str] | None,
+    batch_file: IO[str] | None,
+    idempotency_key: str | None,
+    **fields: Any,
+) -> None:
     """Queue a job from FILE (JSON or YAML; `-` for stdin), from flags, or both (flags win).
 
     With --batch, queue every job in the file at once; the flags apply to each. Prints the
@@ -238,9 +297,9 @@ def submit_jobs(api: Api, file: IO[str] | None, batch_file: IO[str] | None, **fi
     """
     items = submissions(file, batch_file, JobFlags(**fields))
     if batch_file is None:
-        submitted = [api.client.submit_job(items[0])]
+        submitted = [api.client.submit_job(items[0], idempotency_key=idempotency_key)]
     else:
-        submitted = api.client.submit_batch(items)
+        submitted = api.client.submit_batch(items, idempotency_key=idempotency_key)
     if api.as_json:
         wire = [job.to_wire() for job in submitted]
         emit_json(wire if batch_file is not None else wire[0])
@@ -255,12 +314,35 @@ def submit_jobs(api: Api, file: IO[str] | None, batch_file: IO[str] | None, **fi
 @click.option("--page", type=int, default=1)
 @click.option("--page-size", type=int, default=100)
 @click.option("--asc", is_flag=True, help="Oldest first.")
+@click.option("--name", help="Only jobs with this name.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only jobs with this label (repeat: all must match).",
+)
 @with_api
 def list_jobs(
-    api: Api, status: Any, container_group_id: str | None, page: int, page_size: int, asc: bool
+    api: Api,
+    status: Any,
+    container_group_id: str | None,
+    page: int,
+    page_size: int,
+    asc: bool,
+    name: str | None,
+    labels: tuple[str, ...],
 ) -> None:
     """List your jobs, newest first."""
-    listing = api.client.list_jobs(status, container_group_id, page, page_size, asc)
+    listing = api.client.list_jobs(
+        status,
+        container_group_id,
+        page,
+        page_size,
+        asc,
+        name=name,
+        labels=parse_env(labels, "--label"),
+    )
     if api.as_json:
         emit_json({"_count": listing.count, "jobs": [job.to_wire() for job in listing.jobs]})
         return
@@ -306,6 +388,8 @@ def show_job(job: JobOut) -> None:
     emit_fields(
         [
             ("id", job.id),
+            ("name", job.name),
+            ("labels", " ".join(f"{k}={v}" for k, v in job.labels.items())),
             ("status", job.status),
             ("group", job.container_group_id),
             ("command", " ".join([job.command, *job.arguments])),
@@ -322,10 +406,28 @@ def show_job(job: JobOut) -> None:
             ("heartbeat", job.heartbeat and f"{when(job.heartbeat)} ({job.num_heartbeats} in all)"),
             ("heartbeat interval", f"{job.heartbeat_interval} s"),
             ("failures", f"{job.num_failures} of at most {job.max_failures}"),
+            ("interruptions", _interruptions_line(job)),
+            ("max duration", job.max_duration and f"{job.max_duration} s per attempt"),
+            *_retry_lines(job),
             ("last exit code", job.last_exit_code),
             ("last error", job.last_error),
         ]
     )
+
+
+def _interruptions_line(job: JobOut) -> str | None:
+    if job.max_interruptions is not None:
+        return f"{job.num_interruptions} of at most {job.max_interruptions}"
+    return str(job.num_interruptions) if job.num_interruptions else None
+
+
+def _retry_lines(job: JobOut) -> list[tuple[str, object]]:
+    if job.retry is None:
+        return []
+    return [
+        ("fail at once on", " ".join(map(str, job.retry.fail_exit_codes))),
+        ("interruption on", " ".join(map(str, job.retry.interruption_exit_codes))),
+    ]
 
 
 @jobs.command("get")

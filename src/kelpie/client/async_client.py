@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -23,8 +23,10 @@ from kelpie.schemas import (
     CheckpointCommitted,
     CheckpointManifestOut,
     CheckpointOut,
+    GroupGoodputOut,
     JobEventIn,
     JobEventOut,
+    JobGoodputOut,
     JobList,
     JobOut,
     JobStatus,
@@ -109,13 +111,19 @@ class AsyncKelpieClient:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    async def submit_job(self, job: JobSubmission) -> JobOut:
-        """Queue one job (`JobCreate` or a plain mapping, validated by the server)."""
-        return await self._run(calls.submit_job(job))
+    async def submit_job(self, job: JobSubmission, *, idempotency_key: str | None = None) -> JobOut:
+        """Queue one job (`JobCreate` or a plain mapping, validated by the server). Sent with
+        an `Idempotency-Key` (`idempotency_key`, or a new one), so a retry never queues it
+        twice; pass your own key to make a later call with the same job answer this one's
+        job, e.g. after your program restarts (within 24 hours)."""
+        return await self._run(calls.submit_job(job, idempotency_key))
 
-    async def submit_batch(self, jobs: Sequence[JobSubmission]) -> list[JobOut]:
-        """Queue 1 to 1000 jobs at once, all or none; results in the same order."""
-        return await self._run(calls.submit_batch(jobs))
+    async def submit_batch(
+        self, jobs: Sequence[JobSubmission], *, idempotency_key: str | None = None
+    ) -> list[JobOut]:
+        """Queue 1 to 1000 jobs at once, all or none; results in the same order. Idempotent
+        like `submit_job`."""
+        return await self._run(calls.submit_batch(jobs, idempotency_key))
 
     async def get_job(self, job_id: str) -> JobOut:
         return await self._run(calls.get_job(job_id))
@@ -127,9 +135,17 @@ class AsyncKelpieClient:
         page: int = 1,
         page_size: int = 100,
         asc: bool = False,
+        *,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> JobList:
-        """One page of jobs (`.jobs`, `.count`), newest first unless `asc`."""
-        return await self._run(calls.list_jobs(status, container_group_id, page, page_size, asc))
+        """One page of jobs (`.jobs`, `.count`), newest first unless `asc`; only those named
+        `name` and carrying all of `labels`, when given."""
+        return await self._run(
+            calls.list_jobs(
+                status, container_group_id, page, page_size, asc, name=name, labels=labels
+            )
+        )
 
     async def iter_jobs(
         self,
@@ -137,11 +153,22 @@ class AsyncKelpieClient:
         container_group_id: str | None = None,
         page_size: int = 100,
         asc: bool = False,
+        *,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> AsyncIterator[JobOut]:
         """Every matching job, page after page. Jobs created or deleted meanwhile shift pages;
         `asc=True` keeps earlier pages stable while new jobs arrive."""
         for page_number in itertools.count(1):
-            page = await self.list_jobs(status, container_group_id, page_number, page_size, asc)
+            page = await self.list_jobs(
+                status,
+                container_group_id,
+                page_number,
+                page_size,
+                asc,
+                name=name,
+                labels=labels,
+            )
             for job in page.jobs:
                 yield job
             if calls.is_last_page(page, page_size):
@@ -157,6 +184,17 @@ class AsyncKelpieClient:
 
     async def list_attempts(self, job_id: str) -> list[AttemptOut]:
         return await self._run(calls.list_attempts(job_id))
+
+    async def job_goodput(self, job_id: str) -> JobGoodputOut:
+        """Where each attempt of the job spent its time, and what interruptions cost it."""
+        return await self._run(calls.job_goodput(job_id))
+
+    async def group_goodput(
+        self, container_group_id: str, window_seconds: int = 7 * 24 * 3600
+    ) -> GroupGoodputOut:
+        """The group's goodput report over the attempts that started within the window:
+        interruption rates, checkpoint interval and cost, GPU time lost, Young/Daly."""
+        return await self._run(calls.group_goodput(container_group_id, window_seconds))
 
     async def delete_all_jobs(self) -> None:
         """Admin: remove every job (test resets)."""

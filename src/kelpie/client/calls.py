@@ -6,6 +6,7 @@ builder's docstring says why its retry policy is safe.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -24,11 +25,13 @@ from kelpie.schemas import (
     CheckpointCommitted,
     CheckpointManifestOut,
     CheckpointOut,
+    GroupGoodputOut,
     HealthOut,
     HeartbeatOut,
     JobCreate,
     JobEventIn,
     JobEventOut,
+    JobGoodputOut,
     JobList,
     JobOut,
     JobStatus,
@@ -45,6 +48,7 @@ M = TypeVar("M", bound=BaseModel)
 
 JobSubmission = JobCreate | Mapping[str, Any]
 QueryValue = str | int | float | bool
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 # Extra seconds a long poll's read timeout allows beyond the server-side wait.
 LONG_POLL_MARGIN_S = 10.0
 
@@ -57,9 +61,10 @@ class Call(Generic[T]):
     path: str
     retry: RetryPolicy
     parse: Callable[[httpx.Response], T]
-    params: Mapping[str, QueryValue] = field(default_factory=dict)
+    params: Mapping[str, QueryValue | Sequence[str]] = field(default_factory=dict)
     body: Any = None
     read_timeout: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def what(self) -> str:
@@ -72,6 +77,8 @@ class Call(Generic[T]):
             args["params"] = dict(self.params)
         if self.body is not None:
             args["json"] = self.body
+        if self.headers:
+            args["headers"] = dict(self.headers)
         if self.read_timeout is not None:
             args["timeout"] = httpx.Timeout(default_timeout, read=self.read_timeout)
         return args
@@ -152,18 +159,42 @@ def _worker_body(
 # -- jobs -----------------------------------------------------------------------------------
 
 
-def submit_job(job: JobSubmission) -> Call[JobOut]:
-    """`POST /jobs`. Not idempotent: a repeat after the server received the request would
-    create a second job, so it is retried only when the connection was never made."""
+def new_idempotency_key() -> str:
+    """A fresh `Idempotency-Key`: random, so no two submissions ever share one by chance."""
+    return str(uuid.uuid4())
+
+
+def submit_job(job: JobSubmission, idempotency_key: str | None = None) -> Call[JobOut]:
+    """`POST /jobs` with an `Idempotency-Key` (a new one unless given), so it is retried like
+    an idempotent call: the key goes with every send of this call, and the server answers a
+    repeat of a request it already took with the job that request created (even from
+    another API process, or after a restart) instead of creating a second one. A request
+    whose answer was lost (read timeout, dropped connection, 502/503/504) is therefore safe
+    to send again."""
     return Call(
-        "POST", "/jobs", RetryPolicy.UNSENT_ONLY, _model(JobOut), body=_submission_body(job)
+        "POST",
+        "/jobs",
+        RetryPolicy.IDEMPOTENT,
+        _model(JobOut),
+        body=_submission_body(job),
+        headers={IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()},
     )
 
 
-def submit_batch(jobs: Sequence[JobSubmission]) -> Call[list[JobOut]]:
-    """`POST /jobs/batch`, all-or-nothing. Retried only when never sent, like `submit_job`."""
+def submit_batch(
+    jobs: Sequence[JobSubmission], idempotency_key: str | None = None
+) -> Call[list[JobOut]]:
+    """`POST /jobs/batch`, all-or-nothing, with an `Idempotency-Key`: retried like
+    `submit_job`, and a repeat answers the jobs of the first request."""
     body = [_submission_body(job) for job in jobs]
-    return Call("POST", "/jobs/batch", RetryPolicy.UNSENT_ONLY, _models(JobOut), body=body)
+    return Call(
+        "POST",
+        "/jobs/batch",
+        RetryPolicy.IDEMPOTENT,
+        _models(JobOut),
+        body=body,
+        headers={IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()},
+    )
 
 
 def get_job(job_id: str) -> Call[JobOut]:
@@ -177,13 +208,24 @@ def list_jobs(
     page: int = 1,
     page_size: int = 100,
     asc: bool = False,
+    name: str | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Call[JobList]:
-    """`GET /jobs`: one page of the caller's jobs, newest first unless `asc`. A read."""
-    params: dict[str, QueryValue] = {"page": page, "page_size": page_size, "asc": asc}
+    """`GET /jobs`: one page of the caller's jobs, newest first unless `asc`, only those
+    with `name` and carrying every one of `labels` when given. A read."""
+    params: dict[str, QueryValue | Sequence[str]] = {
+        "page": page,
+        "page_size": page_size,
+        "asc": asc,
+    }
     if status is not None:
         params["status"] = status
     if container_group_id is not None:
         params["container_group_id"] = container_group_id
+    if name is not None:
+        params["name"] = name
+    if labels:
+        params["label"] = [f"{key}={value}" for key, value in labels.items()]
     return Call("GET", "/jobs", RetryPolicy.IDEMPOTENT, _model(JobList), params=params)
 
 
@@ -218,6 +260,25 @@ def list_attempts(job_id: str) -> Call[list[AttemptOut]]:
     """`GET /jobs/{id}/attempts`: a read."""
     return Call(
         "GET", f"/jobs/{_segment(job_id)}/attempts", RetryPolicy.IDEMPOTENT, _models(AttemptOut)
+    )
+
+
+def job_goodput(job_id: str) -> Call[JobGoodputOut]:
+    """`GET /jobs/{id}/goodput`: where each attempt's time went. A read."""
+    return Call(
+        "GET", f"/jobs/{_segment(job_id)}/goodput", RetryPolicy.IDEMPOTENT, _model(JobGoodputOut)
+    )
+
+
+def group_goodput(container_group_id: str, window_seconds: int) -> Call[GroupGoodputOut]:
+    """`GET /container-groups/{group}/goodput`: what interruptions cost the group's attempts
+    that started within the last `window_seconds`. A read."""
+    return Call(
+        "GET",
+        f"/container-groups/{_segment(container_group_id)}/goodput",
+        RetryPolicy.IDEMPOTENT,
+        _model(GroupGoodputOut),
+        params={"window": window_seconds},
     )
 
 

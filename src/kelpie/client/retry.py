@@ -2,11 +2,12 @@
 
 Two policies cover every endpoint (each endpoint states its own in `kelpie.client.calls`):
 
-- `IDEMPOTENT`: repeating the request cannot do harm (reads, deletes, heartbeats, and the
-  worker's completed/failed/interrupted reports, which the server fences by holder). Retried
-  on any transport error (connect, timeouts, dropped connections) and on 429/502/503/504.
-- `UNSENT_ONLY`: repeating could do something twice (create a second job, claim a second
-  job). Retried only when the request certainly never reached the server: the connection
+- `IDEMPOTENT`: repeating the request cannot do harm (reads, deletes, heartbeats, the
+  worker's completed/failed/interrupted reports, which the server fences by holder, and
+  submissions, which carry an `Idempotency-Key`). Retried on any transport error (connect,
+  timeouts, dropped connections) and on 429/502/503/504.
+- `UNSENT_ONLY`: repeating could do something twice (claim a second job, mint a second
+  key). Retried only when the request certainly never reached the server: the connection
   could not be made, or no pooled connection became free. Never after a read timeout or a
   5xx, since the server may have acted.
 

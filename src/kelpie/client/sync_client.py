@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -21,7 +21,9 @@ from kelpie.schemas import (
     AttemptOut,
     CheckpointManifestOut,
     CheckpointOut,
+    GroupGoodputOut,
     JobEventOut,
+    JobGoodputOut,
     JobList,
     JobOut,
     JobStatus,
@@ -106,13 +108,19 @@ class KelpieClient:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def submit_job(self, job: JobSubmission) -> JobOut:
-        """Queue one job (`JobCreate` or a plain mapping, validated by the server)."""
-        return self._run(calls.submit_job(job))
+    def submit_job(self, job: JobSubmission, *, idempotency_key: str | None = None) -> JobOut:
+        """Queue one job (`JobCreate` or a plain mapping, validated by the server). Sent with
+        an `Idempotency-Key` (`idempotency_key`, or a new one), so a retry never queues it
+        twice; pass your own key to make a later call with the same job answer this one's
+        job, e.g. after your program restarts (within 24 hours)."""
+        return self._run(calls.submit_job(job, idempotency_key))
 
-    def submit_batch(self, jobs: Sequence[JobSubmission]) -> list[JobOut]:
-        """Queue 1 to 1000 jobs at once, all or none; results in the same order."""
-        return self._run(calls.submit_batch(jobs))
+    def submit_batch(
+        self, jobs: Sequence[JobSubmission], *, idempotency_key: str | None = None
+    ) -> list[JobOut]:
+        """Queue 1 to 1000 jobs at once, all or none; results in the same order. Idempotent
+        like `submit_job`."""
+        return self._run(calls.submit_batch(jobs, idempotency_key))
 
     def get_job(self, job_id: str) -> JobOut:
         return self._run(calls.get_job(job_id))
@@ -124,9 +132,17 @@ class KelpieClient:
         page: int = 1,
         page_size: int = 100,
         asc: bool = False,
+        *,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> JobList:
-        """One page of jobs (`.jobs`, `.count`), newest first unless `asc`."""
-        return self._run(calls.list_jobs(status, container_group_id, page, page_size, asc))
+        """One page of jobs (`.jobs`, `.count`), newest first unless `asc`; only those named
+        `name` and carrying all of `labels`, when given."""
+        return self._run(
+            calls.list_jobs(
+                status, container_group_id, page, page_size, asc, name=name, labels=labels
+            )
+        )
 
     def iter_jobs(
         self,
@@ -134,11 +150,22 @@ class KelpieClient:
         container_group_id: str | None = None,
         page_size: int = 100,
         asc: bool = False,
+        *,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Iterator[JobOut]:
         """Every matching job, page after page. Jobs created or deleted meanwhile shift pages;
         `asc=True` keeps earlier pages stable while new jobs arrive."""
         for page_number in itertools.count(1):
-            page = self.list_jobs(status, container_group_id, page_number, page_size, asc)
+            page = self.list_jobs(
+                status,
+                container_group_id,
+                page_number,
+                page_size,
+                asc,
+                name=name,
+                labels=labels,
+            )
             yield from page.jobs
             if calls.is_last_page(page, page_size):
                 return
@@ -153,6 +180,17 @@ class KelpieClient:
 
     def list_attempts(self, job_id: str) -> list[AttemptOut]:
         return self._run(calls.list_attempts(job_id))
+
+    def job_goodput(self, job_id: str) -> JobGoodputOut:
+        """Where each attempt of the job spent its time, and what interruptions cost it."""
+        return self._run(calls.job_goodput(job_id))
+
+    def group_goodput(
+        self, container_group_id: str, window_seconds: int = 7 * 24 * 3600
+    ) -> GroupGoodputOut:
+        """The group's goodput report over the attempts that started within the window:
+        interruption rates, checkpoint interval and cost, GPU time lost, Young/Daly."""
+        return self._run(calls.group_goodput(container_group_id, window_seconds))
 
     def list_job_events(self, job_id: str, after: int = 0) -> list[JobEventOut]:
         """The job's events after id `after`, oldest first."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -46,6 +46,7 @@ WORKER_EVENT_KINDS = (
     "checkpoint_restored",
     "checkpoint_fallback",
     "started",
+    "outputs_uploaded",
     "warning",
 )
 # Worker events shown as the attempt's `warnings`.
@@ -59,6 +60,13 @@ OUTAGE_GAP_SECONDS = 3.0
 # After an outage, a running job's holder has two heartbeat intervals plus this long to beat
 # again: the API's own start and every worker reconnecting at once take some seconds.
 OUTAGE_GRACE_SECONDS = 5.0
+
+# An idempotency key answers repeats of its submission for this long; then it may be reused
+# and is soon forgotten (Store.purge_idempotency_keys).
+IDEMPOTENCY_KEY_LIFETIME_S = 24 * 3600.0
+
+IDEMPOTENCY_KEY_REUSED = "this key was used within the last 24 hours for a different request"
+IDEMPOTENCY_JOBS_GONE = "the jobs submitted with this key have been deleted since"
 
 ATTEMPT_OUTCOMES: tuple[AttemptOutcome, ...] = (
     "running",
@@ -119,10 +127,38 @@ def completed_message(machine_id: str) -> str:
     return f"completed on {machine_id}"
 
 
-def interrupted_message(machine_id: str) -> str:
+def interrupted_message(machine_id: str, exit_code: int | None = None) -> str:
+    if exit_code is not None:
+        return (
+            f"exited with code {exit_code} on {machine_id}, which counts as an interruption"
+            " (retry.interruption_exit_codes)"
+        )
     return f"handed back by {machine_id} (its node is going away)"
 
 
+def interruption_limit_reason(count_sql: str) -> str:
+    """SQL of the `last_error` of a job that reached `max_interruptions` at `count_sql`
+    interruptions (the same text in both dialects)."""
+    return (
+        f"'interrupted ' || ({count_sql}) || ' times; max_interruptions is ' || max_interruptions"
+    )
+
+
+def ended_by_interruptions(message: str, reason: str) -> str:
+    """The event of the interruption that used up a job's budget: what happened, and why the
+    job failed (`ended_by_interruptions_sql` writes the same in SQL)."""
+    return f"{message}; {reason}, so the job failed"
+
+
+def ended_by_interruptions_sql(message_sql: str) -> str:
+    return f"{message_sql} || '; ' || last_error || ', so the job failed'"
+
+
+def interruption_event_data(exit_code: int | None) -> dict[str, Any] | None:
+    return None if exit_code is None else {"exit_code": exit_code}
+
+
+STALLED_MESSAGE = "stopped heartbeating"
 CANCELED_MESSAGE = "canceled by its owner"
 PURGED_MESSAGE = "canceled with the rest of its container group"
 
@@ -132,13 +168,35 @@ def checkpoint_message(generation: int, files: int, size: int) -> str:
 
 
 def failure_message(
-    machine_id: str, exit_code: int | None, error: str | None, *, ended: bool
+    machine_id: str,
+    exit_code: int | None,
+    error: str | None,
+    *,
+    ended: bool,
+    fail_now: bool = False,
 ) -> str:
     """The `failed` event's line: where, how, and what became of the job."""
     how = "" if exit_code is None else f" (exit code {exit_code})"
     why = "" if not error else f": {error[:500]}"
-    then = "it reached max_failures and failed" if ended else "it is pending again"
+    if fail_now:
+        then = "its exit code fails the job at once (retry.fail_exit_codes)"
+    else:
+        then = "it reached max_failures and failed" if ended else "it is pending again"
     return f"failed on {machine_id}{how}{why}; {then}"
+
+
+def replayed_jobs(ids: Sequence[str], found: Iterable[Job]) -> list[Job] | None:
+    """The jobs an idempotency key stands for, in submission order; None when any of them
+    was deleted since."""
+    by_id = {job.id: job for job in found}
+    if any(job_id not in by_id for job_id in ids):
+        return None
+    return [by_id[job_id] for job_id in ids]
+
+
+def label_rows(job_id: str, labels: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """The `job_labels` rows of a job: (job_id, key, value)."""
+    return [(job_id, key, value) for key, value in labels.items()]
 
 
 def manifest_to_json(entries: Iterable[ManifestEntry]) -> list[list[Any]]:
@@ -212,6 +270,9 @@ class RowDecoder:
             checkpoint_generation=row["checkpoint_generation"],
             checkpoint_keep=row["checkpoint_keep"],
             priority=row["priority"],
+            name=row["name"],
+            max_interruptions=row["max_interruptions"],
+            num_interruptions=row["num_interruptions"],
         )
 
     def user(self, row: Row) -> User:

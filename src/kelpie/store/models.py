@@ -58,6 +58,14 @@ class NewJob:
     project_name: str | None = None
     checkpoint_keep: int = 3
     priority: int = 0
+    name: str | None = None
+    max_interruptions: int | None = None
+    """None: any number of interruptions; at this many the job fails."""
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        labels: Mapping[str, str] = self.spec.get("labels") or {}
+        return labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,11 @@ class Job:
     checkpoint_keep: int = 3
     priority: int = 0
     """Higher is claimed first within its container group."""
+    name: str | None = None
+    max_interruptions: int | None = None
+    num_interruptions: int = 0
+    """Attempts handed back by their node or lost (stopped heartbeating), and failures an
+    exit code in `retry.interruption_exit_codes` turned into interruptions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +178,29 @@ class JobQuery:
     page: int = 1
     page_size: int = 100
     ascending: bool = False
+    name: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    """(key, value) pairs a job must all carry."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentRequest:
+    """A submission sent with an `Idempotency-Key`: the key (scoped to the submitting user),
+    and a fingerprint of the request that a repeat must match."""
+
+    key: str
+    fingerprint: str
+    status_code: int = 202
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """The jobs of an idempotent submission, and whether this call created them or repeated
+    an earlier one (then `status_code` is the earlier answer's)."""
+
+    jobs: list[Job]
+    replayed: bool
+    status_code: int
 
 
 class CancelOutcome(enum.Enum):

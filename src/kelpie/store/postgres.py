@@ -25,20 +25,28 @@ from kelpie.schemas import JobStatus
 from kelpie.store._common import (
     API_KEY_COLUMNS,
     CANCELED_MESSAGE,
+    IDEMPOTENCY_JOBS_GONE,
+    IDEMPOTENCY_KEY_LIFETIME_S,
+    IDEMPOTENCY_KEY_REUSED,
     MAX_WORKER_EVENTS_PER_ATTEMPT,
     NEW_JOBS_CHANNEL,
     OUTAGE_GAP_SECONDS,
     OUTAGE_GRACE_SECONDS,
     PURGED_MESSAGE,
+    STALLED_MESSAGE,
     WARNING_EVENT_KINDS,
     RowDecoder,
     as_job_status,
     checkpoint_message,
     claimed_message,
     completed_message,
+    ended_by_interruptions_sql,
     expired_objects,
     failure_message,
     interrupted_message,
+    interruption_event_data,
+    interruption_limit_reason,
+    label_rows,
     lost_message,
     manifest_from_json,
     manifest_to_json,
@@ -46,8 +54,19 @@ from kelpie.store._common import (
     new_webhook_secret,
     new_webhook_token,
     page_offset,
+    replayed_jobs,
 )
 from kelpie.store._connection_pool import UNREACHABLE_ERRORS, ConnectionPool
+from kelpie.store.goodput import (
+    ATTEMPT_ROWS,
+    LEDGER,
+    REPORT_SUMS,
+    GroupLedger,
+    JobLedger,
+    attempt_ledger,
+    group_ledger,
+    upload_seconds_of,
+)
 from kelpie.store.migrations import load_migrations
 from kelpie.store.models import (
     ApiKey,
@@ -59,6 +78,7 @@ from kelpie.store.models import (
     CommitResult,
     FailureResult,
     HeldOutcome,
+    IdempotentRequest,
     Job,
     JobEvent,
     JobQuery,
@@ -67,6 +87,7 @@ from kelpie.store.models import (
     Principal,
     ScalingRule,
     ScalingRulePatch,
+    Submitted,
     User,
     WebhookEvent,
 )
@@ -82,6 +103,7 @@ from kelpie.store.overview import (
 )
 from kelpie.store.protocol import (
     AlreadyExists,
+    IdempotencyConflict,
     InvalidChange,
     NotFound,
     StoreError,
@@ -125,6 +147,9 @@ _JOB_FIELDS = (
     "checkpoint_generation",
     "checkpoint_keep",
     "priority",
+    "name",
+    "max_interruptions",
+    "num_interruptions",
 )
 _JOB_COLUMNS = ", ".join(_JOB_FIELDS)
 _USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
@@ -193,9 +218,12 @@ def _claimable(status: Literal["running", "pending"], gate: str = "TRUE") -> str
     every pending job of the group, at every claim."""
     # lease_expires is a lower bound of the true deadline (see _HEARTBEAT): it finds the
     # candidates through the index, the heartbeat decides.
+    # A stalled job at its last allowed interruption is failed instead (see
+    # end_stalled_out_of_interruptions), never handed out again.
     stalled = (
         "AND j.lease_expires < now()"
         " AND j.heartbeat < now() - j.heartbeat_interval * interval '2 s'"
+        " AND (j.max_interruptions IS NULL OR j.num_interruptions + 1 < j.max_interruptions)"
         if status == "running"
         else ""
     )
@@ -239,7 +267,8 @@ WITH stalled AS ({_claimable("running")}
     SET status = 'running', machine_id = $1, heartbeat = now(),
         lease_expires = now() + j.heartbeat_interval * interval '2 s',
         started = coalesce(j.started, now()),
-        attempt_id = nextval(pg_get_serial_sequence('attempts', 'id'))
+        attempt_id = nextval(pg_get_serial_sequence('attempts', 'id')),
+        num_interruptions = j.num_interruptions + CASE WHEN j.status = 'running' THEN 1 ELSE 0 END
     FROM chosen WHERE j.id = chosen.id
     RETURNING {", ".join("j." + field for field in _JOB_FIELDS)}
 ), lost_attempt AS (
@@ -273,14 +302,16 @@ WITH completed_job AS (
 SELECT id FROM completed_job"""
 
 # $4 exit code, $5 error, $6 attempt id or NULL, $7/$8 the event's message when the job
-# failed for good / is pending again, $9 the event's data
+# failed for good / is pending again, $9 the event's data, $10 fail it now (retry rules)
 _FAIL = f"""
 WITH failed_job AS (
     UPDATE jobs SET
         num_failures = num_failures + 1,
         last_exit_code = $4, last_error = $5,
-        status = CASE WHEN num_failures + 1 >= max_failures THEN 'failed' ELSE 'pending' END,
-        failed = CASE WHEN num_failures + 1 >= max_failures THEN now() ELSE failed END
+        status = CASE WHEN $10::boolean OR num_failures + 1 >= max_failures
+                 THEN 'failed' ELSE 'pending' END,
+        failed = CASE WHEN $10::boolean OR num_failures + 1 >= max_failures
+                 THEN now() ELSE failed END
     WHERE {_held("$6")}
     RETURNING {_JOB_COLUMNS}
 ), job_event AS ({
@@ -300,13 +331,56 @@ SELECT failed_job.*,
        + (SELECT count(*) FROM block) AS machine_blocked_jobs
 FROM failed_job"""
 
-# $4 attempt id or NULL, $5 the event's message
+# A running job at its last allowed interruption.
+_OVER_BUDGET = "max_interruptions IS NOT NULL AND num_interruptions + 1 >= max_interruptions"
+
+# $4 attempt id or NULL, $5 the event's message, $6 the exit code that made the failure
+# report an interruption (retry rules) or NULL, $7 the event's data. At the job's last
+# allowed interruption it fails instead of going back to pending.
 _INTERRUPT = f"""
 WITH interrupted_job AS (
-    UPDATE jobs SET status = 'pending' WHERE {_HELD} RETURNING id, attempt_id, machine_id
-), ended_attempt AS ({_end_running_attempt("interrupted_job", "interrupted")}
-), job_event AS ({_add_event("interrupted_job", "interrupted", "$5")})
+    UPDATE jobs SET
+        num_interruptions = num_interruptions + 1,
+        status = CASE WHEN {_OVER_BUDGET} THEN 'failed' ELSE 'pending' END,
+        failed = CASE WHEN {_OVER_BUDGET} THEN now() ELSE failed END,
+        last_error = CASE WHEN {_OVER_BUDGET}
+                     THEN {interruption_limit_reason("num_interruptions + 1")}
+                     ELSE last_error END
+    WHERE {_HELD}
+    RETURNING id, user_id, status, attempt_id, machine_id, container_group_id, webhook,
+              last_error
+), ended_attempt AS ({_end_running_attempt("interrupted_job", "interrupted", "$6::integer")}
+), job_event AS ({
+    _add_event(
+        "interrupted_job",
+        "interrupted",
+        f"CASE WHEN status = 'failed' THEN {ended_by_interruptions_sql('$5')} ELSE $5 END",
+        "$7::jsonb",
+    )
+}), event AS ({_queue_event("interrupted_job", "status = 'failed'")})
 SELECT id FROM interrupted_job"""
+
+# Stalled running jobs at their last allowed interruption fail: their attempt is lost (its
+# last heartbeat kept) and a `failed` webhook queued. $1 the event's message.
+_END_STALLED_OUT_OF_INTERRUPTIONS = f"""
+WITH out_of_budget AS (
+    SELECT id FROM jobs
+    WHERE status = 'running' AND max_interruptions IS NOT NULL AND lease_expires < now()
+      AND heartbeat < now() - heartbeat_interval * interval '2 s'
+      AND num_interruptions + 1 >= max_interruptions
+    FOR UPDATE SKIP LOCKED
+), failed_job AS (
+    UPDATE jobs SET status = 'failed', failed = now(),
+        num_interruptions = jobs.num_interruptions + 1,
+        last_error = {interruption_limit_reason("jobs.num_interruptions + 1")}
+    FROM out_of_budget WHERE jobs.id = out_of_budget.id
+    RETURNING {", ".join("jobs." + field for field in _JOB_FIELDS)}
+), lost_attempt AS (
+    UPDATE attempts SET outcome = 'lost', ended = now(), last_heartbeat = failed_job.heartbeat
+    FROM failed_job WHERE attempts.job_id = failed_job.id AND attempts.outcome = 'running'
+), job_event AS ({_add_event("failed_job", "lost", ended_by_interruptions_sql("$1"))}
+), event AS ({_queue_event("failed_job")})
+SELECT * FROM failed_job"""
 
 # $3 the event's message
 _CANCEL = f"""
@@ -333,21 +407,66 @@ WITH canceled_job AS (
 )
 SELECT (SELECT count(*) FROM canceled_job) + (SELECT count(*) FROM deleted_job)"""
 
-# $1 user, $2.. one array per column: all jobs or none, in order (seq follows `position`).
+# $1 user, $2.. one array per column: all jobs or none, in order (seq follows `position`);
+# $13/$14/$15 the labels' job ids, keys and values.
 _CREATE_JOBS = f"""
-INSERT INTO jobs (id, user_id, status, container_group_id, created, max_failures,
-                  heartbeat_interval, webhook, spec, org_name, project_name, checkpoint_keep,
-                  priority)
-SELECT id, $1, 'pending', grp, now(), mf, hi, wh, sp::jsonb, org, prj, ck, pr
-FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::text[],
-            $7::text[], $8::text[], $9::text[], $10::int[], $11::int[])
-     WITH ORDINALITY AS t(id, grp, mf, hi, wh, sp, org, prj, ck, pr, position)
-ORDER BY position
-RETURNING {_JOB_COLUMNS}"""
+WITH created_job AS (
+    INSERT INTO jobs (id, user_id, status, container_group_id, created, max_failures,
+                      heartbeat_interval, webhook, spec, org_name, project_name, checkpoint_keep,
+                      name, max_interruptions, priority)
+    SELECT id, $1, 'pending', grp, now(), mf, hi, wh, sp::jsonb, org, prj, ck, nm, mi, pr
+    FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::text[],
+                $7::text[], $8::text[], $9::text[], $10::int[], $11::text[], $12::int[],
+                $13::int[])
+         WITH ORDINALITY AS t(id, grp, mf, hi, wh, sp, org, prj, ck, nm, mi, pr, position)
+    ORDER BY position
+    RETURNING {_JOB_COLUMNS}
+), labels AS (
+    INSERT INTO job_labels (job_id, key, value)
+    SELECT * FROM unnest($14::text[], $15::text[], $16::text[])
+)
+SELECT * FROM created_job"""
+
+# Takes the user's idempotency key for this request, unless it is in use (within its
+# lifetime, $6 seconds): true when taken. $1 user, $2 key, $3 fingerprint, $4 status code,
+# $5 the job ids. A concurrent request with the same key waits here for this one's outcome.
+_TAKE_IDEMPOTENCY_KEY = """
+INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, job_ids, created)
+VALUES ($1, $2, $3, $4, $5, now())
+ON CONFLICT (user_id, key) DO UPDATE
+SET fingerprint = excluded.fingerprint, status_code = excluded.status_code,
+    job_ids = excluded.job_ids, created = excluded.created
+WHERE idempotency_keys.created < now() - $6::float8 * interval '1 s'
+RETURNING true"""
 
 # $1 channel, $2 groups. A transaction that writes nothing but notifications commits
 # without waiting for a WAL flush.
 _ANNOUNCE_NEW_JOBS = "SELECT pg_notify($1, grp) FROM unnest($2::text[]) AS grp"
+
+
+def _job_columns(ids: Sequence[str], jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
+    """The arrays of `_CREATE_JOBS` after the user: one per column, then the labels."""
+    labels = [
+        row for job_id, job in zip(ids, jobs, strict=True) for row in label_rows(job_id, job.labels)
+    ]
+    return (
+        list(ids),
+        [job.container_group_id for job in jobs],
+        [job.max_failures for job in jobs],
+        [job.heartbeat_interval for job in jobs],
+        [job.webhook for job in jobs],
+        [json.dumps(dict(job.spec)) for job in jobs],
+        [job.org_name for job in jobs],
+        [job.project_name for job in jobs],
+        [job.checkpoint_keep for job in jobs],
+        [job.name for job in jobs],
+        [job.max_interruptions for job in jobs],
+        [job.priority for job in jobs],
+        [job_id for job_id, _, _ in labels],
+        [key for _, key, _ in labels],
+        [value for _, _, value in labels],
+    )
+
 
 # $1 user, $2 machine, $3 threshold
 _CLAIM_REALLOCATION = """
@@ -419,6 +538,69 @@ RETURNING o.id, o.user_id, o.url, o.payload, o.attempts, o.created, o.lease_toke
 
 # The attempt's outcome, written only while its claim holds the lease. $1 id, $2 token.
 _HOLDS_WEBHOOK_LEASE = "id = $1 AND lease_token = $2 AND leased_until IS NOT NULL"
+
+
+# For the rest of the transaction, statements are planned for their parameters each time,
+# never with the generic plan a prepared statement otherwise settles on after five runs.
+_CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
+
+# A committed generation counted on its attempt (the goodput ledger reads it there). $1 the
+# attempt, $2 its upload seconds or NULL.
+_COUNT_COMMIT = """
+UPDATE attempts SET commits = commits + 1, first_commit = coalesce(first_commit, now()),
+    last_commit = now(), commit_seconds = commit_seconds + coalesce($2::float8, 0),
+    timed_commits = timed_commits + CASE WHEN $2::float8 IS NULL THEN 0 ELSE 1 END
+WHERE id = $1"""
+
+# A worker event that marks a phase of its attempt is kept on the attempt too (the goodput
+# ledger reads it there), whether or not the event itself is kept: `started` (when the
+# command started), `outputs_uploaded` ($9: its seconds, added up). Part of add_worker_event.
+_RECORD_PHASE = """
+    UPDATE attempts SET
+        command_started = CASE WHEN $5 = 'started' THEN coalesce(command_started, now())
+                          ELSE command_started END,
+        upload_seconds = CASE WHEN $5 = 'outputs_uploaded' AND $9::float8 IS NOT NULL
+                         THEN coalesce(upload_seconds, 0) + $9::float8 ELSE upload_seconds END
+    FROM held WHERE attempts.id = $4 AND $5 IN ('started', 'outputs_uploaded')"""
+
+# The facts of the goodput ledger (kelpie.store.goodput) for the attempts of the jobs
+# matching {jobs} (j: jobs) that match {attempts} (a: an attempt), in unix seconds, with the
+# {identity} columns ATTEMPT_ROWS needs, or none (a group report). Times are read once
+# (MATERIALIZED: inlined, PostgreSQL would convert them again at every use) with date_part,
+# whose float costs a fraction of extract's numeric.
+_GOODPUT = """
+WITH facts AS MATERIALIZED (
+    SELECT {identity} a.outcome, date_part('epoch', a.started) AS started,
+           date_part('epoch', coalesce(a.last_heartbeat, a.ended, now())) AS finish,
+           date_part('epoch', a.command_started) AS command_started,
+           coalesce(a.upload_seconds, 0) AS upload_seconds,
+           date_part('epoch', a.next_started) AS next_started, a.commits,
+           date_part('epoch', a.first_commit) AS first_commit,
+           date_part('epoch', a.last_commit) AS last_commit, a.commit_seconds, a.timed_commits
+    FROM attempts AS a JOIN jobs AS j ON j.id = a.job_id
+    WHERE {jobs} AND {attempts}
+), {ledger}"""
+_LEDGER = LEDGER.format(greatest="greatest", least="least")
+# $1 job, $2 user or NULL
+_JOB_GOODPUT = (
+    _GOODPUT.format(
+        identity="a.id, a.machine_id, date_part('epoch', a.ended) AS ended,",
+        jobs="j.id = $1 AND ($2::text IS NULL OR j.user_id = $2)",
+        attempts="TRUE",
+        ledger=_LEDGER,
+    )
+    + ATTEMPT_ROWS
+)
+# $1 group, $2 user or NULL, $3/$4 the window: attempts that started within [$3, $4)
+_GROUP_GOODPUT = (
+    _GOODPUT.format(
+        identity="",
+        jobs="j.container_group_id = $1 AND ($2::text IS NULL OR j.user_id = $2)",
+        attempts="a.started >= to_timestamp($3::float8) AND a.started < to_timestamp($4::float8)",
+        ledger=_LEDGER,
+    )
+    + REPORT_SUMS
+)
 
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -682,25 +864,69 @@ class PostgresStore:
     # -- jobs, user side ---------------------------------------------------------------
     async def create_jobs(self, user_id: str, jobs: Sequence[NewJob]) -> list[Job]:
         ids = [new_id() for _ in jobs]
-        columns = (
-            ids,
-            [job.container_group_id for job in jobs],
-            [job.max_failures for job in jobs],
-            [job.heartbeat_interval for job in jobs],
-            [job.webhook for job in jobs],
-            [json.dumps(dict(job.spec)) for job in jobs],
-            [job.org_name for job in jobs],
-            [job.project_name for job in jobs],
-            [job.checkpoint_keep for job in jobs],
-            [job.priority for job in jobs],
-        )
         try:
-            rows = await self._connected().fetch(_CREATE_JOBS, user_id, *columns)
+            rows = await self._connected().fetch(_CREATE_JOBS, user_id, *_job_columns(ids, jobs))
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise StoreError(f"batch rejected, no job stored: {exc}") from exc
-        self._announce_new_jobs(columns[1])
+        self._announce_new_jobs(job.container_group_id for job in jobs)
         by_id = {row["id"]: _decode.job(row) for row in rows}
         return [by_id[job_id] for job_id in ids]
+
+    async def create_jobs_once(
+        self, user_id: str, jobs: Sequence[NewJob], request: IdempotentRequest
+    ) -> Submitted:
+        ids = [new_id() for _ in jobs]
+        try:
+            async with self._transaction() as conn:
+                taken = await conn.fetchval(
+                    _TAKE_IDEMPOTENCY_KEY,
+                    user_id,
+                    request.key,
+                    request.fingerprint,
+                    request.status_code,
+                    ids,
+                    IDEMPOTENCY_KEY_LIFETIME_S,
+                )
+                if not taken:
+                    return await self._replay(conn, user_id, request)
+                rows = await conn.fetch(_CREATE_JOBS, user_id, *_job_columns(ids, jobs))
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise StoreError(f"batch rejected, no job stored: {exc}") from exc
+        self._announce_new_jobs(job.container_group_id for job in jobs)
+        by_id = {row["id"]: _decode.job(row) for row in rows}
+        created = [by_id[job_id] for job_id in ids]
+        return Submitted(created, replayed=False, status_code=request.status_code)
+
+    async def _replay(
+        self,
+        conn: asyncpg.Connection[asyncpg.Record],
+        user_id: str,
+        request: IdempotentRequest,
+    ) -> Submitted:
+        """The answer to a request whose idempotency key another request holds (committed:
+        the statement that found it waited for that one's transaction)."""
+        earlier = await conn.fetchrow(
+            "SELECT fingerprint, status_code, job_ids FROM idempotency_keys"
+            " WHERE user_id = $1 AND key = $2",
+            user_id,
+            request.key,
+        )
+        if earlier is None or earlier["fingerprint"] != request.fingerprint:
+            raise IdempotencyConflict(IDEMPOTENCY_KEY_REUSED)
+        rows = await conn.fetch(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ANY($1::text[])", earlier["job_ids"]
+        )
+        found = replayed_jobs(earlier["job_ids"], [_decode.job(row) for row in rows])
+        if found is None:
+            raise IdempotencyConflict(IDEMPOTENCY_JOBS_GONE)
+        return Submitted(found, replayed=True, status_code=earlier["status_code"])
+
+    async def purge_idempotency_keys(self) -> int:
+        status: str = await self._connected().execute(
+            "DELETE FROM idempotency_keys WHERE created < now() - $1::float8 * interval '1 s'",
+            IDEMPOTENCY_KEY_LIFETIME_S,
+        )
+        return int(status.rsplit(" ", 1)[1])
 
     def _announce_new_jobs(self, groups: Iterable[str]) -> None:
         """Wakes long polls in every API process (`listen_for_new_jobs`) for these groups.
@@ -741,18 +967,33 @@ class PostgresStore:
             ("user_id", query.user_id),
             ("status", query.status),
             ("container_group_id", query.container_group_id),
+            ("name", query.name),
         ):
             if value is not None:
                 args.append(value)
                 conditions.append(f"{column} = ${len(args)}")
+        for key, value in query.labels:
+            args += [key, value]
+            conditions.append(
+                f"id IN (SELECT job_id FROM job_labels WHERE key = ${len(args) - 1}"
+                f" AND value = ${len(args)})"
+            )
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         order = "ASC" if query.ascending else "DESC"
         args += [query.page_size, page_offset(query.page, query.page_size)]
-        rows = await self._connected().fetch(
+        statement = (
             f"SELECT {_JOB_COLUMNS} FROM jobs {where}"
-            f" ORDER BY created {order}, seq {order} LIMIT ${len(args) - 1} OFFSET ${len(args)}",
-            *args,
+            f" ORDER BY created {order}, seq {order} LIMIT ${len(args) - 1} OFFSET ${len(args)}"
         )
+        if not query.labels:
+            rows = await self._connected().fetch(statement, *args)
+            return [_decode.job(row) for row in rows]
+        async with self._transaction() as conn:
+            # A plan for these labels: one kept for any label would be the same whether the
+            # label marks one job (find it through the label's index) or thousands (walk the
+            # jobs newest first and check each), and slow for one of them.
+            await conn.execute(_CUSTOM_PLAN)
+            rows = await conn.fetch(statement, *args)
         return [_decode.job(row) for row in rows]
 
     async def cancel_job(self, job_id: str, user_id: str | None) -> CancelOutcome:
@@ -869,6 +1110,8 @@ class PostgresStore:
         exit_code: int | None,
         error: str | None,
         attempt_id: int | None = None,
+        *,
+        fail_now: bool = False,
     ) -> FailureResult:
         row = await self._connected().fetchrow(
             _FAIL,
@@ -878,9 +1121,10 @@ class PostgresStore:
             exit_code,
             error,
             attempt_id,
-            failure_message(machine_id, exit_code, error, ended=True),
+            failure_message(machine_id, exit_code, error, ended=True, fail_now=fail_now),
             failure_message(machine_id, exit_code, error, ended=False),
             {"exit_code": exit_code, "error": error},
+            fail_now,
         )
         if row is None:
             return FailureResult(await self._why_not_held(job_id, user_id))
@@ -894,13 +1138,26 @@ class PostgresStore:
         machine_id: str,
         user_id: str | None,
         attempt_id: int | None = None,
+        *,
+        exit_code: int | None = None,
     ) -> HeldOutcome:
         row = await self._connected().fetchrow(
-            _INTERRUPT, job_id, machine_id, user_id, attempt_id, interrupted_message(machine_id)
+            _INTERRUPT,
+            job_id,
+            machine_id,
+            user_id,
+            attempt_id,
+            interrupted_message(machine_id, exit_code),
+            exit_code,
+            interruption_event_data(exit_code),
         )
         if row is not None:
             return HeldOutcome.DONE
         return await self._why_not_held(job_id, user_id)
+
+    async def end_stalled_out_of_interruptions(self) -> list[Job]:
+        rows = await self._connected().fetch(_END_STALLED_OUT_OF_INTERRUPTIONS, STALLED_MESSAGE)
+        return [_decode.job(row) for row in rows]
 
     async def _why_not_held(self, job_id: str, user_id: str | None) -> HeldOutcome:
         exists = await self._connected().fetchval(
@@ -909,6 +1166,27 @@ class PostgresStore:
             user_id,
         )
         return HeldOutcome.NOT_HOLDER if exists else HeldOutcome.NOT_FOUND
+
+    # -- goodput -----------------------------------------------------------------------
+    async def job_goodput(self, job_id: str, user_id: str | None) -> JobLedger | None:
+        job = await self.get_job(job_id, user_id)
+        if job is None:
+            return None
+        rows = await self._connected().fetch(_JOB_GOODPUT, job_id, user_id)
+        return JobLedger(job.id, job.status, [attempt_ledger(row) for row in rows])
+
+    async def group_goodput(
+        self, user_id: str | None, container_group_id: str, since: datetime, until: datetime
+    ) -> GroupLedger:
+        async with self._transaction() as conn:
+            # Planned for this group and window each time: the plan a prepared statement
+            # settles on after five runs, made for any group, is several times slower.
+            await conn.execute(_CUSTOM_PLAN)
+            row = await conn.fetchrow(
+                _GROUP_GOODPUT, container_group_id, user_id, since.timestamp(), until.timestamp()
+            )
+        assert row is not None  # an aggregate always answers one row
+        return group_ledger(container_group_id, since, until, row)
 
     async def note_api_alive(self) -> float:
         async with self._transaction() as conn:
@@ -952,6 +1230,7 @@ class PostgresStore:
         attempt_id: int,
         generation: int,
         manifest: Sequence[ManifestEntry],
+        upload_seconds: float | None = None,
     ) -> CommitResult:
         stored = manifest_to_json(manifest)
         size = sum(entry.size for entry in manifest)
@@ -990,8 +1269,8 @@ class PostgresStore:
             if newest is not None and generation <= newest:
                 return CommitResult(CommitOutcome.NOT_NEWER, newest=newest)
             created = await conn.fetchval(
-                f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS})"
-                " VALUES ($1, $2, $3, $4, now(), $5, $6, $7) RETURNING created",
+                f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}, upload_seconds)"
+                " VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8) RETURNING created",
                 job_id,
                 generation,
                 attempt_id,
@@ -999,10 +1278,12 @@ class PostgresStore:
                 len(manifest),
                 size,
                 stored,
+                upload_seconds,
             )
             await conn.execute(
                 "UPDATE jobs SET checkpoint_generation = $2 WHERE id = $1", job_id, generation
             )
+            await conn.execute(_COUNT_COMMIT, attempt_id, upload_seconds)
             kept_rows = await conn.fetch(
                 "SELECT generation, manifest FROM checkpoints"
                 " WHERE job_id = $1 AND manifest IS NOT NULL ORDER BY generation DESC",
@@ -1080,6 +1361,7 @@ class PostgresStore:
                     (job_id, attempt_id, machine_id, kind, message, data, created)
                 SELECT id, attempt_id, machine_id, $5, $6, $7::jsonb, now()
                 FROM held, room WHERE room.ok
+            ), phase AS ({_RECORD_PHASE}
             )
             SELECT true FROM held""",
             job_id,
@@ -1090,6 +1372,7 @@ class PostgresStore:
             message,
             None if data is None else dict(data),
             MAX_WORKER_EVENTS_PER_ATTEMPT,
+            upload_seconds_of(data) if kind == "outputs_uploaded" else None,
         )
         if added:
             return HeldOutcome.DONE

@@ -11,6 +11,7 @@ keeps:
   overwrite the newer holder.
 - A webhook event is written to the outbox in the same transaction as the state change it
   reports, so an acknowledged change never loses its event.
+- A job's labels and name are filters of `list_jobs`; labels are also kept in its spec.
 - `user_id=None` in a scoped call means "any user" (admin callers); otherwise a job of
   another user behaves exactly as a job that does not exist.
 """
@@ -22,6 +23,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from kelpie.schemas import JobStatus
+from kelpie.store.goodput import GroupLedger, JobLedger
 from kelpie.store.models import (
     ApiKey,
     Attempt,
@@ -31,6 +33,7 @@ from kelpie.store.models import (
     CommitResult,
     FailureResult,
     HeldOutcome,
+    IdempotentRequest,
     Job,
     JobEvent,
     JobQuery,
@@ -39,6 +42,7 @@ from kelpie.store.models import (
     Principal,
     ScalingRule,
     ScalingRulePatch,
+    Submitted,
     User,
     WebhookEvent,
 )
@@ -60,6 +64,11 @@ class NotFound(StoreError):
 class InvalidChange(StoreError):
     """The change would break a rule the record keeps (a scaling rule's min above its max);
     nothing was changed."""
+
+
+class IdempotencyConflict(StoreError):
+    """The idempotency key was used within its lifetime for another request (or the jobs it
+    created are gone); nothing was created."""
 
 
 class StoreUnavailable(StoreError):
@@ -118,6 +127,20 @@ class Store(Protocol):
     # -- jobs, user side ---------------------------------------------------------------
     async def create_jobs(self, user_id: str, jobs: Sequence[NewJob]) -> list[Job]:
         """Stores all jobs in one transaction (all or nothing), in order, as `pending`."""
+
+    async def create_jobs_once(
+        self, user_id: str, jobs: Sequence[NewJob], request: IdempotentRequest
+    ) -> Submitted:
+        """`create_jobs` for a request carrying an idempotency key, taken in the same
+        transaction: the first request with the key creates the jobs; a repeat within
+        IDEMPOTENCY_KEY_LIFETIME_S with the same fingerprint creates nothing and answers the
+        jobs the first created (as they are now), one with another fingerprint raises
+        IdempotencyConflict (so does a repeat whose jobs were deleted since). Requests racing
+        with one key, through any number of processes, create the jobs once. Keys are the
+        user's own: another user's key of the same name is another key."""
+
+    async def purge_idempotency_keys(self) -> int:
+        """Forgets idempotency keys older than their lifetime; returns how many."""
 
     async def get_job(self, job_id: str, user_id: str | None) -> Job | None: ...
 
@@ -181,11 +204,14 @@ class Store(Protocol):
         exit_code: int | None,
         error: str | None,
         attempt_id: int | None = None,
+        *,
+        fail_now: bool = False,
     ) -> FailureResult:
         """Only the holder: counts the failure, blocks the machine from the job for good,
-        records exit code and error. At max_failures the job is `failed` (event queued);
-        otherwise it is pending again at once. `machine_blocked_jobs` counts the jobs of
-        the job's owner the machine is blocked from (toward its reallocation)."""
+        records exit code and error. At max_failures (or at once with `fail_now`: the job's
+        retry rules say so) the job is `failed` (event queued); otherwise it is pending
+        again at once. `machine_blocked_jobs` counts the jobs of the job's owner the machine
+        is blocked from (toward its reallocation)."""
 
     async def interrupt_if_held(
         self,
@@ -193,8 +219,19 @@ class Store(Protocol):
         machine_id: str,
         user_id: str | None,
         attempt_id: int | None = None,
+        *,
+        exit_code: int | None = None,
     ) -> HeldOutcome:
-        """The holder is going away: back to pending at once, no failure counted."""
+        """The holder is going away (or its job exited with `exit_code`, which the job's
+        retry rules count as an interruption): back to pending at once, no failure counted,
+        the machine not blocked. The interruption that reaches `max_interruptions` fails the
+        job instead, saying why in `last_error` (event queued)."""
+
+    async def end_stalled_out_of_interruptions(self) -> list[Job]:
+        """Fails the stalled running jobs (as a claim judges them) whose next interruption
+        would reach `max_interruptions` (claims never take those): their attempt is lost,
+        `last_error` says why, a `failed` event is queued. Returns the jobs failed. Cheap
+        when there are none: every API process asks every second."""
 
     async def note_api_alive(self) -> float:
         """Record that an API process reaches the store now. If no process had for longer
@@ -213,11 +250,14 @@ class Store(Protocol):
         attempt_id: int,
         generation: int,
         manifest: Sequence[ManifestEntry],
+        upload_seconds: float | None = None,
     ) -> CommitResult:
-        """Commit a generation for the holding attempt. The same commit repeated is answered
-        REPEATED; a generation that does not go forward is NOT_NEWER; a caller that does not
-        hold the job NOT_HOLDER. Generations beyond the job's `checkpoint_keep` newest lose
-        their manifest, and the objects only they used are returned as `expired`."""
+        """Commit a generation for the holding attempt (`upload_seconds`: how long it took
+        from its files being complete to this commit, kept as its cost). The same commit
+        repeated is answered REPEATED; a generation that does not go forward is NOT_NEWER; a
+        caller that does not hold the job NOT_HOLDER. Generations beyond the job's
+        `checkpoint_keep` newest lose their manifest, and the objects only they used are
+        returned as `expired`."""
 
     async def list_checkpoints(self, job_id: str, user_id: str | None) -> list[Checkpoint] | None:
         """Every committed generation, oldest first, without manifests; None when the job is
@@ -245,6 +285,16 @@ class Store(Protocol):
         self, job_id: str, user_id: str | None, after_id: int = 0, limit: int = 1000
     ) -> list[JobEvent] | None:
         """The job's events with id > after_id, oldest first; None when not visible."""
+
+    # -- goodput (see kelpie.store.goodput) ---------------------------------------------
+    async def job_goodput(self, job_id: str, user_id: str | None) -> JobLedger | None:
+        """Where each attempt of the job went; None when the job is not visible."""
+
+    async def group_goodput(
+        self, user_id: str | None, container_group_id: str, since: datetime, until: datetime
+    ) -> GroupLedger:
+        """The ledger of the group's attempts that started within [since, until), summed in
+        the database (one row, whatever the number of attempts)."""
 
     async def claim_reallocation(
         self, user_id: str, machine_id: str, threshold: int

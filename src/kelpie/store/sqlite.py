@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,19 +35,27 @@ from kelpie.schemas import JobStatus
 from kelpie.store._common import (
     API_KEY_COLUMNS,
     CANCELED_MESSAGE,
+    IDEMPOTENCY_JOBS_GONE,
+    IDEMPOTENCY_KEY_LIFETIME_S,
+    IDEMPOTENCY_KEY_REUSED,
     MAX_WORKER_EVENTS_PER_ATTEMPT,
     OUTAGE_GAP_SECONDS,
     OUTAGE_GRACE_SECONDS,
     PURGED_MESSAGE,
+    STALLED_MESSAGE,
     WARNING_EVENT_KINDS,
     RowDecoder,
     as_job_status,
     checkpoint_message,
     claimed_message,
     completed_message,
+    ended_by_interruptions,
     expired_objects,
     failure_message,
     interrupted_message,
+    interruption_event_data,
+    interruption_limit_reason,
+    label_rows,
     lost_message,
     manifest_from_json,
     manifest_to_json,
@@ -54,9 +63,20 @@ from kelpie.store._common import (
     new_webhook_secret,
     new_webhook_token,
     page_offset,
+    replayed_jobs,
     webhook_payload,
 )
 from kelpie.store._group_commit import GroupCommitWriter, execute_when_not_busy
+from kelpie.store.goodput import (
+    ATTEMPT_ROWS,
+    LEDGER,
+    REPORT_SUMS,
+    GroupLedger,
+    JobLedger,
+    attempt_ledger,
+    group_ledger,
+    upload_seconds_of,
+)
 from kelpie.store.migrations import load_migrations
 from kelpie.store.models import (
     ApiKey,
@@ -68,6 +88,7 @@ from kelpie.store.models import (
     CommitResult,
     FailureResult,
     HeldOutcome,
+    IdempotentRequest,
     Job,
     JobEvent,
     JobQuery,
@@ -76,6 +97,7 @@ from kelpie.store.models import (
     Principal,
     ScalingRule,
     ScalingRulePatch,
+    Submitted,
     User,
     WebhookEvent,
 )
@@ -91,6 +113,7 @@ from kelpie.store.overview import (
 )
 from kelpie.store.protocol import (
     AlreadyExists,
+    IdempotencyConflict,
     InvalidChange,
     NotFound,
     StoreError,
@@ -114,7 +137,8 @@ _JOB_COLUMNS = (
     "id, user_id, status, container_group_id, created, started, completed, canceled, failed,"
     " heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,"
     " max_failures, heartbeat_interval, webhook, spec, org_name, project_name,"
-    " attempt_id, checkpoint_generation, checkpoint_keep, priority"
+    " attempt_id, checkpoint_generation, checkpoint_keep, priority,"
+    " name, max_interruptions, num_interruptions"
 )
 _USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
 _RULE_COLUMNS = (
@@ -146,6 +170,13 @@ _HELD = (
 _CHECKPOINT_COLUMNS = "job_id, generation, attempt_id, machine_id, created, files, bytes, manifest"
 _EVENT_COLUMNS = "id, job_id, attempt_id, machine_id, kind, message, data, created"
 
+# A committed generation counted on its attempt (the goodput ledger reads it there).
+_COUNT_COMMIT = """
+UPDATE attempts SET commits = commits + 1, first_commit = coalesce(first_commit, :now),
+    last_commit = :now, commit_seconds = commit_seconds + coalesce(:s, 0),
+    timed_commits = timed_commits + (:s IS NOT NULL)
+WHERE id = :attempt_id"""
+
 _SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version    INTEGER PRIMARY KEY,
@@ -159,7 +190,14 @@ def _claimable(status: Literal["running", "pending"], rank: int) -> str:
     come in this order from jobs_pending_by_group, without sorting. The index is named:
     with statistics (after an ANALYZE) SQLite would rather sort a big group's pending jobs
     found through jobs_by_group_status, at every claim."""
-    stalled = "AND j.lease_expires < :now" if status == "running" else ""
+    # a stalled job at its last allowed interruption is failed instead (see
+    # end_stalled_out_of_interruptions), never handed out again
+    stalled = (
+        "AND j.lease_expires < :now"
+        " AND (j.max_interruptions IS NULL OR j.num_interruptions + 1 < j.max_interruptions)"
+        if status == "running"
+        else ""
+    )
     index = "jobs_running_by_group" if status == "running" else "jobs_pending_by_group"
     return f"""
         SELECT seq, {rank} AS rank FROM (
@@ -181,7 +219,8 @@ _CLAIM = f"""
 UPDATE jobs
 SET status = 'running', machine_id = :machine_id, heartbeat = :now,
     lease_expires = :now + 2 * heartbeat_interval, started = coalesce(started, :now),
-    attempt_id = (SELECT coalesce(max(id), 0) + 1 FROM attempts)
+    attempt_id = (SELECT coalesce(max(id), 0) + 1 FROM attempts),
+    num_interruptions = num_interruptions + (status = 'running')
 WHERE seq = (
     SELECT seq FROM ({_claimable("running", 0)} UNION ALL {_claimable("pending", 1)})
     ORDER BY rank
@@ -284,6 +323,86 @@ def _queue_event(
     )
 
 
+def _insert_jobs(
+    conn: sqlite3.Connection,
+    user_id: str,
+    ids: Sequence[str],
+    jobs: Sequence[NewJob],
+    specs: Sequence[str],
+    now: float,
+) -> None:
+    """Inserts the jobs, pending, and their labels, in the caller's transaction."""
+    conn.executemany(
+        "INSERT INTO jobs (id, user_id, status, container_group_id, created,"
+        " max_failures, heartbeat_interval, webhook, spec, org_name, project_name,"
+        " checkpoint_keep, name, max_interruptions, priority)"
+        " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                job_id,
+                user_id,
+                job.container_group_id,
+                now,
+                job.max_failures,
+                job.heartbeat_interval,
+                job.webhook,
+                spec,
+                job.org_name,
+                job.project_name,
+                job.checkpoint_keep,
+                job.name,
+                job.max_interruptions,
+                job.priority,
+            )
+            for job_id, job, spec in zip(ids, jobs, specs, strict=True)
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO job_labels (job_id, key, value) VALUES (?, ?, ?)",
+        [
+            row
+            for job_id, job in zip(ids, jobs, strict=True)
+            for row in label_rows(job_id, job.labels)
+        ],
+    )
+
+
+def _new_jobs(
+    user_id: str, ids: Sequence[str], jobs: Sequence[NewJob], specs: Sequence[str], now: float
+) -> list[Job]:
+    """The jobs `_insert_jobs` stored, as a read would return them."""
+    return [
+        Job(
+            id=job_id,
+            user_id=user_id,
+            status="pending",
+            container_group_id=job.container_group_id,
+            created=_dt(now),
+            started=None,
+            completed=None,
+            canceled=None,
+            failed=None,
+            heartbeat=None,
+            num_failures=0,
+            num_heartbeats=0,
+            machine_id=None,
+            last_exit_code=None,
+            last_error=None,
+            max_failures=job.max_failures,
+            heartbeat_interval=job.heartbeat_interval,
+            webhook=job.webhook,
+            spec=json.loads(spec),
+            org_name=job.org_name,
+            project_name=job.project_name,
+            checkpoint_keep=job.checkpoint_keep,
+            name=job.name,
+            max_interruptions=job.max_interruptions,
+            priority=job.priority,
+        )
+        for job_id, job, spec in zip(ids, jobs, specs, strict=True)
+    ]
+
+
 def _end_running_attempt(
     conn: sqlite3.Connection,
     job_id: str,
@@ -322,6 +441,27 @@ def _add_event(
             now,
         ),
     )
+
+
+def _record_phase(
+    conn: sqlite3.Connection,
+    attempt_id: int,
+    kind: str,
+    data: Mapping[str, Any] | None,
+    now: float,
+) -> None:
+    """A worker event that marks a phase of its attempt is kept on the attempt too (the
+    goodput ledger reads it there), whether or not the event itself is kept."""
+    if kind == "started":
+        conn.execute(
+            "UPDATE attempts SET command_started = coalesce(command_started, ?) WHERE id = ?",
+            (now, attempt_id),
+        )
+    elif kind == "outputs_uploaded" and (seconds := upload_seconds_of(data)) is not None:
+        conn.execute(
+            "UPDATE attempts SET upload_seconds = coalesce(upload_seconds, 0) + ? WHERE id = ?",
+            (seconds, attempt_id),
+        )
 
 
 def _end_held_attempt(
@@ -680,63 +820,76 @@ class SqliteStore:
 
         def insert(conn: sqlite3.Connection) -> float:
             now = time.time()
-            conn.executemany(
-                "INSERT INTO jobs (id, user_id, status, container_group_id, created,"
-                " max_failures, heartbeat_interval, webhook, spec, org_name, project_name,"
-                " checkpoint_keep, priority)"
-                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        job_id,
-                        user_id,
-                        job.container_group_id,
-                        now,
-                        job.max_failures,
-                        job.heartbeat_interval,
-                        job.webhook,
-                        spec,
-                        job.org_name,
-                        job.project_name,
-                        job.checkpoint_keep,
-                        job.priority,
-                    )
-                    for job_id, job, spec in zip(ids, jobs, specs, strict=True)
-                ],
-            )
+            _insert_jobs(conn, user_id, ids, jobs, specs, now)
             return now
 
         try:
             now = await self._write(insert)
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"batch rejected, no job stored: {exc}") from exc
-        return [
-            Job(
-                id=job_id,
-                user_id=user_id,
-                status="pending",
-                container_group_id=job.container_group_id,
-                created=_dt(now),
-                started=None,
-                completed=None,
-                canceled=None,
-                failed=None,
-                heartbeat=None,
-                num_failures=0,
-                num_heartbeats=0,
-                machine_id=None,
-                last_exit_code=None,
-                last_error=None,
-                max_failures=job.max_failures,
-                heartbeat_interval=job.heartbeat_interval,
-                webhook=job.webhook,
-                spec=json.loads(spec),
-                org_name=job.org_name,
-                project_name=job.project_name,
-                checkpoint_keep=job.checkpoint_keep,
-                priority=job.priority,
+        return _new_jobs(user_id, ids, jobs, specs, now)
+
+    async def create_jobs_once(
+        self, user_id: str, jobs: Sequence[NewJob], request: IdempotentRequest
+    ) -> Submitted:
+        ids = [new_id() for _ in jobs]
+        specs = [json.dumps(dict(job.spec)) for job in jobs]
+
+        def insert(conn: sqlite3.Connection) -> Submitted:
+            now = time.time()
+            earlier = _one(
+                conn,
+                "SELECT fingerprint, status_code, job_ids, created FROM idempotency_keys"
+                " WHERE user_id = ? AND key = ?",
+                (user_id, request.key),
             )
-            for job_id, job, spec in zip(ids, jobs, specs, strict=True)
-        ]
+            if earlier is not None and earlier["created"] > now - IDEMPOTENCY_KEY_LIFETIME_S:
+                if earlier["fingerprint"] != request.fingerprint:
+                    raise IdempotencyConflict(IDEMPOTENCY_KEY_REUSED)
+                rows = _all(
+                    conn,
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+                    (earlier["job_ids"],),
+                )
+                found = replayed_jobs(
+                    json.loads(earlier["job_ids"]), [_decode.job(row) for row in rows]
+                )
+                if found is None:
+                    raise IdempotencyConflict(IDEMPOTENCY_JOBS_GONE)
+                return Submitted(found, replayed=True, status_code=earlier["status_code"])
+            conn.execute(
+                "INSERT INTO idempotency_keys"
+                " (user_id, key, fingerprint, status_code, job_ids, created)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, key) DO UPDATE"
+                " SET fingerprint = excluded.fingerprint, status_code = excluded.status_code,"
+                " job_ids = excluded.job_ids, created = excluded.created",
+                (
+                    user_id,
+                    request.key,
+                    request.fingerprint,
+                    request.status_code,
+                    json.dumps(ids),
+                    now,
+                ),
+            )
+            _insert_jobs(conn, user_id, ids, jobs, specs, now)
+            created = _new_jobs(user_id, ids, jobs, specs, now)
+            return Submitted(created, replayed=False, status_code=request.status_code)
+
+        try:
+            return await self._write(insert)
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"batch rejected, no job stored: {exc}") from exc
+
+    async def purge_idempotency_keys(self) -> int:
+        cutoff = time.time() - IDEMPOTENCY_KEY_LIFETIME_S
+
+        def purge(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM idempotency_keys WHERE created < ?", (cutoff,)
+            ).rowcount
+
+        return await self._write(purge)
 
     async def get_job(self, job_id: str, user_id: str | None) -> Job | None:
         row = await self._read_one(
@@ -746,7 +899,7 @@ class SqliteStore:
         return None if row is None else _decode.job(row)
 
     async def list_jobs(self, query: JobQuery) -> list[Job]:
-        conditions, params = _job_filters(query)
+        conditions, params = _job_filters(query, await self._label_plan(query))
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         order = "ASC" if query.ascending else "DESC"
         params["limit"] = query.page_size
@@ -757,6 +910,22 @@ class SqliteStore:
             params,
         )
         return [_decode.job(row) for row in rows]
+
+    async def _label_plan(self, query: JobQuery) -> _LabelPlan | None:
+        """How to find jobs by their labels. SQLite plans a statement once, not knowing how
+        many jobs carry a label: a label few jobs carry is best found through its own index
+        (then sorted), one many carry by walking the jobs newest first and checking each.
+        A capped count of each label decides."""
+        if not query.labels:
+            return None
+        counts = []
+        for key, value in query.labels:
+            row = await self._read_one(_LABEL_COUNT, (key, value, RARE_LABEL_JOBS + 1))
+            assert row is not None
+            counts.append(int(row[0]))
+        rarest = sorted(range(len(counts)), key=counts.__getitem__)
+        labels = tuple(query.labels[i] for i in rarest)
+        return _LabelPlan(labels, from_labels=counts[rarest[0]] <= RARE_LABEL_JOBS)
 
     async def cancel_job(self, job_id: str, user_id: str | None) -> CancelOutcome:
         params = {"job_id": job_id, "user_id": user_id}
@@ -952,6 +1121,8 @@ class SqliteStore:
         exit_code: int | None,
         error: str | None,
         attempt_id: int | None = None,
+        *,
+        fail_now: bool = False,
     ) -> FailureResult:
         params = _held_params(job_id, machine_id, user_id, attempt_id)
 
@@ -961,11 +1132,18 @@ class SqliteStore:
                 conn,
                 "UPDATE jobs SET num_failures = num_failures + 1,"
                 " last_exit_code = :exit_code, last_error = :error,"
-                " status = CASE WHEN num_failures + 1 >= max_failures"
+                " status = CASE WHEN :fail_now OR num_failures + 1 >= max_failures"
                 "          THEN 'failed' ELSE 'pending' END,"
-                " failed = CASE WHEN num_failures + 1 >= max_failures THEN :now ELSE failed END"
+                " failed = CASE WHEN :fail_now OR num_failures + 1 >= max_failures"
+                "          THEN :now ELSE failed END"
                 f" WHERE {_HELD} RETURNING {_JOB_COLUMNS}",
-                {**params, "now": now, "exit_code": exit_code, "error": error},
+                {
+                    **params,
+                    "now": now,
+                    "exit_code": exit_code,
+                    "error": error,
+                    "fail_now": fail_now,
+                },
             )
             if row is None:
                 return FailureResult(_why_not_held(conn, params))
@@ -980,7 +1158,9 @@ class SqliteStore:
                 job,
                 "failed",
                 now,
-                failure_message(machine_id, exit_code, error, ended=job.status == "failed"),
+                failure_message(
+                    machine_id, exit_code, error, ended=job.status == "failed", fail_now=fail_now
+                ),
                 exit_code,
                 {"exit_code": exit_code, "error": error},
             )
@@ -1002,23 +1182,87 @@ class SqliteStore:
         machine_id: str,
         user_id: str | None,
         attempt_id: int | None = None,
+        *,
+        exit_code: int | None = None,
     ) -> HeldOutcome:
         params = _held_params(job_id, machine_id, user_id, attempt_id)
+        over_budget = "max_interruptions IS NOT NULL AND num_interruptions + 1 >= max_interruptions"
 
         def interrupt(conn: sqlite3.Connection) -> HeldOutcome:
             now = time.time()
             row = _one(
                 conn,
-                f"UPDATE jobs SET status = 'pending' WHERE {_HELD} RETURNING {_JOB_COLUMNS}",
-                params,
+                "UPDATE jobs SET num_interruptions = num_interruptions + 1,"
+                f" status = CASE WHEN {over_budget} THEN 'failed' ELSE 'pending' END,"
+                f" failed = CASE WHEN {over_budget} THEN :now ELSE failed END,"
+                f" last_error = CASE WHEN {over_budget}"
+                f"   THEN {interruption_limit_reason('num_interruptions + 1')}"
+                "    ELSE last_error END"
+                f" WHERE {_HELD} RETURNING {_JOB_COLUMNS}",
+                {**params, "now": now},
             )
             if row is None:
                 return _why_not_held(conn, params)
             job = _decode.job(row)
-            _end_held_attempt(conn, job, "interrupted", now, interrupted_message(machine_id))
+            message = interrupted_message(machine_id, exit_code)
+            if job.status == "failed":
+                message = ended_by_interruptions(message, job.last_error or "")
+                _queue_event(conn, job, "failed", machine_id, now)
+            _end_held_attempt(
+                conn,
+                job,
+                "interrupted",
+                now,
+                message,
+                exit_code,
+                interruption_event_data(exit_code),
+            )
             return HeldOutcome.DONE
 
         return await self._write(interrupt)
+
+    async def end_stalled_out_of_interruptions(self) -> list[Job]:
+        # Asked every second by every API process: the common answer, none, is read without
+        # taking the file's write lock.
+        stalled = (
+            "status = 'running' AND max_interruptions IS NOT NULL AND lease_expires < :now"
+            " AND num_interruptions + 1 >= max_interruptions"
+        )
+        if not await self._read(
+            f"SELECT 1 FROM jobs WHERE {stalled} LIMIT 1", {"now": time.time()}
+        ):
+            return []
+
+        def end(conn: sqlite3.Connection) -> list[Job]:
+            now = time.time()
+            rows = _all(
+                conn,
+                "UPDATE jobs SET status = 'failed', failed = :now,"
+                " num_interruptions = num_interruptions + 1,"
+                f" last_error = {interruption_limit_reason('num_interruptions + 1')}"
+                f" WHERE {stalled} RETURNING {_JOB_COLUMNS}",
+                {"now": now},
+            )
+            jobs = [_decode.job(row) for row in rows]
+            for job in jobs:
+                conn.execute(
+                    "UPDATE attempts SET outcome = 'lost', ended = ?, last_heartbeat = ?"
+                    " WHERE job_id = ? AND outcome = 'running'",
+                    (now, None if job.heartbeat is None else job.heartbeat.timestamp(), job.id),
+                )
+                _add_event(
+                    conn,
+                    job.id,
+                    "lost",
+                    ended_by_interruptions(STALLED_MESSAGE, job.last_error or ""),
+                    now,
+                    attempt_id=job.attempt_id,
+                    machine_id=job.machine_id,
+                )
+                _queue_event(conn, job, "failed", job.machine_id or "", now)
+            return jobs
+
+        return await self._write(end)
 
     # -- checkpoints and events --------------------------------------------------------
     async def commit_checkpoint(
@@ -1029,6 +1273,7 @@ class SqliteStore:
         attempt_id: int,
         generation: int,
         manifest: Sequence[ManifestEntry],
+        upload_seconds: float | None = None,
     ) -> CommitResult:
         params = _held_params(job_id, machine_id, user_id, attempt_id)
         stored = manifest_to_json(manifest)
@@ -1065,7 +1310,8 @@ class SqliteStore:
             if newest is not None and generation <= newest:
                 return CommitResult(CommitOutcome.NOT_NEWER, newest=newest)
             conn.execute(
-                f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}, upload_seconds)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     generation,
@@ -1075,11 +1321,13 @@ class SqliteStore:
                     len(manifest),
                     size,
                     json.dumps(stored),
+                    upload_seconds,
                 ),
             )
             conn.execute(
                 "UPDATE jobs SET checkpoint_generation = ? WHERE id = ?", (generation, job_id)
             )
+            conn.execute(_COUNT_COMMIT, {"attempt_id": attempt_id, "now": now, "s": upload_seconds})
             kept_rows = _all(
                 conn,
                 "SELECT generation, manifest FROM checkpoints"
@@ -1151,6 +1399,8 @@ class SqliteStore:
         def add(conn: sqlite3.Connection) -> HeldOutcome:
             if _one(conn, f"SELECT 1 FROM jobs WHERE {_HELD}", params) is None:
                 return _why_not_held(conn, params)
+            now = time.time()
+            _record_phase(conn, attempt_id, kind, data, now)
             count = _one(
                 conn,
                 "SELECT count(*) FROM job_events WHERE job_id = ? AND attempt_id = ?",
@@ -1163,7 +1413,7 @@ class SqliteStore:
                     job_id,
                     kind,
                     message,
-                    time.time(),
+                    now,
                     attempt_id=attempt_id,
                     machine_id=machine_id,
                     data=data,
@@ -1183,6 +1433,44 @@ class SqliteStore:
             (job_id, after_id, limit),
         )
         return [_decode.event(row) for row in rows]
+
+    # -- goodput -----------------------------------------------------------------------
+    async def job_goodput(self, job_id: str, user_id: str | None) -> JobLedger | None:
+        job = await self.get_job(job_id, user_id)
+        if job is None:
+            return None
+        rows = await self._read(
+            _GOODPUT.format(
+                identity="a.id, a.machine_id, a.ended,",
+                jobs="j.id = :job_id AND (:user_id IS NULL OR j.user_id = :user_id)",
+                attempts="1 = 1",
+                ledger=LEDGER_SQL,
+            )
+            + ATTEMPT_ROWS,
+            {"job_id": job_id, "user_id": user_id, "now": time.time()},
+        )
+        return JobLedger(job.id, job.status, [attempt_ledger(row) for row in rows])
+
+    async def group_goodput(
+        self, user_id: str | None, container_group_id: str, since: datetime, until: datetime
+    ) -> GroupLedger:
+        rows = await self._read(
+            _GOODPUT.format(
+                identity="",
+                jobs="j.container_group_id = :group AND (:user_id IS NULL OR j.user_id = :user_id)",
+                attempts="a.started >= :since AND a.started < :until",
+                ledger=LEDGER_SQL,
+            )
+            + REPORT_SUMS,
+            {
+                "group": container_group_id,
+                "user_id": user_id,
+                "since": since.timestamp(),
+                "until": until.timestamp(),
+                "now": time.time(),
+            },
+        )
+        return group_ledger(container_group_id, since, until, rows[0])
 
     async def note_api_alive(self) -> float:
         def note(conn: sqlite3.Connection) -> float:
@@ -1569,7 +1857,24 @@ def _why_not_held(conn: sqlite3.Connection, params: Mapping[str, Any]) -> HeldOu
     return HeldOutcome.NOT_FOUND if row is None else HeldOutcome.NOT_HOLDER
 
 
-def _job_filters(query: JobQuery) -> tuple[list[str], dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class _LabelPlan:
+    labels: tuple[tuple[str, str], ...]
+    """The query's labels, the one fewest jobs carry first."""
+    from_labels: bool
+    """Find the jobs through the rarest label's index, then check the others (else walk the
+    jobs, checking every label)."""
+
+
+# Jobs carrying a label, counted up to a cap (an index range: cheap, and bounded).
+_LABEL_COUNT = "SELECT count(*) FROM (SELECT 1 FROM job_labels WHERE key = ? AND value = ? LIMIT ?)"
+# A label no more jobs than this carry is where a label filter starts.
+RARE_LABEL_JOBS = 2000
+
+
+def _job_filters(
+    query: JobQuery, labels: _LabelPlan | None = None
+) -> tuple[list[str], dict[str, Any]]:
     """Only the filters given, so that the planner picks the index that fits them."""
     conditions: list[str] = []
     params: dict[str, Any] = {}
@@ -1582,6 +1887,19 @@ def _job_filters(query: JobQuery) -> tuple[list[str], dict[str, Any]]:
         if value is not None:
             conditions.append(f"{column} = :{column}")
             params[column] = value
+    if query.name is not None:
+        conditions.append("name = :name")
+        params["name"] = query.name
+    for i, (key, value) in enumerate(labels.labels if labels is not None else ()):
+        label = f"key = :label_key_{i} AND value = :label_value_{i}"
+        if labels is not None and labels.from_labels and i == 0:
+            conditions.append(f"id IN (SELECT job_id FROM job_labels WHERE {label})")
+        else:
+            conditions.append(
+                f"EXISTS (SELECT 1 FROM job_labels WHERE {label} AND job_id = jobs.id)"
+            )
+        params[f"label_key_{i}"] = key
+        params[f"label_value_{i}"] = value
     return conditions, params
 
 
@@ -1658,3 +1976,18 @@ def _group_filters(
 def _dt_any(value: object) -> datetime:
     assert isinstance(value, int | float)
     return _dt(value)
+
+
+# The facts of the goodput ledger (kelpie.store.goodput) for the attempts of the jobs
+# matching {jobs} (j: jobs) that match {attempts} (a: an attempt), in unix seconds, with the
+# {identity} columns ATTEMPT_ROWS needs, or none (a group report).
+_GOODPUT = """
+WITH facts AS (
+    SELECT {identity} a.outcome, a.started,
+           coalesce(a.last_heartbeat, a.ended, :now) AS finish, a.command_started,
+           coalesce(a.upload_seconds, 0) AS upload_seconds, a.next_started, a.commits,
+           a.first_commit, a.last_commit, a.commit_seconds, a.timed_commits
+    FROM attempts AS a JOIN jobs AS j ON j.id = a.job_id
+    WHERE {jobs} AND {attempts}
+), {ledger}"""
+LEDGER_SQL = LEDGER.format(greatest="max", least="min")

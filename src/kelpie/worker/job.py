@@ -143,7 +143,7 @@ class JobAttempt:
             settings.container_group_id,
             job.attempt_id,
             float(job.heartbeat_interval),
-            node.working,
+            self._beat,
         )
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[bool] | None = None
@@ -157,10 +157,12 @@ class JobAttempt:
         self.warnings: list[str] = []
         """What a user should know about this attempt that did not stop it."""
         self._events: set[asyncio.Task[None]] = set()
+        self._began = time.monotonic()
 
     async def run(self) -> Outcome:
         logger.info("job %s: claimed (%s)", self.job.id, self.job.command)
-        self._node.working(1)
+        self._began = time.monotonic()
+        self._node.working(0.0)
         self._heartbeat_task = spawn(self._heartbeat.run(), f"heartbeat-{self.job.id}")
         self._stop_task = spawn(self._stopping.wait(), "worker-stopping")
         try:
@@ -191,7 +193,7 @@ class JobAttempt:
             self._live = self._live_sync(plan)
             await self._live.start()
             self._process = await self._start_process(plan)
-            status = await self._guarded(self._process.wait(), running=True)
+            status = await self._guarded(self._wait_within_max_duration(), running=True)
         except _Disturbed:
             return await self._disturbed()
         except _StorageUnavailable as exc:
@@ -317,10 +319,24 @@ class JobAttempt:
         self._event("started", f"started {self.job.command} (pid {process.pid})", None)
         return process
 
+    async def _wait_within_max_duration(self) -> ExitStatus:
+        """The command's exit; a failure (`timed out`) once it has run `max_duration`."""
+        assert self._process is not None
+        limit = self.job.max_duration
+        if limit is None:
+            return await self._process.wait()
+        try:
+            # the wait is shielded: timing out leaves the process to _fail_after_flush
+            return await asyncio.wait_for(self._process.wait(), limit)
+        except TimeoutError:
+            logger.warning("job %s: ran longer than max_duration (%d s)", self.job.id, limit)
+            raise _Failure(timed_out_reason(limit), local=False) from None
+
     async def _finish(self, plan: TransferPlan) -> Outcome:
         """Exit 0: every upload done, then `completed`."""
         self._node.finishing()
-        deadline = time.monotonic() + self._settings.upload_retry_s
+        started = time.monotonic()
+        deadline = started + self._settings.upload_retry_s
         try:
             await self._guarded(self._final_uploads(plan, deadline))
         except _Disturbed:
@@ -329,6 +345,13 @@ class JobAttempt:
             return await self._hand_back_for_storage(str(exc))
         except _Failure as exc:
             return await self._report_failed(exc.reason, 0, local=True)
+        seconds = time.monotonic() - started
+        # Sent before the report: an attempt that has ended may post nothing more.
+        await self._event_sent(
+            "outputs_uploaded",
+            f"final uploads took {seconds:.1f} s",
+            {"seconds": round(seconds, 3)},
+        )
         logger.info("job %s: completed", self.job.id)
         if await self._report("completed", self._client.report_completed):
             return Outcome.COMPLETED
@@ -605,11 +628,21 @@ class JobAttempt:
         self.warnings.append(warning)
         self._event("warning", warning, None)
 
-    def _event(self, kind: WorkerEventKind, message: str, data: dict[str, Any] | None) -> None:
+    async def _event_sent(
+        self, kind: WorkerEventKind, message: str, data: dict[str, Any] | None
+    ) -> None:
+        """`_event`, waiting (a moment at most) until it is sent."""
+        sending = self._event(kind, message, data)
+        if sending is not None:
+            await asyncio.wait({sending}, timeout=EVENT_FLUSH_S)
+
+    def _event(
+        self, kind: WorkerEventKind, message: str, data: dict[str, Any] | None
+    ) -> asyncio.Task[None] | None:
         """Tell the API, in the background, what this attempt saw (best effort: an event that
-        cannot be sent is only logged)."""
+        cannot be sent is only logged). Returns the sending task."""
         if self.job.attempt_id is None:
-            return
+            return None
         event = JobEventIn(
             machine_id=self._settings.machine_id,
             container_group_id=self._settings.container_group_id,
@@ -618,13 +651,28 @@ class JobAttempt:
             message=message[:2000],
             data=data,
         )
-        self._events.add(spawn(self._send_event(event), f"event-{kind}"))
+        sending = spawn(self._send_event(event), f"event-{kind}")
+        self._events.add(sending)
+        return sending
 
     async def _send_event(self, event: JobEventIn) -> None:
         try:
             await self._client.add_job_event(self.job.id, event)
         except KelpieError as exc:
             logger.info("job %s: event %s not recorded: %s", self.job.id, event.kind, exc)
+
+    def _beat(self, beats: int) -> None:
+        """After each heartbeat: SaladCloud's deletion cost follows the work deleting this
+        node would lose now."""
+        self._node.working(self._work_at_risk_s())
+
+    def _work_at_risk_s(self) -> float:
+        """Seconds since the attempt began, or since its last committed checkpoint if later."""
+        since = self._began
+        engine = self._checkpoints
+        if engine is not None and engine.last_committed_at is not None:
+            since = max(since, engine.last_committed_at)
+        return time.monotonic() - since
 
     def _heartbeat_finished(self) -> bool:
         return self._heartbeat_task is not None and self._heartbeat_task.done()
@@ -671,6 +719,10 @@ class _NoStorage:
         self, local_path: Path, bucket: str, key: str, *, compress: bool = False
     ) -> int:
         raise StorageError("no S3 settings")
+
+
+def timed_out_reason(max_duration: int) -> str:
+    return f"timed out: the command ran longer than max_duration ({max_duration} s) and was stopped"
 
 
 def _upload_failure(failures: dict[str, str]) -> str:

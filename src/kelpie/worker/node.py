@@ -1,8 +1,9 @@
 """This worker's node as SaladCloud sees it, through the IMDS: deletion cost and reallocation.
 
 The deletion cost tells SaladCloud which instance to remove first on scale-down: 0 while
-idle, the number of heartbeats of the running job while it runs (a job that has run longer
-costs more to lose), and `FINISHING_COST` while final outputs upload. Costs are sent by one
+idle; while a job runs, the seconds of work deleting the node would lose (since the attempt
+began, or since its last committed checkpoint if later), so scale-in takes the node that
+loses least; and `FINISHING_COST` while final outputs upload. Costs are sent by one
 background task that always sends the latest value, so a slow or missing IMDS never delays a
 heartbeat or a claim. Off SaladCloud every call is a fast no-op (see `ImdsClient`).
 """
@@ -40,8 +41,10 @@ class Node:
     def idle(self) -> None:
         self.set_deletion_cost(IDLE_COST)
 
-    def working(self, heartbeats: int) -> None:
-        self.set_deletion_cost(max(1, heartbeats))
+    def working(self, seconds_at_risk: float) -> None:
+        """A job runs; deleting the node would lose `seconds_at_risk` of its work (at least
+        1, which still ranks above an idle node)."""
+        self.set_deletion_cost(max(1, int(seconds_at_risk)))
 
     def finishing(self) -> None:
         self.set_deletion_cost(FINISHING_COST)

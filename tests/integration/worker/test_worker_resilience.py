@@ -231,8 +231,9 @@ def test_worker_sets_deletion_cost_and_reallocates_after_repeated_failures(
         assert worker.proc.wait(timeout=15) == 0
         costs = imds.deletion_costs
         assert costs[0] == 0  # idle at start
+        # while running: the work at risk (see test_worker_scheduling), always above idle
         running = costs[1 : costs.index(999_999_999)]
-        assert running == sorted(running) and len(running) >= 2 and running[0] >= 1
+        assert running and min(running) >= 1
         assert 0 in costs[costs.index(999_999_999) :]  # idle again after the upload
         assert len(imds.reallocations) == 1
         assert "2 jobs failed in a row" in imds.reallocations[0]

@@ -62,6 +62,7 @@ async def commit_checkpoint(
         commit.attempt_id,
         commit.generation,
         [ManifestEntry(f.target, f.path, f.key, f.size, f.sha256) for f in commit.files],
+        commit.upload_seconds,
     )
     if result.outcome is CommitOutcome.NOT_FOUND:
         raise not_found("Job", job_id)

@@ -1,6 +1,7 @@
 """`/container-groups`: what a caller's jobs look like per container group (the queue), for
 the dashboard's group pages: counts by status, machines blocked from its jobs, and the queue
-depth, running jobs and interruptions over time. Read-only; scoped like `/jobs`."""
+depth, running jobs and interruptions over time; and the group's goodput report (what
+interruptions cost, how often to checkpoint). Read-only; scoped like `/jobs`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
+from kelpie.api.convert import group_goodput_body
 from kelpie.api.deps import CurrentPrincipal, StoreDep, scope
 from kelpie.api.errors import error_responses, not_found
-from kelpie.schemas import NO_NUL, AttemptOutcome, GroupDetailOut, GroupList, format_timestamp
+from kelpie.schemas import (
+    NO_NUL,
+    AttemptOutcome,
+    GroupDetailOut,
+    GroupGoodputOut,
+    GroupList,
+    format_timestamp,
+)
 from kelpie.store.overview import ActivityBucket, GroupCounts
 
 router = APIRouter(prefix="/container-groups", tags=["container groups"])
@@ -98,3 +107,34 @@ async def get_group(
             },
         }
     )
+
+
+@router.get(
+    "/{container_group_id}/goodput",
+    response_model=GroupGoodputOut,
+    operation_id="get_container_group_goodput",
+    responses=error_responses(400, 401, 403, 404),
+    summary="What interruptions cost the group's jobs, and how often to checkpoint",
+)
+async def get_group_goodput(
+    container_group_id: GroupPath,
+    principal: CurrentPrincipal,
+    store: StoreDep,
+    window: Annotated[
+        int,
+        Query(
+            ge=60,
+            le=MAX_WINDOW_SECONDS,
+            description="Seconds of history: the attempts that started within this long before"
+            " now (60 s to 30 days).",
+        ),
+    ] = 7 * 24 * 3600,
+) -> JSONResponse:
+    user_id = scope(principal)
+    if not await store.group_counts(user_id, container_group_id):
+        raise not_found("Container group", container_group_id)
+    until = datetime.now(UTC)
+    report = await store.group_goodput(
+        user_id, container_group_id, until - timedelta(seconds=window), until
+    )
+    return JSONResponse(group_goodput_body(report))

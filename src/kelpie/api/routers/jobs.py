@@ -9,28 +9,35 @@ from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from kelpie.api.convert import attempt_body, job_body, new_job
+from kelpie.api.convert import attempt_body, job_body, job_goodput_body, new_job
 from kelpie.api.deps import AdminPrincipal, CurrentPrincipal, JobId, StoreDep, app_state, scope
 from kelpie.api.errors import ApiError, error_responses, not_found
+from kelpie.api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from kelpie.api.idempotency import REPLAYED_HEADER, IdempotencyKeyHeader, idempotent_request
 from kelpie.api.state import AppState
 from kelpie.schemas import (
     MAX_BATCH,
+    MAX_NAME_LENGTH,
     NO_NUL,
     AttemptOut,
     JobCreate,
+    JobGoodputOut,
     JobList,
     JobOut,
     JobStatus,
     Message,
     PurgeOut,
+    parse_label_filter,
 )
-from kelpie.store.models import CancelOutcome, JobQuery
+from kelpie.store.models import CancelOutcome, IdempotentRequest, JobQuery, Principal, Submitted
+from kelpie.store.protocol import IdempotencyConflict
 from kelpie.webhooks.targets import address_policy
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 _ERRORS = error_responses(400, 401, 403, 404)
 GroupFilter = Annotated[str | None, Query(min_length=1, max_length=255, pattern=NO_NUL)]
+MAX_LABEL_FILTERS = 16
 
 
 def _refuse_unreachable_webhooks(
@@ -52,17 +59,24 @@ def _refuse_unreachable_webhooks(
     status_code=202,
     response_model=JobOut,
     operation_id="submit_job",
-    responses=_ERRORS,
+    responses={**_ERRORS, **error_responses(409)},
     summary="Queue a job",
 )
 async def submit_job(
-    submission: JobCreate, principal: CurrentPrincipal, request: Request
+    submission: JobCreate,
+    principal: CurrentPrincipal,
+    request: Request,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     state = app_state(request)
     _refuse_unreachable_webhooks(state, [submission], batch=False)
-    (job,) = await state.store.create_jobs(principal.user.id, [new_job(submission, principal)])
-    state.notifier.notify(job.container_group_id)
-    return JSONResponse(job_body(job), status_code=202)
+    once = idempotent_request(idempotency_key, "job", [submission])
+    submitted = await _submit(state, principal, [submission], once)
+    return JSONResponse(
+        job_body(submitted.jobs[0]),
+        status_code=submitted.status_code,
+        headers=_replay_headers(submitted),
+    )
 
 
 @router.post(
@@ -70,22 +84,50 @@ async def submit_job(
     status_code=202,
     response_model=list[JobOut],
     operation_id="submit_jobs_batch",
-    responses=_ERRORS,
+    responses={**_ERRORS, **error_responses(409)},
     summary="Queue up to 1000 jobs, all or nothing",
 )
 async def submit_batch(
     submissions: Annotated[list[JobCreate], Body(min_length=1, max_length=MAX_BATCH)],
     principal: CurrentPrincipal,
     request: Request,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     state = app_state(request)
     _refuse_unreachable_webhooks(state, submissions, batch=True)
-    jobs = await state.store.create_jobs(
-        principal.user.id, [new_job(item, principal) for item in submissions]
+    once = idempotent_request(idempotency_key, "batch", submissions)
+    submitted = await _submit(state, principal, submissions, once)
+    return JSONResponse(
+        [job_body(job) for job in submitted.jobs],
+        status_code=submitted.status_code,
+        headers=_replay_headers(submitted),
     )
-    for group in {job.container_group_id for job in jobs}:
-        state.notifier.notify(group)
-    return JSONResponse([job_body(job) for job in jobs], status_code=202)
+
+
+async def _submit(
+    state: AppState,
+    principal: Principal,
+    submissions: Sequence[JobCreate],
+    request: IdempotentRequest | None,
+) -> Submitted:
+    """Stores the jobs (once per idempotency key) and wakes the long polls of their groups."""
+    jobs = [new_job(item, principal) for item in submissions]
+    if request is None:
+        created = await state.store.create_jobs(principal.user.id, jobs)
+        submitted = Submitted(created, replayed=False, status_code=202)
+    else:
+        try:
+            submitted = await state.store.create_jobs_once(principal.user.id, jobs, request)
+        except IdempotencyConflict as exc:
+            raise ApiError(409, f"{IDEMPOTENCY_HEADER}: {exc}") from exc
+    if not submitted.replayed:
+        for group in {job.container_group_id for job in submitted.jobs}:
+            state.notifier.notify(group)
+    return submitted
+
+
+def _replay_headers(submitted: Submitted) -> dict[str, str]:
+    return {REPLAYED_HEADER: "true"} if submitted.replayed else {}
 
 
 @router.get(
@@ -101,6 +143,10 @@ async def list_jobs(
     page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     asc: bool = False,
+    name: Annotated[
+        str | None, Query(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NO_NUL)
+    ] = None,
+    label: Annotated[list[str] | None, Query(max_length=MAX_LABEL_FILTERS)] = None,
 ) -> JSONResponse:
     jobs = await store.list_jobs(
         JobQuery(
@@ -110,9 +156,21 @@ async def list_jobs(
             page=page,
             page_size=page_size,
             ascending=asc,
+            name=name,
+            labels=_label_filters(label or []),
         )
     )
     return JSONResponse({"_count": len(jobs), "jobs": [job_body(job) for job in jobs]})
+
+
+def _label_filters(filters: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    parsed = []
+    for text in filters:
+        try:
+            parsed.append(parse_label_filter(text))
+        except ValueError as exc:
+            raise ApiError(400, f"label: {exc}") from exc
+    return tuple(parsed)
 
 
 @router.delete(
@@ -188,3 +246,17 @@ async def list_attempts(
     if attempts is None:
         raise not_found("Job", job_id)
     return JSONResponse([attempt_body(attempt) for attempt in attempts])
+
+
+@router.get(
+    "/{job_id}/goodput",
+    response_model=JobGoodputOut,
+    operation_id="get_job_goodput",
+    responses=_ERRORS,
+    summary="Where the job's time went, attempt by attempt, and what interruptions cost",
+)
+async def job_goodput(job_id: JobId, principal: CurrentPrincipal, store: StoreDep) -> JSONResponse:
+    ledger = await store.job_goodput(str(job_id), scope(principal))
+    if ledger is None:
+        raise not_found("Job", job_id)
+    return JSONResponse(job_goodput_body(ledger))

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from kelpie.api.convert import claimed_job_body
+from kelpie.api.convert import claimed_job_body, retry_meaning
 from kelpie.api.deps import CurrentPrincipal, JobId, app_state, scope
 from kelpie.api.errors import ApiError, error_responses, not_found
+from kelpie.api.state import AppState
 from kelpie.schemas import NO_NUL, FailureReport, HeartbeatOut, JobOut, Message, WorkerReport
-from kelpie.store.models import HeldOutcome
+from kelpie.store.models import HeldOutcome, Principal
 
 log = logging.getLogger("kelpie.api.work")
 router = APIRouter(tags=["worker"])
@@ -116,6 +117,9 @@ async def report_failed(
     job_id: JobId, report: FailureReport, principal: CurrentPrincipal, request: Request
 ) -> JSONResponse:
     state = app_state(request)
+    meaning = await _retry_meaning(state, str(job_id), principal, report.exit_code)
+    if meaning == "interruption":
+        return await _interrupted_by_exit_code(str(job_id), report, principal, state)
     result = await state.store.fail_if_held(
         str(job_id),
         report.machine_id,
@@ -123,6 +127,7 @@ async def report_failed(
         report.exit_code,
         report.error,
         report.attempt_id,
+        fail_now=meaning == "fail",
     )
     if ignored := _unless_done(job_id, result.outcome, report, status_code=202):
         return ignored
@@ -152,12 +157,46 @@ async def report_interrupted(
     )
     if ignored := _unless_done(job_id, outcome, report, status_code=202):
         return ignored
+    state.webhooks_due.set()  # the interruption that reaches max_interruptions fails the job
     state.notifier.notify(report.container_group_id)
     return JSONResponse({"message": "Job interrupted"}, status_code=202)
 
 
+async def _retry_meaning(
+    state: AppState, job_id: str, principal: Principal, exit_code: int | None
+) -> Literal["fail", "interruption"] | None:
+    """What the job's retry rules make of a failure with this exit code. The rules never
+    change after submission, so reading them before the fenced write is safe."""
+    if exit_code is None:
+        return None
+    job = await state.store.get_job(job_id, scope(principal))
+    return None if job is None else retry_meaning(job, exit_code)
+
+
+async def _interrupted_by_exit_code(
+    job_id: str, report: FailureReport, principal: Principal, state: AppState
+) -> JSONResponse:
+    """A failure report whose exit code the job counts as an interruption (it handled its
+    own preemption): handed back like an interruption, no failure counted."""
+    outcome = await state.store.interrupt_if_held(
+        job_id,
+        report.machine_id,
+        scope(principal),
+        report.attempt_id,
+        exit_code=report.exit_code,
+    )
+    if ignored := _unless_done(job_id, outcome, report, status_code=202):
+        return ignored
+    state.webhooks_due.set()
+    state.notifier.notify(report.container_group_id)
+    return JSONResponse(
+        {"message": "Job failure recorded as an interruption (retry.interruption_exit_codes)"},
+        status_code=202,
+    )
+
+
 def _unless_done(
-    job_id: uuid.UUID, outcome: HeldOutcome, report: WorkerReport, status_code: int = 200
+    job_id: uuid.UUID | str, outcome: HeldOutcome, report: WorkerReport, status_code: int = 200
 ) -> JSONResponse | None:
     """None when the report took effect. A caller that does not hold the job gets 409 when it
     sent its attempt id; without one (the reference worker, which crashes on any error

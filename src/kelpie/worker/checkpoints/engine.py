@@ -97,7 +97,10 @@ class Committer(GenerationReader, Protocol):
 
     def lease_ok(self) -> bool: ...
 
-    async def commit(self, generation: int, files: list[CheckpointFile]) -> CheckpointCommitted: ...
+    async def commit(
+        self, generation: int, files: list[CheckpointFile], upload_seconds: float | None = None
+    ) -> CheckpointCommitted:
+        """`upload_seconds`: from the generation's files being complete to now (its cost)."""
 
 
 class CheckpointStorage(RestoreStorage, Protocol):
@@ -141,13 +144,16 @@ class ApiCommitter:
     def lease_ok(self) -> bool:
         return self._lease_ok()
 
-    async def commit(self, generation: int, files: list[CheckpointFile]) -> CheckpointCommitted:
+    async def commit(
+        self, generation: int, files: list[CheckpointFile], upload_seconds: float | None = None
+    ) -> CheckpointCommitted:
         commit = CheckpointCommit(
             machine_id=self._machine_id,
             container_group_id=self._group_id,
             attempt_id=self._attempt_id,
             generation=generation,
             files=files,
+            upload_seconds=None if upload_seconds is None else round(upload_seconds, 3),
         )
         return await self._client.commit_checkpoint(self._job_id, commit)
 
@@ -249,6 +255,9 @@ class CheckpointEngine:
         self.died = asyncio.Event()
         self.died_reason: str | None = None
         self.stats = CheckpointStats()
+        self.last_committed_at: float | None = None
+        """When (monotonic) this attempt last committed a generation: the job's work before
+        then is safe."""
 
     # -- the caller's interface ----------------------------------------------------------
 
@@ -446,6 +455,7 @@ class CheckpointEngine:
 
     async def _make_generation(self, snapshot: _Snapshot, deadline: float | None) -> bool:
         """Upload and commit `snapshot`; True once it is committed."""
+        began = time.monotonic()
         number = self._newest + 1
         try:
             uploaded = await self._upload(snapshot, number)
@@ -459,7 +469,7 @@ class CheckpointEngine:
         finally:
             snapshot.close()
         stored = {**snapshot.plan.reuse, **uploaded}
-        committed = await self._commit(number, snapshot.files, stored, deadline)
+        committed = await self._commit(number, snapshot.files, stored, deadline, began)
         if committed:
             self.stats.reused += len(snapshot.plan.reuse)
         return committed
@@ -490,6 +500,7 @@ class CheckpointEngine:
         stamps: Mapping[FileId, FileStamp],
         stored: Mapping[FileId, StoredFile],
         deadline: float | None,
+        began: float,
     ) -> bool:
         files = manifest(stored)
         if len(files) > MAX_CHECKPOINT_FILES:
@@ -506,7 +517,9 @@ class CheckpointEngine:
                 continue
             self._unanswered.add(number)
             try:
-                answer = await self._committer.commit(number, files)
+                answer = await self._committer.commit(
+                    number, files, upload_seconds=time.monotonic() - began
+                )
             except Conflict as exc:
                 self._lose(f"checkpoint generation {number} refused: {exc}")
                 return False
@@ -520,6 +533,7 @@ class CheckpointEngine:
             break
         self._unanswered.discard(number)
         self._newest = number
+        self.last_committed_at = time.monotonic()
         self._committed = {fid: KnownFile(stamps[fid], s) for fid, s in stored.items()}
         committed_keys = {(s.bucket, s.key) for s in stored.values()}
         leftovers = [

@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0007 (postgresql). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0009 (postgresql). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
@@ -60,7 +60,10 @@ CREATE TABLE jobs (
     attempt_id         bigint,               -- the running attempt (attempts.id): its fencing token
     checkpoint_generation bigint,            -- newest committed checkpoint generation
     checkpoint_keep    integer NOT NULL DEFAULT 3,
-    priority           integer NOT NULL DEFAULT 0   -- higher is claimed first within a group
+    priority           integer NOT NULL DEFAULT 0,  -- higher is claimed first within a group
+    name               text,
+    max_interruptions  integer,              -- NULL: any number of interruptions
+    num_interruptions  integer NOT NULL DEFAULT 0
 );
 -- claim_job: a group's pending jobs in claim order (highest priority, then oldest), and its
 -- stalled running jobs
@@ -76,6 +79,21 @@ CREATE INDEX jobs_by_user_group ON jobs (user_id, container_group_id, created, s
 CREATE INDEX jobs_by_created ON jobs (created, seq);
 -- jobs counted by group and status (dashboard, /metrics), from the index alone
 CREATE INDEX jobs_by_group_status ON jobs (container_group_id, status);
+-- list_jobs by name
+CREATE INDEX jobs_by_name ON jobs (name, created, seq) WHERE name IS NOT NULL;
+-- running jobs with an interruption budget, by lease: those stalled at their last allowed
+-- interruption are failed instead of being handed out again
+CREATE INDEX jobs_running_with_budget ON jobs (lease_expires)
+    WHERE status = 'running' AND max_interruptions IS NOT NULL;
+
+-- A job's labels (also kept in its spec), for list_jobs filters.
+CREATE TABLE job_labels (
+    job_id text not null references jobs (id) on delete cascade,
+    key    text not null,
+    value  text not null,
+    PRIMARY KEY (key, value, job_id)
+);
+CREATE INDEX job_labels_by_job ON job_labels (job_id);
 
 -- Every hold of a job by a machine; at most one 'running' attempt per job.
 CREATE TABLE attempts (
@@ -86,7 +104,16 @@ CREATE TABLE attempts (
     ended      timestamptz,
     outcome    text NOT NULL
                CHECK (outcome IN ('running', 'completed', 'failed', 'interrupted', 'canceled', 'lost')),
-    exit_code  integer
+    exit_code  integer,
+    last_heartbeat  timestamptz,          -- the holder's last heartbeat, kept when lost
+    command_started timestamptz,          -- the worker's `started` event
+    upload_seconds  double precision,     -- final uploads (`outputs_uploaded` events)
+    next_started    timestamptz,          -- when the job's next attempt started
+    commits         integer NOT NULL DEFAULT 0,           -- checkpoint generations it committed,
+    first_commit    timestamptz,                          -- the first and the last,
+    last_commit     timestamptz,
+    commit_seconds  double precision NOT NULL DEFAULT 0,  -- and the upload seconds reported,
+    timed_commits   integer NOT NULL DEFAULT 0            -- by this many of them
 );
 CREATE INDEX attempts_by_job ON attempts (job_id);
 
@@ -165,6 +192,7 @@ CREATE TABLE checkpoints (
     files      integer NOT NULL,
     bytes      bigint NOT NULL,
     manifest   jsonb,
+    upload_seconds double precision,  -- files complete to commit: the generation's cost
     PRIMARY KEY (job_id, generation)
 );
 
@@ -188,3 +216,39 @@ CREATE TABLE api_liveness (
     id        integer PRIMARY KEY CHECK (id = 1),
     last_seen timestamptz NOT NULL
 );
+
+-- A claim that takes over a stalled running job keeps the previous holder's last heartbeat on
+-- its (lost) attempt: the moment its work really ended.
+CREATE FUNCTION kelpie_keep_last_heartbeat() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE attempts SET last_heartbeat = OLD.heartbeat WHERE id = OLD.attempt_id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER jobs_taken_over AFTER UPDATE OF machine_id ON jobs
+FOR EACH ROW WHEN (OLD.status = 'running' AND NEW.status = 'running')
+EXECUTE FUNCTION kelpie_keep_last_heartbeat();
+-- A claim's new attempt tells the job's previous one when the job ran again.
+CREATE FUNCTION kelpie_note_next_attempt() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE attempts SET next_started = (SELECT started FROM attempts WHERE id = NEW.attempt_id)
+    WHERE id = OLD.attempt_id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER jobs_attempt_followed AFTER UPDATE OF attempt_id ON jobs
+FOR EACH ROW WHEN (OLD.attempt_id IS NOT NULL AND NEW.attempt_id IS DISTINCT FROM OLD.attempt_id)
+EXECUTE FUNCTION kelpie_note_next_attempt();
+
+-- Idempotency keys of submissions, per user: a repeat with the same key and request within
+-- 24 hours answers the jobs it created, in submission order.
+CREATE TABLE idempotency_keys (
+    user_id     text NOT NULL,
+    key         text NOT NULL,
+    fingerprint text NOT NULL,
+    status_code integer NOT NULL,
+    job_ids     text[] NOT NULL,
+    created     timestamptz NOT NULL,
+    PRIMARY KEY (user_id, key)
+);
+CREATE INDEX idempotency_keys_by_created ON idempotency_keys (created);

@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0007 (sqlite). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0009 (sqlite). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
@@ -63,7 +63,10 @@ CREATE TABLE jobs (
     attempt_id         INTEGER,               -- the running attempt (attempts.id): its fencing token
     checkpoint_generation INTEGER,            -- newest committed checkpoint generation
     checkpoint_keep    INTEGER NOT NULL DEFAULT 3,
-    priority           INTEGER NOT NULL DEFAULT 0   -- higher is claimed first within a group
+    priority           INTEGER NOT NULL DEFAULT 0,  -- higher is claimed first within a group
+    name               TEXT,
+    max_interruptions  INTEGER,              -- NULL: any number of interruptions
+    num_interruptions  INTEGER NOT NULL DEFAULT 0
 );
 -- claim_job: a group's pending jobs in claim order (highest priority, then oldest), and its
 -- stalled running jobs
@@ -79,6 +82,21 @@ CREATE INDEX jobs_by_user_group ON jobs (user_id, container_group_id, created);
 CREATE INDEX jobs_by_created ON jobs (created);
 -- jobs counted by group and status (dashboard, /metrics), from the index alone
 CREATE INDEX jobs_by_group_status ON jobs (container_group_id, status);
+-- list_jobs by name
+CREATE INDEX jobs_by_name ON jobs (name, created) WHERE name IS NOT NULL;
+-- running jobs with an interruption budget, by lease: those stalled at their last allowed
+-- interruption are failed instead of being handed out again
+CREATE INDEX jobs_running_with_budget ON jobs (lease_expires)
+    WHERE status = 'running' AND max_interruptions IS NOT NULL;
+
+-- A job's labels (also kept in its spec), for list_jobs filters.
+CREATE TABLE job_labels (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    key    TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    PRIMARY KEY (key, value, job_id)
+) WITHOUT ROWID;
+CREATE INDEX job_labels_by_job ON job_labels (job_id);
 
 -- Every hold of a job by a machine; at most one 'running' attempt per job.
 CREATE TABLE attempts (
@@ -89,7 +107,16 @@ CREATE TABLE attempts (
     ended      REAL,
     outcome    TEXT NOT NULL
                CHECK (outcome IN ('running', 'completed', 'failed', 'interrupted', 'canceled', 'lost')),
-    exit_code  INTEGER
+    exit_code  INTEGER,
+    last_heartbeat  REAL,                 -- the holder's last heartbeat, kept when lost
+    command_started REAL,                 -- the worker's `started` event
+    upload_seconds  REAL,                 -- final uploads (`outputs_uploaded` events)
+    next_started    REAL,                 -- when the job's next attempt started
+    commits         INTEGER NOT NULL DEFAULT 0,   -- checkpoint generations it committed,
+    first_commit    REAL,                         -- the first and the last,
+    last_commit     REAL,
+    commit_seconds  REAL NOT NULL DEFAULT 0,      -- and the upload seconds reported,
+    timed_commits   INTEGER NOT NULL DEFAULT 0    -- by this many of them
 );
 CREATE INDEX attempts_by_job ON attempts (job_id);
 
@@ -169,6 +196,7 @@ CREATE TABLE checkpoints (
     files      INTEGER NOT NULL,
     bytes      INTEGER NOT NULL,
     manifest   TEXT,
+    upload_seconds REAL,  -- files complete to commit: the generation's cost
     PRIMARY KEY (job_id, generation)
 ) WITHOUT ROWID;
 
@@ -192,3 +220,32 @@ CREATE TABLE api_liveness (
     id        INTEGER PRIMARY KEY CHECK (id = 1),
     last_seen REAL NOT NULL
 );
+
+-- A claim that takes over a stalled running job keeps the previous holder's last heartbeat on
+-- its (lost) attempt: the moment its work really ended.
+CREATE TRIGGER jobs_taken_over AFTER UPDATE OF machine_id ON jobs
+WHEN OLD.status = 'running' AND NEW.status = 'running'
+BEGIN
+    UPDATE attempts SET last_heartbeat = OLD.heartbeat WHERE id = OLD.attempt_id;
+END;
+-- A claim's new attempt tells the job's previous one when the job ran again.
+CREATE TRIGGER jobs_attempt_followed AFTER UPDATE OF attempt_id ON jobs
+WHEN OLD.attempt_id IS NOT NULL AND NEW.attempt_id IS NOT OLD.attempt_id
+BEGIN
+    -- the claim stamps the job's heartbeat with the new attempt's start, in the statement
+    -- that also draws its id (the attempt row is written just after)
+    UPDATE attempts SET next_started = NEW.heartbeat WHERE id = OLD.attempt_id;
+END;
+
+-- Idempotency keys of submissions, per user: a repeat with the same key and request within
+-- 24 hours answers the jobs it created. job_ids: JSON array, in submission order.
+CREATE TABLE idempotency_keys (
+    user_id     TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status_code INTEGER NOT NULL,
+    job_ids     TEXT NOT NULL,
+    created     REAL NOT NULL,
+    PRIMARY KEY (user_id, key)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_keys_by_created ON idempotency_keys (created);
