@@ -344,7 +344,7 @@ async def test_attempts_from_before_the_goodput_ledger_are_read_into_it(
     # A database from before the ledger: a job interrupted once, lost once and running, with
     # its worker's `started` events and one checkpoint commit, written in that schema's shape.
     def before_the_ledger(dialect: Dialect) -> list[Migration]:
-        return [m for m in load_migrations(dialect) if m.version < 9]
+        return [m for m in load_migrations(dialect) if m.version < 8]
 
     monkeypatch.setattr(kelpie.store.sqlite, "load_migrations", before_the_ledger)
     monkeypatch.setattr(kelpie.store.postgres, "load_migrations", before_the_ledger)

@@ -359,7 +359,7 @@ def test_kelpie_serve_refuses_a_bad_allowed_networks_value_at_start(
     )
 
     assert result.returncode == 2, result.stderr
-    assert value in result.stderr and "webhook_allowed_networks" in result.stderr
+    assert value in result.stderr and "KELPIE_WEBHOOK_ALLOWED_NETWORKS" in result.stderr
     assert not (tmp_path / "kelpie.db").exists()  # refused before touching anything
 
 

@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0009 (postgresql). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0008 (postgresql). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
