@@ -481,10 +481,17 @@ class CheckpointEngine:
             target = self._by_index[file_id[0]]
             key = object_key(target, self._attempt_id, number, file_id[1], compress=self._compress)
             source: Path | int = snapshot.handles.get(file_id, self._path_of(file_id))
-            async with self._upload_slots:
-                result = await self._storage.upload_verified(
-                    source, target.bucket, key, compress=self._compress, expect=stamp
-                )
+            try:
+                async with self._upload_slots:
+                    result = await self._storage.upload_verified(
+                        source, target.bucket, key, compress=self._compress, expect=stamp
+                    )
+            except BaseException:
+                # Cut short (a changed file, an outage, the worker stopping): the object may
+                # still have landed, so it is deleted with the other leftovers.
+                self._to_delete.add((target.bucket, key))
+                raise
+            self._to_delete.discard((target.bucket, key))  # a retry of the same generation
             stored = StoredFile(target.bucket, key, result.size, result.sha256)
             self._uploaded[file_id] = KnownFile(stamp, stored)
             uploaded[file_id] = stored
@@ -550,6 +557,7 @@ class CheckpointEngine:
             sum(f.size for f in files),
         )
         self._to_delete.update([*leftovers, *((o.bucket, o.key) for o in answer.expired)])
+        self._to_delete.difference_update(committed_keys)
         await self._delete(list(self._to_delete))
         return True
 
