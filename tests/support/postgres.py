@@ -108,9 +108,17 @@ class PostgresDatabases:
         return url
 
     def drop_all(self) -> None:
-        for url in self.created:
-            try:
-                run_sync(drop_database(url))
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("could not drop test database %s: %s", url, exc)
+        """Drop every database made here, all at once: one after the other, each drop waits
+        for the server's file clean-up (~1.7 s apiece on a 2-core machine), which made a
+        session's teardown take tens of seconds."""
+
+        async def drop_every_one() -> None:
+            results = await asyncio.gather(
+                *(drop_database(url) for url in self.created), return_exceptions=True
+            )
+            for url, result in zip(self.created, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("could not drop test database %s: %s", url, result)
+
+        run_sync(drop_every_one())
         self.created.clear()
