@@ -83,6 +83,7 @@ MODE_VARIABLE = "KELPIE_CHECKPOINT_MODE"
 COMMIT_RETRY_S = (1.0, 2.0)  # an unreachable API: commit again after 1 to 2 s
 LEASE_WAIT_S = 0.5  # the lease is unconfirmed: look again this often
 CLEANUP_TIMEOUT_S = 15.0
+CLOSE_UPLOAD_WAIT_S = 5.0  # closing: how long uploads in flight may run to their end
 FD_RESERVE = 128  # descriptors left to the worker itself when pinning a snapshot
 
 
@@ -240,6 +241,7 @@ class CheckpointEngine:
         self._newest = 0
         self._unanswered: set[int] = set()
         self._to_delete: set[tuple[str, str]] = set()
+        self._closing = False
         """Objects no kept generation holds any more, not deleted yet: `close` tries again."""
         """Generations whose commit was sent without a definite answer."""
         self._previous: Scan | None = None
@@ -326,9 +328,14 @@ class CheckpointEngine:
             return "the final checkpoint generation was not committed before the deadline"
 
     async def close(self) -> None:
-        """Stop everything (uploads in flight are aborted), delete this attempt's objects no
-        committed generation holds, and remove the commit marker's folder."""
+        """Stop everything (uploads in flight get a few seconds to end, then are aborted),
+        delete this attempt's objects no committed generation holds, and remove the commit
+        marker's folder."""
         await self._stop_watching()
+        self._closing = True  # nothing is committed from here on
+        # Uploads in flight run to their end first: a PUT aborted on this side can still
+        # land on the server after the DELETE meant for it, and stay behind for good.
+        await self._wait_generation(time.monotonic() + CLOSE_UPLOAD_WAIT_S)
         await cancel_and_wait([self._generation, self._cleaning])
         try:
             async with asyncio.timeout(CLEANUP_TIMEOUT_S):
@@ -517,7 +524,11 @@ class CheckpointEngine:
             )
             return False
         while True:
-            if self.lost.is_set() or (deadline is not None and time.monotonic() >= deadline):
+            if (
+                self.lost.is_set()
+                or self._closing
+                or (deadline is not None and time.monotonic() >= deadline)
+            ):
                 return False
             if not self._committer.lease_ok():
                 await asyncio.sleep(LEASE_WAIT_S)
