@@ -31,7 +31,7 @@ from kelpie.storage.files import PART_SIZE
 from kelpie.storage.local_server import LocalS3Server
 from kelpie.worker.checkpoints import CheckpointEngine, ExitKind
 from kelpie.worker.plan import CheckpointTarget, Download
-from tests.support.checkpoint_api import FakeCheckpointApi, FakeCommitter
+from tests.support.checkpoint_api import JOB_ID, USER_ID, FakeCheckpointApi, FakeCommitter
 from tests.support.jobs import JOBS
 from tests.support.jobs.checkpoint_format import (
     LAYOUTS,
@@ -47,6 +47,7 @@ from tests.support.s3 import new_bucket
 from tests.support.tcp_proxy import TcpProxy
 
 SETTLE_S = 0.2
+OTHER_JOB = "33333333-3333-4333-8333-333333333333"
 SWEEP_S = 0.3
 MiB = 1024 * 1024
 
@@ -75,6 +76,8 @@ class Rig:
             storage or self.storage,
             committer,
             self.targets,
+            job_id=JOB_ID,
+            user_id=USER_ID,
             attempt_id=attempt_id,
             compress=self.compress,
             settle_s=SETTLE_S,
@@ -253,7 +256,8 @@ async def test_a_file_changing_during_its_upload_is_never_committed_torn(
             await asyncio.to_thread(proxy.held.wait, 30)
             assert len(rig.open_uploads()) == 1  # the model's parts are in flight
             await wait_until(
-                lambda: "run/ck/.kelpie/a1/g1/notes.json" in rig.objects(), "the notes' upload"
+                lambda: f"run/ck/.kelpie/{JOB_ID}/a1/g1/notes.json" in rig.objects(),
+                "the notes' upload",
             )
             # the job moves on: the model rewritten in place, the notes dropped
             second = content("model.bin", 2, size)
@@ -269,7 +273,7 @@ async def test_a_file_changing_during_its_upload_is_never_committed_torn(
                 "only the committed objects in the bucket",
             )
     assert rig.generation_files(1) == {(0, "model.bin"): second}
-    assert rig.objects() == ["run/ck/.kelpie/a1/g1/model.bin"]
+    assert rig.objects() == [f"run/ck/.kelpie/{JOB_ID}/a1/g1/model.bin"]
 
 
 # -- whole sets, from one step ---------------------------------------------------------------
@@ -444,7 +448,7 @@ async def test_a_plain_prefix_restores_and_is_never_touched(rig: Rig) -> None:
     plain = {"run/ck/model.bin": b"model", "run/ck/logs/a.txt": b"log", "run/other.txt": b"o"}
     for key, body in plain.items():
         rig.s3.put_object(Bucket=rig.bucket, Key=key, Body=body)
-    rig.s3.put_object(Bucket=rig.bucket, Key="run/ck/.kelpie/a1/g1/stale.bin", Body=b"s")
+    rig.s3.put_object(Bucket=rig.bucket, Key=f"run/ck/.kelpie/{JOB_ID}/a1/g1/stale.bin", Body=b"s")
 
     engine, _ = rig.engine(2)
     async with running(engine):
@@ -457,7 +461,8 @@ async def test_a_plain_prefix_restores_and_is_never_touched(rig: Rig) -> None:
         await wait_until(lambda: rig.api.generations, "generation 1")
     assert {p for (_t, p) in rig.generation_files(1)} == {"logs/a.txt", "model.bin"}
     await wait_until(
-        lambda: "run/ck/.kelpie/a1/g1/stale.bin" not in rig.objects(), "the stale object deleted"
+        lambda: f"run/ck/.kelpie/{JOB_ID}/a1/g1/stale.bin" not in rig.objects(),
+        "the stale object deleted",
     )
     assert {k for k in rig.objects() if "/.kelpie/" not in k} == set(plain)
 
@@ -483,7 +488,8 @@ async def test_two_checkpoint_folders_restore_together(
         await wait_until(lambda: rig.api.newest == 1, "generation 1")
     assert set(rig.generation_files(1)) == {(0, "a.bin"), (1, "nested/b.bin")}
     assert all(
-        k.startswith(("run/ck/.kelpie/a1/g1/", "run/other/.kelpie/a1/g1/")) for k in rig.objects()
+        k.startswith((f"run/ck/.kelpie/{JOB_ID}/a1/g1/", f"run/other/.kelpie/{JOB_ID}/a1/g1/"))
+        for k in rig.objects()
     )
     rig.empty_folders()
     engine, _ = rig.engine(2)
@@ -528,8 +534,8 @@ async def test_unchanged_files_are_not_uploaded_again(
     assert rig.generation_files(3)[(0, "big.bin")] == big
     suffix = ".gz" if compress else ""
     assert {f.key for f in third} == {
-        f"run/ck/.kelpie/a1/g1/big.bin{suffix}",
-        f"run/ck/.kelpie/a2/g3/small.json{suffix}",
+        f"run/ck/.kelpie/{JOB_ID}/a1/g1/big.bin{suffix}",
+        f"run/ck/.kelpie/{JOB_ID}/a2/g3/small.json{suffix}",
     }
 
 
@@ -549,18 +555,30 @@ async def test_retention_keeps_the_newest_generations_objects_only(
             )
     assert [g.number for g in rig.api.kept()] == [4, 5]
     assert rig.objects() == [
-        "run/ck/.kelpie/a1/g1/shared.bin",
-        "run/ck/.kelpie/a1/g4/model.bin",
-        "run/ck/.kelpie/a1/g5/model.bin",
+        f"run/ck/.kelpie/{JOB_ID}/a1/g1/shared.bin",
+        f"run/ck/.kelpie/{JOB_ID}/a1/g4/model.bin",
+        f"run/ck/.kelpie/{JOB_ID}/a1/g5/model.bin",
     ]
 
 
 async def test_a_stale_attempts_objects_are_cleaned_at_the_start(rig: Rig) -> None:
     await commit_sets(rig, 2, [1])
     kept = sorted(k for _, k in rig.api.kept_objects())
-    leftovers = ["run/ck/.kelpie/a1/g3/model.bin", "run/ck/.kelpie/a2/g2/optimizer.bin"]
-    newer = "run/ck/.kelpie/a9/g2/model.bin"  # a newer holder's upload: never ours to delete
-    for key in [*leftovers, newer, "run/ck/plain.bin"]:
+    leftovers = [
+        f"run/ck/.kelpie/{JOB_ID}/a1/g3/model.bin",
+        f"run/ck/.kelpie/{JOB_ID}/a2/g2/optimizer.bin",
+    ]
+    newer = (
+        f"run/ck/.kelpie/{JOB_ID}/a9/g2/model.bin"  # a newer holder's upload: never ours to delete
+    )
+    # Another job's objects under the same prefix (older attempt numbers, in no generation
+    # of this job) and objects of the layout before job areas: never this job's to delete.
+    others = [
+        f"run/ck/.kelpie/{OTHER_JOB}/a1/g1/model.bin",
+        f"run/ck/.kelpie/{OTHER_JOB}/a2/g7/optimizer.bin",
+        "run/ck/.kelpie/a1/g1/model.bin",
+    ]
+    for key in [*leftovers, newer, *others, "run/ck/plain.bin"]:
         rig.s3.put_object(Bucket=rig.bucket, Key=key, Body=b"x")
     rig.empty_folders()
 
@@ -569,7 +587,7 @@ async def test_a_stale_attempts_objects_are_cleaned_at_the_start(rig: Rig) -> No
         await wait_until(
             lambda: not set(leftovers) & set(rig.objects()), "the leftovers deleted", 30
         )
-    assert rig.objects() == sorted([*kept, newer, "run/ck/plain.bin"])
+    assert rig.objects() == sorted([*kept, newer, *others, "run/ck/plain.bin"])
 
 
 # -- the lease -------------------------------------------------------------------------------
@@ -580,7 +598,7 @@ async def test_nothing_is_committed_while_the_lease_is_unconfirmed(rig: Rig) -> 
     async with running(engine):
         committer.lease = False
         write_whole(rig.folder / "model.bin", b"step 1")
-        await wait_until(lambda: rig.objects("run/ck/.kelpie/a1/g1/"), "the upload")
+        await wait_until(lambda: rig.objects(f"run/ck/.kelpie/{JOB_ID}/a1/g1/"), "the upload")
         assert committer.commits_sent == 0
         committer.lease = True
         await wait_until(lambda: rig.api.newest == 1, "generation 1")
@@ -594,9 +612,11 @@ async def test_a_refused_commit_stops_the_attempt_and_removes_its_uploads(rig: R
         rig.api.claim(2)  # another attempt holds the job now
         write_whole(rig.folder / "model.bin", b"step 2")
         await wait_until(engine.lost.is_set, "the refusal")
-        assert rig.objects("run/ck/.kelpie/a1/g2/") == ["run/ck/.kelpie/a1/g2/model.bin"]
+        assert rig.objects(f"run/ck/.kelpie/{JOB_ID}/a1/g2/") == [
+            f"run/ck/.kelpie/{JOB_ID}/a1/g2/model.bin"
+        ]
     assert rig.api.newest == 1
-    assert rig.objects() == ["run/ck/.kelpie/a1/g1/model.bin"]
+    assert rig.objects() == [f"run/ck/.kelpie/{JOB_ID}/a1/g1/model.bin"]
 
 
 async def test_an_unanswered_commit_that_went_through_keeps_its_objects(rig: Rig) -> None:
@@ -613,7 +633,7 @@ async def test_an_unanswered_commit_that_went_through_keeps_its_objects(rig: Rig
         write_whole(rig.folder / "model.bin", b"step 1")
         await wait_until(lambda: rig.api.newest == 1, "generation 1 committed")
     # closed without an answer and unable to ask: the objects stay
-    assert rig.objects() == ["run/ck/.kelpie/a1/g1/model.bin"]
+    assert rig.objects() == [f"run/ck/.kelpie/{JOB_ID}/a1/g1/model.bin"]
 
 
 # -- the end of the job ----------------------------------------------------------------------

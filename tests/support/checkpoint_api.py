@@ -4,7 +4,8 @@ them, for testing the worker's checkpoint engine without a server.
 `FakeCheckpointApi.claim(attempt_id)` makes that attempt the holder and returns its
 `Committer`. Commits follow the API's rules: a repeat of a commit already taken (same
 attempt, generation and files) gets the same answer; a non-holder, or a number that does
-not go forward, gets 409 (`Conflict`); a key outside `<target prefix>.kelpie/` gets 400.
+not go forward, gets 409 (`Conflict`); a key outside the job's own area
+`<target prefix>.kelpie/<job id>/` gets 400. No other job is visible (404).
 The newest `keep` generations are kept; the answer lists the objects no kept generation
 needs any more.
 """
@@ -22,9 +23,14 @@ from kelpie.schemas import (
     CheckpointFileOut,
     CheckpointManifestOut,
     CheckpointOut,
+    JobOut,
     ObjectRef,
 )
+from kelpie.worker.checkpoints.layout import job_area
 from kelpie.worker.plan import CheckpointTarget
+
+JOB_ID = "11111111-1111-4111-8111-111111111111"
+USER_ID = "22222222-2222-4222-8222-222222222222"
 
 
 @dataclass
@@ -37,8 +43,14 @@ class _Generation:
 
 class FakeCheckpointApi:
     def __init__(
-        self, targets: Sequence[CheckpointTarget], *, keep: int = 3, compressed: bool = False
+        self,
+        targets: Sequence[CheckpointTarget],
+        *,
+        keep: int = 3,
+        compressed: bool = False,
+        job_id: str = JOB_ID,
     ) -> None:
+        self.job_id = job_id
         self._targets = {t.index: t for t in targets}
         self.keep = keep
         self.compressed = compressed
@@ -99,7 +111,7 @@ class FakeCheckpointApi:
             raise Conflict(409, "Conflict", f"generation {number} does not go forward")
         for f in files:
             target = self._targets.get(f.target)
-            if target is None or not f.key.startswith(target.area):
+            if target is None or not f.key.startswith(job_area(target, self.job_id)):
                 raise BadRequest(400, "Invalid request", f"key {f.key!r} is outside the area")
         before = self.kept_objects()
         generation = _Generation(number, attempt_id, list(files))
@@ -156,6 +168,18 @@ class FakeCommitter:
     async def manifest(self, generation: int) -> CheckpointManifestOut:
         self._check_reachable()
         return self._api.manifest(generation)
+
+    async def other_job(self, job_id: str) -> JobOut:
+        self._check_reachable()
+        raise NotFoundError(404, "Not Found", f"Job {job_id} not found")
+
+    async def other_generations(self, job_id: str) -> list[CheckpointOut]:
+        await self.other_job(job_id)
+        return []
+
+    async def other_manifest(self, job_id: str, generation: int) -> CheckpointManifestOut:
+        await self.other_job(job_id)
+        raise NotFoundError(404, "Not Found", f"Job {job_id} not found")
 
     def _check_reachable(self) -> None:
         if not self.reachable:
