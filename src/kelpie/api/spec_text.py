@@ -202,7 +202,8 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "machine_id": "The holding machine.",
         "container_group_id": "Its container group.",
         "attempt_id": "The holding attempt; only it may post (409 otherwise).",
-        "kind": "What happened: `inputs_downloaded`, `checkpoint_restored`, "
+        "kind": "What happened: `inputs_downloaded`, `checkpoint_restored` (`data.job` names "
+        "the earlier job it came from, for a job without generations of its own), "
         "`checkpoint_fallback`, `started` (the command started), `outputs_uploaded` (the "
         "final uploads took `data.seconds`) or `warning`.",
         "message": "A line for people.",
