@@ -139,6 +139,31 @@ def test_a_new_job_on_the_prefix_of_a_failed_one_resumes_from_its_last_checkpoin
     assert restored["data"]["generation"] == a_newest
 
 
+def test_a_damaged_object_of_the_earlier_job_falls_back_to_its_generation_before(
+    lab: WorkerLab,
+) -> None:
+    job_a, _ = failed_after_step_3(lab)
+    kept = sorted(g["generation"] for g in lab.checkpoints(job_a["id"]) if g["kept"])
+    newest, before = kept[-1], kept[-2]
+    manifest = lab.user.http.get(f"/jobs/{job_a['id']}/checkpoints/{newest}").json()
+    model = next(e for e in manifest["manifest"] if e["path"] == "model.bin")
+    lab.bucket.put(model["key"], b"damaged in the bucket")
+
+    job_b, journal_b = submit(lab, STEPS="4")
+    lab.start_worker("node-b", KELPIE_WORKER_CHECKPOINT_SETTLE_S=SETTLE_S)
+    done = lab.wait_status(job_b["id"], "completed", "failed", timeout=90)
+
+    assert done["status"] == "completed", lab.logs()
+    assert [(r["resumed"], r["intact"]) for r in starts(journal_b)] == [(2, True)]
+    seen = events(lab, job_b)
+    [fallback] = [e for e in seen if e["kind"] == "checkpoint_fallback"]
+    assert fallback["data"] == {"generation": newest, "job": job_a["id"]}
+    [restored] = [e for e in seen if e["kind"] == "checkpoint_restored"]
+    assert (restored["data"]["job"], restored["data"]["generation"]) == (job_a["id"], before)
+    attempts = lab.user.http.get(f"/jobs/{job_b['id']}/attempts").json()
+    assert any(job_a["id"] in w for w in attempts[0]["warnings"]), attempts
+
+
 def test_two_jobs_at_once_on_one_prefix_each_resume_their_own_checkpoints(
     lab: WorkerLab,
 ) -> None:
