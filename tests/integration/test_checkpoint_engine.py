@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import boto3  # type: ignore[import-untyped]
 import pytest
 
 from kelpie.client import ApiUnavailable
+from kelpie.schemas import JobOut, JobStatus, SyncConfig, SyncEntry
 from kelpie.storage import ObjectStorage, S3Settings
 from kelpie.storage.files import PART_SIZE
 from kelpie.storage.local_server import LocalS3Server
@@ -497,6 +499,117 @@ async def test_two_checkpoint_folders_restore_together(
     await engine.close()
     assert (rig.folder / "a.bin").read_bytes() == b"first folder"
     assert (second_folder / "nested" / "b.bin").read_bytes() == b"second folder"
+
+
+EARLIER_JOB = "44444444-4444-4444-8444-444444444444"
+
+
+def job_record(
+    job_id: str, user_id: str, status: JobStatus, bucket: str, prefixes: list[str]
+) -> JobOut:
+    """A job as the API shows it, checkpointing to `prefixes` of `bucket`."""
+    return JobOut(
+        id=job_id,
+        user_id=user_id,
+        status=status,
+        created=datetime.now(UTC),
+        command="python",
+        container_group_id="group",
+        sync=SyncConfig(
+            during=[
+                SyncEntry(bucket=bucket, prefix=p, local_path=f"/ck/{i}", direction="upload")
+                for i, p in enumerate(prefixes)
+            ]
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "user", "status", "extra_prefix"),
+    [
+        ("inherits", USER_ID, "failed", False),
+        ("still running", USER_ID, "running", False),
+        ("another user", "55555555-5555-4555-8555-555555555555", "canceled", False),
+        ("a prefix the job lacks", USER_ID, "completed", True),
+    ],
+)
+async def test_a_job_without_generations_starts_from_an_earlier_jobs_newest(
+    seaweed: LocalS3Server,
+    s3: Any,
+    tmp_path: Path,
+    case: str,
+    user: str,
+    status: JobStatus,
+    extra_prefix: bool,
+) -> None:
+    # The earlier job checkpointed the same two prefixes, numbered the other way round.
+    rig = make_rig(seaweed, s3, tmp_path / "new", keep=5)
+    second_folder = tmp_path / "new" / "second"
+    second_folder.mkdir()
+    rig.targets = (
+        *rig.targets,
+        CheckpointTarget(1, rig.bucket, "run/other/", second_folder, None, None),
+    )
+    earlier_dirs = (tmp_path / "earlier-0", tmp_path / "earlier-1")
+    earlier_targets = (
+        CheckpointTarget(0, rig.bucket, "run/other/", earlier_dirs[0], None, None),
+        CheckpointTarget(1, rig.bucket, "run/ck/", earlier_dirs[1], None, None),
+    )
+    earlier_api = FakeCheckpointApi(earlier_targets, keep=5, job_id=EARLIER_JOB)
+    earlier = CheckpointEngine(
+        rig.storage,
+        earlier_api.claim(1),
+        earlier_targets,
+        job_id=EARLIER_JOB,
+        user_id=user,
+        attempt_id=1,
+        compress=False,
+        settle_s=SETTLE_S,
+        sweep_interval_s=SWEEP_S,
+        upload_concurrency=8,
+    )
+    async with running(earlier):
+        write_whole(earlier_dirs[1] / "model.bin", b"model of the earlier job")
+        (earlier_dirs[0] / "nested").mkdir()
+        write_whole(earlier_dirs[0] / "nested" / "state.bin", b"state of the earlier job")
+        await wait_until(lambda: earlier_api.newest == 1, "the earlier job's generation")
+    earlier_objects = rig.objects(f"run/ck/.kelpie/{EARLIER_JOB}/") + rig.objects(
+        f"run/other/.kelpie/{EARLIER_JOB}/"
+    )
+    assert len(earlier_objects) == 2
+    prefixes = ["run/other/", "run/ck/", *(["run/elsewhere/"] if extra_prefix else [])]
+    rig.api = FakeCheckpointApi(rig.targets, keep=5)
+    rig.api.show_job(job_record(EARLIER_JOB, user, status, rig.bucket, prefixes), earlier_api)
+    rig.s3.put_object(Bucket=rig.bucket, Key="run/ck/plain.bin", Body=b"plain")
+
+    engine, committer = rig.engine(7)
+    report = await engine.restore()
+    await engine.start()
+    try:
+        assert committer.looked_up[:1] == [EARLIER_JOB]
+        if case == "inherits":
+            assert (report.source_job, report.generation, report.plain) == (EARLIER_JOB, 1, False)
+            assert engine.committed_generation is None  # the job's own numbers start at 1
+            assert (rig.folder / "model.bin").read_bytes() == b"model of the earlier job"
+            state = second_folder / "nested" / "state.bin"
+            assert state.read_bytes() == b"state of the earlier job"
+            assert sorted(p.name for p in rig.folder.iterdir()) == ["model.bin"]
+        else:
+            assert (report.source_job, report.generation, report.plain) == (None, None, True)
+            assert sorted(p.name for p in rig.folder.iterdir()) == ["plain.bin"]
+            assert list(second_folder.iterdir()) == []
+        # The first generation uploads every file into the job's own area.
+        await wait_until(lambda: rig.api.newest == 1, "the job's own generation 1")
+    finally:
+        await engine.close()
+    own = [f.key for f in rig.api.manifest(1).manifest]
+    assert own and all(
+        k.startswith((f"run/ck/.kelpie/{JOB_ID}/a7/g1/", f"run/other/.kelpie/{JOB_ID}/a7/g1/"))
+        for k in own
+    )
+    assert engine.stats.uploads == len(own)
+    # The earlier job's objects are all still there.
+    assert set(earlier_objects) <= set(rig.objects())
 
 
 # -- what is uploaded, what is kept ----------------------------------------------------------

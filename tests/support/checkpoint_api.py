@@ -5,7 +5,8 @@ them, for testing the worker's checkpoint engine without a server.
 `Committer`. Commits follow the API's rules: a repeat of a commit already taken (same
 attempt, generation and files) gets the same answer; a non-holder, or a number that does
 not go forward, gets 409 (`Conflict`); a key outside the job's own area
-`<target prefix>.kelpie/<job id>/` gets 400. No other job is visible (404).
+`<target prefix>.kelpie/<job id>/` gets 400. Other jobs are visible only when added with
+`show_job` (the record the API would show, and that job's own fake API); others are 404.
 The newest `keep` generations are kept; the answer lists the objects no kept generation
 needs any more.
 """
@@ -51,12 +52,17 @@ class FakeCheckpointApi:
         job_id: str = JOB_ID,
     ) -> None:
         self.job_id = job_id
+        self.others: dict[str, tuple[JobOut, FakeCheckpointApi]] = {}
         self._targets = {t.index: t for t in targets}
         self.keep = keep
         self.compressed = compressed
         self.holder: int | None = None
         self.generations: list[_Generation] = []
         self.refused = 0
+
+    def show_job(self, job: JobOut, api: FakeCheckpointApi) -> None:
+        """Make `job` (whose generations `api` keeps) visible to this job's worker."""
+        self.others[job.id] = (job, api)
 
     def claim(self, attempt_id: int) -> FakeCommitter:
         self.holder = attempt_id
@@ -148,6 +154,8 @@ class FakeCommitter:
         self.lease = True
         self.reachable = True
         self.commits_sent = 0
+        self.looked_up: list[str] = []
+        """Other jobs asked about (to restore a job without generations of its own)."""
         self.upload_seconds: list[float | None] = []
 
     def lease_ok(self) -> bool:
@@ -170,16 +178,20 @@ class FakeCommitter:
         return self._api.manifest(generation)
 
     async def other_job(self, job_id: str) -> JobOut:
-        self._check_reachable()
-        raise NotFoundError(404, "Not Found", f"Job {job_id} not found")
+        return self._other(job_id)[0]
 
     async def other_generations(self, job_id: str) -> list[CheckpointOut]:
-        await self.other_job(job_id)
-        return []
+        return self._other(job_id)[1].listing()
 
     async def other_manifest(self, job_id: str, generation: int) -> CheckpointManifestOut:
-        await self.other_job(job_id)
-        raise NotFoundError(404, "Not Found", f"Job {job_id} not found")
+        return self._other(job_id)[1].manifest(generation)
+
+    def _other(self, job_id: str) -> tuple[JobOut, FakeCheckpointApi]:
+        self._check_reachable()
+        self.looked_up.append(job_id)
+        if job_id not in self._api.others:
+            raise NotFoundError(404, "Not Found", f"Job {job_id} not found")
+        return self._api.others[job_id]
 
     def _check_reachable(self) -> None:
         if not self.reachable:
