@@ -40,12 +40,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kelpie.client import NotFoundError
 from kelpie.schemas import (
     CheckpointCommitted,
     CheckpointFile,
     CheckpointFileOut,
     CheckpointManifestOut,
     CheckpointOut,
+    JobOut,
 )
 from kelpie.storage import ObjectStorage, S3Settings
 from kelpie.storage.local_server import LocalS3Server
@@ -58,6 +60,8 @@ MiB = 1024 * 1024
 MB = 1_000_000
 GB = 1_000_000_000
 BUCKET = "bench-checkpoints"
+BENCH_JOB = "00000000-0000-4000-8000-00000000be4c"
+BENCH_USER = "00000000-0000-4000-8000-0000000000b5"
 AWS = Path(sys.executable).with_name("aws")
 SETTLE_S = 0.5  # the worker's default
 SWEEP_S = 5.0  # the worker's default
@@ -92,6 +96,15 @@ class Committer:
                 CheckpointFileOut(bucket=self.target.bucket, **f.model_dump()) for f in files
             ],
         )
+
+    async def other_job(self, job_id: str) -> JobOut:
+        raise NotFoundError(404, "Not Found", f"Job {job_id} not found")
+
+    async def other_generations(self, job_id: str) -> list[CheckpointOut]:
+        raise NotFoundError(404, "Not Found", f"Job {job_id} not found")
+
+    async def other_manifest(self, job_id: str, generation: int) -> CheckpointManifestOut:
+        raise NotFoundError(404, "Not Found", f"Job {job_id} not found")
 
     async def wait_for(self, generation: int) -> float:
         while generation not in self.committed:
@@ -176,6 +189,8 @@ class Bench:
             self.storage,
             committer,
             [target],
+            job_id=BENCH_JOB,
+            user_id=BENCH_USER,
             attempt_id=attempt_id,
             compress=False,
             settle_s=SETTLE_S,

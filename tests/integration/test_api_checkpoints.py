@@ -10,6 +10,8 @@ import httpx
 from tests.support.api import Api, ApiUser
 
 SHA = "0" * 64
+JOB = "<job>"
+"""In a key given to `file`, stands for the id of the job `commit` commits for."""
 
 
 def checkpointed_job(user: ApiUser, group: str, **fields: Any) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def commit(
         "container_group_id": job["container_group_id"],
         "attempt_id": holder["attempt_id"],
         "generation": generation,
-        "files": list(files),
+        "files": [{**f, "key": f["key"].replace(JOB, job["id"])} for f in files],
     }
     return user.http.post(f"/jobs/{job['id']}/checkpoints", json=body)
 
@@ -43,7 +45,7 @@ def file(path: str, key: str | None = None, size: int = 3, target: int = 0) -> d
     return {
         "target": target,
         "path": path,
-        "key": key or f"runs/one/.kelpie/a1/g1/{path}",
+        "key": key or f"runs/one/.kelpie/{JOB}/a1/g1/{path}",
         "size": size,
         "sha256": SHA,
     }
@@ -69,7 +71,9 @@ def test_holder_commits_and_everyone_sees_the_newest_generation(user: ApiUser, g
 
     first = commit(user, job, holder, 1, file("model.pt"), file("opt/state.bin", size=5))
     again = commit(user, job, holder, 1, file("model.pt"), file("opt/state.bin", size=5))
-    second = commit(user, job, holder, 2, file("model.pt", "runs/one/.kelpie/a1/g2/model.pt"))
+    second = commit(
+        user, job, holder, 2, file("model.pt", f"runs/one/.kelpie/{JOB}/a1/g2/model.pt")
+    )
 
     assert first.status_code == 201, first.text
     assert first.json()["checkpoint"]["generation"] == 1
@@ -78,9 +82,10 @@ def test_holder_commits_and_everyone_sees_the_newest_generation(user: ApiUser, g
     assert second.status_code == 201
     # Only one generation is kept: the objects only generation 1 used are expired.
     expired = {(o["bucket"], o["key"]) for o in second.json()["expired"]}
+    area = f"runs/one/.kelpie/{job['id']}"
     assert expired == {
-        ("bucket", "runs/one/.kelpie/a1/g1/model.pt"),
-        ("bucket", "runs/one/.kelpie/a1/g1/opt/state.bin"),
+        ("bucket", f"{area}/a1/g1/model.pt"),
+        ("bucket", f"{area}/a1/g1/opt/state.bin"),
     }
     assert user.job(job["id"])["checkpoint_generation"] == 2
     listed = user.http.get(f"/jobs/{job['id']}/checkpoints").json()
@@ -94,7 +99,7 @@ def test_holder_commits_and_everyone_sees_the_newest_generation(user: ApiUser, g
             "target": 0,
             "path": "model.pt",
             "bucket": "bucket",
-            "key": "runs/one/.kelpie/a1/g2/model.pt",
+            "key": f"{area}/a1/g2/model.pt",
             "size": 3,
             "sha256": SHA,
         }
@@ -122,7 +127,8 @@ def test_bad_commits_change_nothing(user: ApiUser, group: str) -> None:
         (409, commit(user, job, other_holder, 6, file("a"), machine="m2")),  # another job's token
         (400, commit(user, job, holder, 6, file("a", key="runs/one/a"))),  # outside .kelpie/
         (400, commit(user, job, holder, 6, file("a", key="elsewhere/.kelpie/a"))),
-        (400, commit(user, job, holder, 6, file("a", key="runs/one/.kelpie/../../x"))),
+        (400, commit(user, job, holder, 6, file("a", key=f"runs/one/.kelpie/{JOB}/../../x"))),
+        (400, commit(user, job, holder, 6, file("a", key=f"runs/one/.kelpie/{other['id']}/a"))),
         (400, commit(user, job, holder, 6, file("../escape"))),
         (400, commit(user, job, holder, 6, file("/abs"))),
         (400, commit(user, job, holder, 6, file(".kelpie/own"))),
@@ -137,6 +143,37 @@ def test_bad_commits_change_nothing(user: ApiUser, group: str) -> None:
     assert user.job(job["id"])["checkpoint_generation"] == 5
     assert [c["generation"] for c in user.http.get(f"/jobs/{job['id']}/checkpoints").json()] == [5]
     assert user.job(other["id"])["checkpoint_generation"] is None
+
+
+def test_a_key_outside_the_jobs_own_area_is_refused_and_nothing_is_stored(
+    user: ApiUser, group: str
+) -> None:
+    # Two jobs of one user share a checkpoint prefix: each has its own area under it, and a
+    # commit naming an object in the other's area (whose retention would then delete it, or
+    # be deleted under it) is refused like any key outside the job's area.
+    job = checkpointed_job(user, group)
+    other = checkpointed_job(user, group)
+    holder = user.claim("m1", group)
+    assert holder is not None
+    other_area = f"runs/one/.kelpie/{other['id']}/a1/g1"
+
+    refused = [
+        commit(user, job, holder, 1, file("model.pt", f"{other_area}/model.pt")),
+        commit(user, job, holder, 1, file("a"), file("model.pt", f"{other_area}/model.pt")),
+        commit(user, job, holder, 1, file("model.pt", "runs/one/.kelpie/a1/g1/model.pt")),
+        commit(user, job, holder, 1, file("model.pt", f"runs/one/.kelpie/{JOB}model.pt")),
+        commit(user, job, holder, 1, file("model.pt", f"runs/one/.kelpie/{JOB.upper()}/m")),
+    ]
+
+    for response in refused:
+        assert response.status_code == 400, response.text
+    assert [r.json()["index"] for r in refused] == [0, 1, 0, 0, 0]  # the file refused
+    assert user.job(job["id"])["checkpoint_generation"] is None
+    assert user.http.get(f"/jobs/{job['id']}/checkpoints").json() == []
+    events = user.http.get(f"/jobs/{job['id']}/events").json()
+    assert [e["kind"] for e in events] == ["claimed"]
+    accepted = commit(user, job, holder, 1, file("model.pt"))
+    assert accepted.status_code == 201, accepted.text
 
 
 def test_another_users_checkpoints_are_not_found(api: Api) -> None:

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,13 @@ import boto3  # type: ignore[import-untyped]
 import pytest
 
 from kelpie.client import ApiUnavailable
+from kelpie.schemas import JobOut, JobStatus, SyncConfig, SyncEntry
 from kelpie.storage import ObjectStorage, S3Settings
 from kelpie.storage.files import PART_SIZE
 from kelpie.storage.local_server import LocalS3Server
 from kelpie.worker.checkpoints import CheckpointEngine, ExitKind
 from kelpie.worker.plan import CheckpointTarget, Download
-from tests.support.checkpoint_api import FakeCheckpointApi, FakeCommitter
+from tests.support.checkpoint_api import JOB_ID, USER_ID, FakeCheckpointApi, FakeCommitter
 from tests.support.jobs import JOBS
 from tests.support.jobs.checkpoint_format import (
     LAYOUTS,
@@ -47,6 +49,7 @@ from tests.support.s3 import new_bucket
 from tests.support.tcp_proxy import TcpProxy
 
 SETTLE_S = 0.2
+OTHER_JOB = "33333333-3333-4333-8333-333333333333"
 SWEEP_S = 0.3
 MiB = 1024 * 1024
 
@@ -75,6 +78,8 @@ class Rig:
             storage or self.storage,
             committer,
             self.targets,
+            job_id=JOB_ID,
+            user_id=USER_ID,
             attempt_id=attempt_id,
             compress=self.compress,
             settle_s=SETTLE_S,
@@ -253,7 +258,8 @@ async def test_a_file_changing_during_its_upload_is_never_committed_torn(
             await asyncio.to_thread(proxy.held.wait, 30)
             assert len(rig.open_uploads()) == 1  # the model's parts are in flight
             await wait_until(
-                lambda: "run/ck/.kelpie/a1/g1/notes.json" in rig.objects(), "the notes' upload"
+                lambda: f"run/ck/.kelpie/{JOB_ID}/a1/g1/notes.json" in rig.objects(),
+                "the notes' upload",
             )
             # the job moves on: the model rewritten in place, the notes dropped
             second = content("model.bin", 2, size)
@@ -269,7 +275,7 @@ async def test_a_file_changing_during_its_upload_is_never_committed_torn(
                 "only the committed objects in the bucket",
             )
     assert rig.generation_files(1) == {(0, "model.bin"): second}
-    assert rig.objects() == ["run/ck/.kelpie/a1/g1/model.bin"]
+    assert rig.objects() == [f"run/ck/.kelpie/{JOB_ID}/a1/g1/model.bin"]
 
 
 # -- whole sets, from one step ---------------------------------------------------------------
@@ -447,7 +453,7 @@ async def test_a_plain_prefix_restores_and_is_never_touched(rig: Rig) -> None:
     plain = {"run/ck/model.bin": b"model", "run/ck/logs/a.txt": b"log", "run/other.txt": b"o"}
     for key, body in plain.items():
         rig.s3.put_object(Bucket=rig.bucket, Key=key, Body=body)
-    rig.s3.put_object(Bucket=rig.bucket, Key="run/ck/.kelpie/a1/g1/stale.bin", Body=b"s")
+    rig.s3.put_object(Bucket=rig.bucket, Key=f"run/ck/.kelpie/{JOB_ID}/a1/g1/stale.bin", Body=b"s")
 
     engine, _ = rig.engine(2)
     async with running(engine):
@@ -460,7 +466,8 @@ async def test_a_plain_prefix_restores_and_is_never_touched(rig: Rig) -> None:
         await wait_until(lambda: rig.api.generations, "generation 1")
     assert {p for (_t, p) in rig.generation_files(1)} == {"logs/a.txt", "model.bin"}
     await wait_until(
-        lambda: "run/ck/.kelpie/a1/g1/stale.bin" not in rig.objects(), "the stale object deleted"
+        lambda: f"run/ck/.kelpie/{JOB_ID}/a1/g1/stale.bin" not in rig.objects(),
+        "the stale object deleted",
     )
     assert {k for k in rig.objects() if "/.kelpie/" not in k} == set(plain)
 
@@ -486,7 +493,8 @@ async def test_two_checkpoint_folders_restore_together(
         await wait_until(lambda: rig.api.newest == 1, "generation 1")
     assert set(rig.generation_files(1)) == {(0, "a.bin"), (1, "nested/b.bin")}
     assert all(
-        k.startswith(("run/ck/.kelpie/a1/g1/", "run/other/.kelpie/a1/g1/")) for k in rig.objects()
+        k.startswith((f"run/ck/.kelpie/{JOB_ID}/a1/g1/", f"run/other/.kelpie/{JOB_ID}/a1/g1/"))
+        for k in rig.objects()
     )
     rig.empty_folders()
     engine, _ = rig.engine(2)
@@ -494,6 +502,117 @@ async def test_two_checkpoint_folders_restore_together(
     await engine.close()
     assert (rig.folder / "a.bin").read_bytes() == b"first folder"
     assert (second_folder / "nested" / "b.bin").read_bytes() == b"second folder"
+
+
+EARLIER_JOB = "44444444-4444-4444-8444-444444444444"
+
+
+def job_record(
+    job_id: str, user_id: str, status: JobStatus, bucket: str, prefixes: list[str]
+) -> JobOut:
+    """A job as the API shows it, checkpointing to `prefixes` of `bucket`."""
+    return JobOut(
+        id=job_id,
+        user_id=user_id,
+        status=status,
+        created=datetime.now(UTC),
+        command="python",
+        container_group_id="group",
+        sync=SyncConfig(
+            during=[
+                SyncEntry(bucket=bucket, prefix=p, local_path=f"/ck/{i}", direction="upload")
+                for i, p in enumerate(prefixes)
+            ]
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "user", "status", "extra_prefix"),
+    [
+        ("inherits", USER_ID, "failed", False),
+        ("still running", USER_ID, "running", False),
+        ("another user", "55555555-5555-4555-8555-555555555555", "canceled", False),
+        ("a prefix the job lacks", USER_ID, "completed", True),
+    ],
+)
+async def test_a_job_without_generations_starts_from_an_earlier_jobs_newest(
+    seaweed: LocalS3Server,
+    s3: Any,
+    tmp_path: Path,
+    case: str,
+    user: str,
+    status: JobStatus,
+    extra_prefix: bool,
+) -> None:
+    # The earlier job checkpointed the same two prefixes, numbered the other way round.
+    rig = make_rig(seaweed, s3, tmp_path / "new", keep=5)
+    second_folder = tmp_path / "new" / "second"
+    second_folder.mkdir()
+    rig.targets = (
+        *rig.targets,
+        CheckpointTarget(1, rig.bucket, "run/other/", second_folder, None, None),
+    )
+    earlier_dirs = (tmp_path / "earlier-0", tmp_path / "earlier-1")
+    earlier_targets = (
+        CheckpointTarget(0, rig.bucket, "run/other/", earlier_dirs[0], None, None),
+        CheckpointTarget(1, rig.bucket, "run/ck/", earlier_dirs[1], None, None),
+    )
+    earlier_api = FakeCheckpointApi(earlier_targets, keep=5, job_id=EARLIER_JOB)
+    earlier = CheckpointEngine(
+        rig.storage,
+        earlier_api.claim(1),
+        earlier_targets,
+        job_id=EARLIER_JOB,
+        user_id=user,
+        attempt_id=1,
+        compress=False,
+        settle_s=SETTLE_S,
+        sweep_interval_s=SWEEP_S,
+        upload_concurrency=8,
+    )
+    async with running(earlier):
+        write_whole(earlier_dirs[1] / "model.bin", b"model of the earlier job")
+        (earlier_dirs[0] / "nested").mkdir()
+        write_whole(earlier_dirs[0] / "nested" / "state.bin", b"state of the earlier job")
+        await wait_until(lambda: earlier_api.newest == 1, "the earlier job's generation")
+    earlier_objects = rig.objects(f"run/ck/.kelpie/{EARLIER_JOB}/") + rig.objects(
+        f"run/other/.kelpie/{EARLIER_JOB}/"
+    )
+    assert len(earlier_objects) == 2
+    prefixes = ["run/other/", "run/ck/", *(["run/elsewhere/"] if extra_prefix else [])]
+    rig.api = FakeCheckpointApi(rig.targets, keep=5)
+    rig.api.show_job(job_record(EARLIER_JOB, user, status, rig.bucket, prefixes), earlier_api)
+    rig.s3.put_object(Bucket=rig.bucket, Key="run/ck/plain.bin", Body=b"plain")
+
+    engine, committer = rig.engine(7)
+    report = await engine.restore()
+    await engine.start()
+    try:
+        assert committer.looked_up[:1] == [EARLIER_JOB]
+        if case == "inherits":
+            assert (report.source_job, report.generation, report.plain) == (EARLIER_JOB, 1, False)
+            assert engine.committed_generation is None  # the job's own numbers start at 1
+            assert (rig.folder / "model.bin").read_bytes() == b"model of the earlier job"
+            state = second_folder / "nested" / "state.bin"
+            assert state.read_bytes() == b"state of the earlier job"
+            assert sorted(p.name for p in rig.folder.iterdir()) == ["model.bin"]
+        else:
+            assert (report.source_job, report.generation, report.plain) == (None, None, True)
+            assert sorted(p.name for p in rig.folder.iterdir()) == ["plain.bin"]
+            assert list(second_folder.iterdir()) == []
+        # The first generation uploads every file into the job's own area.
+        await wait_until(lambda: rig.api.newest == 1, "the job's own generation 1")
+    finally:
+        await engine.close()
+    own = [f.key for f in rig.api.manifest(1).manifest]
+    assert own and all(
+        k.startswith((f"run/ck/.kelpie/{JOB_ID}/a7/g1/", f"run/other/.kelpie/{JOB_ID}/a7/g1/"))
+        for k in own
+    )
+    assert engine.stats.uploads == len(own)
+    # The earlier job's objects are all still there.
+    assert set(earlier_objects) <= set(rig.objects())
 
 
 # -- what is uploaded, what is kept ----------------------------------------------------------
@@ -531,8 +650,8 @@ async def test_unchanged_files_are_not_uploaded_again(
     assert rig.generation_files(3)[(0, "big.bin")] == big
     suffix = ".gz" if compress else ""
     assert {f.key for f in third} == {
-        f"run/ck/.kelpie/a1/g1/big.bin{suffix}",
-        f"run/ck/.kelpie/a2/g3/small.json{suffix}",
+        f"run/ck/.kelpie/{JOB_ID}/a1/g1/big.bin{suffix}",
+        f"run/ck/.kelpie/{JOB_ID}/a2/g3/small.json{suffix}",
     }
 
 
@@ -552,18 +671,30 @@ async def test_retention_keeps_the_newest_generations_objects_only(
             )
     assert [g.number for g in rig.api.kept()] == [4, 5]
     assert rig.objects() == [
-        "run/ck/.kelpie/a1/g1/shared.bin",
-        "run/ck/.kelpie/a1/g4/model.bin",
-        "run/ck/.kelpie/a1/g5/model.bin",
+        f"run/ck/.kelpie/{JOB_ID}/a1/g1/shared.bin",
+        f"run/ck/.kelpie/{JOB_ID}/a1/g4/model.bin",
+        f"run/ck/.kelpie/{JOB_ID}/a1/g5/model.bin",
     ]
 
 
 async def test_a_stale_attempts_objects_are_cleaned_at_the_start(rig: Rig) -> None:
     await commit_sets(rig, 2, [1])
     kept = sorted(k for _, k in rig.api.kept_objects())
-    leftovers = ["run/ck/.kelpie/a1/g3/model.bin", "run/ck/.kelpie/a2/g2/optimizer.bin"]
-    newer = "run/ck/.kelpie/a9/g2/model.bin"  # a newer holder's upload: never ours to delete
-    for key in [*leftovers, newer, "run/ck/plain.bin"]:
+    leftovers = [
+        f"run/ck/.kelpie/{JOB_ID}/a1/g3/model.bin",
+        f"run/ck/.kelpie/{JOB_ID}/a2/g2/optimizer.bin",
+    ]
+    newer = (
+        f"run/ck/.kelpie/{JOB_ID}/a9/g2/model.bin"  # a newer holder's upload: never ours to delete
+    )
+    # Another job's objects under the same prefix (older attempt numbers, in no generation
+    # of this job) and objects of the layout before job areas: never this job's to delete.
+    others = [
+        f"run/ck/.kelpie/{OTHER_JOB}/a1/g1/model.bin",
+        f"run/ck/.kelpie/{OTHER_JOB}/a2/g7/optimizer.bin",
+        "run/ck/.kelpie/a1/g1/model.bin",
+    ]
+    for key in [*leftovers, newer, *others, "run/ck/plain.bin"]:
         rig.s3.put_object(Bucket=rig.bucket, Key=key, Body=b"x")
     rig.empty_folders()
 
@@ -572,7 +703,7 @@ async def test_a_stale_attempts_objects_are_cleaned_at_the_start(rig: Rig) -> No
         await wait_until(
             lambda: not set(leftovers) & set(rig.objects()), "the leftovers deleted", 30
         )
-    assert rig.objects() == sorted([*kept, newer, "run/ck/plain.bin"])
+    assert rig.objects() == sorted([*kept, newer, *others, "run/ck/plain.bin"])
 
 
 # -- the lease -------------------------------------------------------------------------------
@@ -583,7 +714,7 @@ async def test_nothing_is_committed_while_the_lease_is_unconfirmed(rig: Rig) -> 
     async with running(engine):
         committer.lease = False
         write_whole(rig.folder / "model.bin", b"step 1")
-        await wait_until(lambda: rig.objects("run/ck/.kelpie/a1/g1/"), "the upload")
+        await wait_until(lambda: rig.objects(f"run/ck/.kelpie/{JOB_ID}/a1/g1/"), "the upload")
         assert committer.commits_sent == 0
         committer.lease = True
         await wait_until(lambda: rig.api.newest == 1, "generation 1")
@@ -597,9 +728,11 @@ async def test_a_refused_commit_stops_the_attempt_and_removes_its_uploads(rig: R
         rig.api.claim(2)  # another attempt holds the job now
         write_whole(rig.folder / "model.bin", b"step 2")
         await wait_until(engine.lost.is_set, "the refusal")
-        assert rig.objects("run/ck/.kelpie/a1/g2/") == ["run/ck/.kelpie/a1/g2/model.bin"]
+        assert rig.objects(f"run/ck/.kelpie/{JOB_ID}/a1/g2/") == [
+            f"run/ck/.kelpie/{JOB_ID}/a1/g2/model.bin"
+        ]
     assert rig.api.newest == 1
-    assert rig.objects() == ["run/ck/.kelpie/a1/g1/model.bin"]
+    assert rig.objects() == [f"run/ck/.kelpie/{JOB_ID}/a1/g1/model.bin"]
 
 
 async def test_an_unanswered_commit_that_went_through_keeps_its_objects(rig: Rig) -> None:
@@ -616,7 +749,7 @@ async def test_an_unanswered_commit_that_went_through_keeps_its_objects(rig: Rig
         write_whole(rig.folder / "model.bin", b"step 1")
         await wait_until(lambda: rig.api.newest == 1, "generation 1 committed")
     # closed without an answer and unable to ask: the objects stay
-    assert rig.objects() == ["run/ck/.kelpie/a1/g1/model.bin"]
+    assert rig.objects() == [f"run/ck/.kelpie/{JOB_ID}/a1/g1/model.bin"]
 
 
 # -- the end of the job ----------------------------------------------------------------------

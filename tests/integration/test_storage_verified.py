@@ -309,3 +309,24 @@ def test_file_stamp_tells_a_renamed_over_file_apart(tmp_path: Path) -> None:
     os.utime(aside, ns=(before.mtime_ns, before.mtime_ns))
     os.replace(aside, path)
     assert FileStamp.of(path.stat()) != before
+
+
+async def test_list_folders_names_the_folders_one_level_down_only(
+    storage: ObjectStorage, bucket: str, s3: Any
+) -> None:
+    # What a new job reads to find the jobs that checkpointed under its prefix before it.
+    for key in (
+        "run/ck/.kelpie/job-1/a1/g1/model.bin",
+        "run/ck/.kelpie/job-1/a2/g2/model.bin",
+        "run/ck/.kelpie/job-2/a3/g1/state/step.json",
+        "run/ck/.kelpie/notes.txt",  # an object, not a folder
+        "run/ck/.kelpie-aside/job-3/x",  # a sibling folder sharing the name's start
+        "run/ck/model.bin",
+    ):
+        _put(s3, bucket, key, b"x")
+
+    assert await storage.list_folders(bucket, "run/ck/.kelpie/") == ["job-1", "job-2"]
+    assert await storage.list_folders(bucket, "run/ck/.kelpie/job-1/") == ["a1", "a2"]
+    assert await storage.list_folders(bucket, "run/ck/") == [".kelpie", ".kelpie-aside"]
+    assert await storage.list_folders(bucket, "") == ["run"]
+    assert await storage.list_folders(bucket, "nothing/here/") == []

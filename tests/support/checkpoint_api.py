@@ -4,7 +4,9 @@ them, for testing the worker's checkpoint engine without a server.
 `FakeCheckpointApi.claim(attempt_id)` makes that attempt the holder and returns its
 `Committer`. Commits follow the API's rules: a repeat of a commit already taken (same
 attempt, generation and files) gets the same answer; a non-holder, or a number that does
-not go forward, gets 409 (`Conflict`); a key outside `<target prefix>.kelpie/` gets 400.
+not go forward, gets 409 (`Conflict`); a key outside the job's own area
+`<target prefix>.kelpie/<job id>/` gets 400. Other jobs are visible only when added with
+`show_job` (the record the API would show, and that job's own fake API); others are 404.
 The newest `keep` generations are kept; the answer lists the objects no kept generation
 needs any more.
 """
@@ -22,9 +24,14 @@ from kelpie.schemas import (
     CheckpointFileOut,
     CheckpointManifestOut,
     CheckpointOut,
+    JobOut,
     ObjectRef,
 )
+from kelpie.worker.checkpoints.layout import job_area
 from kelpie.worker.plan import CheckpointTarget
+
+JOB_ID = "11111111-1111-4111-8111-111111111111"
+USER_ID = "22222222-2222-4222-8222-222222222222"
 
 
 @dataclass
@@ -37,14 +44,25 @@ class _Generation:
 
 class FakeCheckpointApi:
     def __init__(
-        self, targets: Sequence[CheckpointTarget], *, keep: int = 3, compressed: bool = False
+        self,
+        targets: Sequence[CheckpointTarget],
+        *,
+        keep: int = 3,
+        compressed: bool = False,
+        job_id: str = JOB_ID,
     ) -> None:
+        self.job_id = job_id
+        self.others: dict[str, tuple[JobOut, FakeCheckpointApi]] = {}
         self._targets = {t.index: t for t in targets}
         self.keep = keep
         self.compressed = compressed
         self.holder: int | None = None
         self.generations: list[_Generation] = []
         self.refused = 0
+
+    def show_job(self, job: JobOut, api: FakeCheckpointApi) -> None:
+        """Make `job` (whose generations `api` keeps) visible to this job's worker."""
+        self.others[job.id] = (job, api)
 
     def claim(self, attempt_id: int) -> FakeCommitter:
         self.holder = attempt_id
@@ -99,7 +117,7 @@ class FakeCheckpointApi:
             raise Conflict(409, "Conflict", f"generation {number} does not go forward")
         for f in files:
             target = self._targets.get(f.target)
-            if target is None or not f.key.startswith(target.area):
+            if target is None or not f.key.startswith(job_area(target, self.job_id)):
                 raise BadRequest(400, "Invalid request", f"key {f.key!r} is outside the area")
         before = self.kept_objects()
         generation = _Generation(number, attempt_id, list(files))
@@ -136,6 +154,8 @@ class FakeCommitter:
         self.lease = True
         self.reachable = True
         self.commits_sent = 0
+        self.looked_up: list[str] = []
+        """Other jobs asked about (to restore a job without generations of its own)."""
         self.upload_seconds: list[float | None] = []
 
     def lease_ok(self) -> bool:
@@ -156,6 +176,22 @@ class FakeCommitter:
     async def manifest(self, generation: int) -> CheckpointManifestOut:
         self._check_reachable()
         return self._api.manifest(generation)
+
+    async def other_job(self, job_id: str) -> JobOut:
+        return self._other(job_id)[0]
+
+    async def other_generations(self, job_id: str) -> list[CheckpointOut]:
+        return self._other(job_id)[1].listing()
+
+    async def other_manifest(self, job_id: str, generation: int) -> CheckpointManifestOut:
+        return self._other(job_id)[1].manifest(generation)
+
+    def _other(self, job_id: str) -> tuple[JobOut, FakeCheckpointApi]:
+        self._check_reachable()
+        self.looked_up.append(job_id)
+        if job_id not in self._api.others:
+            raise NotFoundError(404, "Not Found", f"Job {job_id} not found")
+        return self._api.others[job_id]
 
     def _check_reachable(self) -> None:
         if not self.reachable:

@@ -104,9 +104,12 @@ class WorkerLab:
     imds_url: str = field(default_factory=no_imds_url)
     workers: list[KelpieProcess] = field(default_factory=list)
 
-    def start_worker(self, name: str, cwd: Path | None = None, **extra_env: str) -> KelpieProcess:
+    def start_worker(
+        self, name: str, cwd: Path | None = None, key: str | None = None, **extra_env: str
+    ) -> KelpieProcess:
         """A worker with its own dirs under tmp/<name> (the machine id is `name`), run in
-        `cwd` (default: the test's working directory)."""
+        `cwd` (default: the test's working directory), with API key `key` (default: the
+        lab user's)."""
         work_dir = self.tmp / name
         env = {
             **self.s3_env,
@@ -116,7 +119,7 @@ class WorkerLab:
         }
         worker = start_worker(
             self.api_url,
-            self.user.key,
+            key or self.user.key,
             name,
             self.group,
             work_dir,

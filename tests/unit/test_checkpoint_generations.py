@@ -16,7 +16,7 @@ from kelpie.worker.checkpoints.generations import (
     plan_generation,
     same_as,
 )
-from kelpie.worker.checkpoints.layout import attempt_of, object_key
+from kelpie.worker.checkpoints.layout import attempt_of, is_job_id, object_key
 from kelpie.worker.checkpoints.quiet import (
     BLOCKED_POLL_MAX_S,
     BLOCKED_POLL_MIN_S,
@@ -51,34 +51,48 @@ def target(prefix: str) -> CheckpointTarget:
 # -- layout -----------------------------------------------------------------------------------
 
 
+JOB = "3f0c9a7e-5b1d-4c8e-9a51-2f7d6c1e8b40"
+OTHER_JOB = "6a1e2c9b-0d3f-4e57-8c21-9b4f3a7d5e60"
+
+
 @pytest.mark.parametrize(
     ("prefix", "compress", "key"),
     [
-        ("run/ck/", False, "run/ck/.kelpie/a12/g3/step-3/model.pt"),
-        ("run/ck/", True, "run/ck/.kelpie/a12/g3/step-3/model.pt.gz"),
-        ("", False, ".kelpie/a12/g3/step-3/model.pt"),
+        ("run/ck/", False, f"run/ck/.kelpie/{JOB}/a12/g3/step-3/model.pt"),
+        ("run/ck/", True, f"run/ck/.kelpie/{JOB}/a12/g3/step-3/model.pt.gz"),
+        ("", False, f".kelpie/{JOB}/a12/g3/step-3/model.pt"),
     ],
 )
-def test_a_file_is_uploaded_under_its_attempt_and_generation(
+def test_a_file_is_uploaded_in_its_jobs_area_under_its_attempt_and_generation(
     prefix: str, compress: bool, key: str
 ) -> None:
-    assert object_key(target(prefix), 12, 3, "step-3/model.pt", compress=compress) == key
-    assert attempt_of(target(prefix), key) == 12
+    assert object_key(target(prefix), JOB, 12, 3, "step-3/model.pt", compress=compress) == key
+    assert attempt_of(target(prefix), JOB, key) == 12
 
 
 @pytest.mark.parametrize(
     "key",
     [
         "run/ck/model.pt",  # a plain object, outside the area
-        "run/ck/.kelpie/notes.txt",
-        "run/ck/.kelpie/a12/model.pt",
-        "run/ck/.kelpie/ax/g1/model.pt",
-        "run/ck/.kelpie/a12/g3/",
-        "other/.kelpie/a12/g3/model.pt",
+        f"run/ck/.kelpie/{JOB}/notes.txt",
+        f"run/ck/.kelpie/{JOB}/a12/model.pt",
+        f"run/ck/.kelpie/{JOB}/ax/g1/model.pt",
+        f"run/ck/.kelpie/{JOB}/a12/g3/",
+        f"run/ck/.kelpie/{OTHER_JOB}/a12/g3/model.pt",  # another job's area: never ours
+        "run/ck/.kelpie/a12/g3/model.pt",  # the layout before job areas
+        f"other/.kelpie/{JOB}/a12/g3/model.pt",
     ],
 )
-def test_keys_kelpie_did_not_lay_out_have_no_attempt(key: str) -> None:
-    assert attempt_of(target("run/ck/"), key) is None
+def test_keys_kelpie_did_not_lay_out_in_the_jobs_area_have_no_attempt(key: str) -> None:
+    assert attempt_of(target("run/ck/"), JOB, key) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "is_job"),
+    [(JOB, True), (JOB.upper(), False), ("a12", False), (JOB[:-1], False), ("", False)],
+)
+def test_only_job_ids_name_job_areas(name: str, is_job: bool) -> None:
+    assert is_job_id(name) is is_job
 
 
 # -- what a generation uploads ----------------------------------------------------------------

@@ -164,7 +164,9 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "target": "Which checkpoint folder: 0 is the legacy checkpoint prefix; with `sync`, "
         "target i is `sync.during[i]`.",
         "path": "The file's place inside that folder: relative and normalized.",
-        "key": "The object holding it, under `<prefix>.kelpie/`.",
+        "key": "The object holding it, under the job's own area of that folder's prefix: "
+        "`<prefix>.kelpie/<job id>/` (a key elsewhere, another job's area included, is "
+        "refused).",
         "size": "Size in bytes of the file as the job wrote it.",
         "sha256": "SHA-256 (hex) of the file's bytes as the job wrote them (before gzip).",
     },
@@ -200,7 +202,8 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "machine_id": "The holding machine.",
         "container_group_id": "Its container group.",
         "attempt_id": "The holding attempt; only it may post (409 otherwise).",
-        "kind": "What happened: `inputs_downloaded`, `checkpoint_restored`, "
+        "kind": "What happened: `inputs_downloaded`, `checkpoint_restored` (`data.job` names "
+        "the earlier job it came from, for a job without generations of its own), "
         "`checkpoint_fallback`, `started` (the command started), `outputs_uploaded` (the "
         "final uploads took `data.seconds`) or `warning`.",
         "message": "A line for people.",
@@ -558,14 +561,14 @@ REQUEST_EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
                 {
                     "target": 0,
                     "path": "model.pt",
-                    "key": "runs/run1/checkpoints/.kelpie/12/model.pt",
+                    "key": f"runs/run1/checkpoints/.kelpie/{JOB_ID}/a7/g12/model.pt",
                     "size": 734000000,
                     "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
                 },
                 {
                     "target": 0,
                     "path": "state/step.json",
-                    "key": "runs/run1/checkpoints/.kelpie/12/state/step.json",
+                    "key": f"runs/run1/checkpoints/.kelpie/{JOB_ID}/a7/g12/state/step.json",
                     "size": 3200,
                     "sha256": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
                 },
@@ -630,7 +633,12 @@ RESPONSE_EXAMPLES: dict[str, dict[str, Any]] = {
     "commit_checkpoint": {
         "201": {
             "checkpoint": _CHECKPOINT,
-            "expired": [{"bucket": "my-bucket", "key": "runs/run1/checkpoints/.kelpie/9/model.pt"}],
+            "expired": [
+                {
+                    "bucket": "my-bucket",
+                    "key": f"runs/run1/checkpoints/.kelpie/{JOB_ID}/a7/g9/model.pt",
+                }
+            ],
         }
     },
     "list_checkpoints": {"200": [{**_CHECKPOINT, "generation": 11, "kept": True}, _CHECKPOINT]},
@@ -643,7 +651,7 @@ RESPONSE_EXAMPLES: dict[str, dict[str, Any]] = {
                     "target": 0,
                     "path": "model.pt",
                     "bucket": "my-bucket",
-                    "key": "runs/run1/checkpoints/.kelpie/12/model.pt",
+                    "key": f"runs/run1/checkpoints/.kelpie/{JOB_ID}/a7/g12/model.pt",
                     "size": 734000000,
                     "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
                 }

@@ -135,6 +135,19 @@ class ObjectStorage:
 
         return await self._retrying("list", bucket, f"{prefix}/" if prefix else "", list_all)
 
+    async def list_folders(self, bucket: str, prefix: str) -> list[str]:
+        """The names of the folders right under `prefix` (one level, as a delimiter listing
+        gives them), without their objects."""
+        store = self._store(bucket)
+        prefix = prefix.strip("/")
+
+        async def one_level() -> list[str]:
+            found = await obstore.list_with_delimiter_async(store, prefix or None)
+            start = len(prefix) + 1 if prefix else 0
+            return sorted(p[start:].rstrip("/") for p in found["common_prefixes"])
+
+        return await self._retrying("list", bucket, f"{prefix}/" if prefix else "", one_level)
+
     async def bucket_exists(self, bucket: str) -> bool:
         """True if the bucket exists and these credentials may list it."""
         store = self._store(bucket)

@@ -225,6 +225,8 @@ class JobAttempt:
             self._require_storage(),
             committer,
             plan.checkpoints,
+            job_id=self.job.id,
+            user_id=self.job.user_id,
             attempt_id=self.job.attempt_id,
             compress=plan.compress,
             settle_s=self._settings.checkpoint_settle_s,
@@ -243,7 +245,20 @@ class JobAttempt:
         self._record_restore(report)
 
     def _record_restore(self, report: RestoreReport) -> None:
-        if report.generation is not None:
+        if report.generation is not None and report.source_job is not None:
+            self._event(
+                "checkpoint_restored",
+                f"restored checkpoint generation {report.generation} of job"
+                f" {report.source_job} ({report.files} files, {report.bytes} bytes): this job"
+                " had none of its own",
+                {
+                    "job": report.source_job,
+                    "generation": report.generation,
+                    "files": report.files,
+                    "bytes": report.bytes,
+                },
+            )
+        elif report.generation is not None:
             self._event(
                 "checkpoint_restored",
                 f"restored checkpoint generation {report.generation}"
@@ -257,9 +272,10 @@ class JobAttempt:
                 {"files": report.files, "bytes": report.bytes},
             )
         for fallback in report.fallbacks:
-            self._event(
-                "checkpoint_fallback", fallback.describe(), {"generation": fallback.generation}
-            )
+            data: dict[str, str | int] = {"generation": fallback.generation}
+            if fallback.job is not None:
+                data["job"] = fallback.job
+            self._event("checkpoint_fallback", fallback.describe(), data)
         for line in report.warnings[len(report.fallbacks) :]:
             self._warn(line)
 

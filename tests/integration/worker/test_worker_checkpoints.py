@@ -288,7 +288,7 @@ def test_a_partitioned_worker_on_the_same_machine_id_is_fenced_and_stops(
     ]
     assert (runs[1]["resumed"] or 0) >= (before_cut[-1] if before_cut else 0)
     # The cut-off attempt's uploads that no generation holds are cleaned away.
-    stale = f"overwrite/.kelpie/a{first_attempt['id']}/"
+    stale = f"overwrite/.kelpie/{job['id']}/a{first_attempt['id']}/"
     kept = {
         entry["key"]
         for g in lab.checkpoints(job["id"])

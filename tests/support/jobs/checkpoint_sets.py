@@ -8,7 +8,8 @@ With USE_COMMIT_FILE=1 the job touches $KELPIE_CHECKPOINT_COMMIT_FILE after each
 and waits for it to disappear before changing the folder again. SIGTERM: the current set
 is finished, then the job exits 143 (with IGNORE_SIGTERM=1 it carries on, to be killed
 mid-write). Stops after STEPS steps (exit 0). PAUSE_BETWEEN_FILES_S makes it pause after the
-first file of each set (a job that computes between files).
+first file of each set (a job that computes between files). FAIL_AFTER_STEP=N: a job with a
+bug, exiting 1 once set N is complete (marked with the commit file when it uses it).
 """
 
 import os
@@ -36,6 +37,7 @@ size = int(os.environ.get("FILE_SIZE", str(256 * 1024)))
 commit_file = os.environ.get("KELPIE_CHECKPOINT_COMMIT_FILE") or ""
 use_commit_file = os.environ.get("USE_COMMIT_FILE") == "1"
 pause_between_files = float(os.environ.get("PAUSE_BETWEEN_FILES_S", "0"))
+fail_after_step = int(os.environ.get("FAIL_AFTER_STEP", "0"))
 terminated = False
 
 
@@ -97,6 +99,9 @@ while step <= steps:
     log(journal, event="complete", step=step)
     if use_commit_file:
         commit_now()
+    if step == fail_after_step:
+        log(journal, event="fail", step=step)
+        sys.exit(1)
     if terminated:
         log(journal, event="sigterm", step=step)
         sys.exit(143)

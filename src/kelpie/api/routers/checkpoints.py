@@ -1,9 +1,10 @@
 """`/jobs/{id}/checkpoints`: committed checkpoint generations (PROTOCOL §8).
 
-The holding attempt's worker uploads a generation's files under `<prefix>.kelpie/`, then
-commits the file list here; a resume restores exactly the newest committed generation.
-kelpie keeps the list (never the contents) and tells the committing worker which objects no
-kept generation needs any more.
+The holding attempt's worker uploads a generation's files under the job's own area of each
+checkpoint prefix, `<prefix>.kelpie/<job id>/`, then commits the file list here (a key
+anywhere else, another job's area included, is refused); a resume restores exactly the
+newest committed generation. kelpie keeps the list (never the contents) and tells the
+committing worker which objects no kept generation needs any more.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ async def commit_checkpoint(
                 f"files[{index}].target: the job has {len(targets)} checkpoint target(s)",
                 index=index,
             )
-        area = targets[item.target][1] + CHECKPOINT_AREA
+        area = f"{targets[item.target][1]}{CHECKPOINT_AREA}{job_id}/"
         if not item.key.startswith(area) or ".." in item.key.split("/"):
             raise ApiError(400, f"files[{index}].key: must lie under {area!r}", index=index)
     result = await store.commit_checkpoint(

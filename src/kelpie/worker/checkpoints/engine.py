@@ -42,6 +42,7 @@ from kelpie.schemas import (
     CheckpointFile,
     CheckpointManifestOut,
     CheckpointOut,
+    JobOut,
 )
 from kelpie.storage import FileChangedError, FileStamp, RemoteObject, StorageError, Uploaded
 from kelpie.worker.checkpoints.generations import (
@@ -54,7 +55,7 @@ from kelpie.worker.checkpoints.generations import (
     plan_generation,
     same_as,
 )
-from kelpie.worker.checkpoints.layout import attempt_of, object_key
+from kelpie.worker.checkpoints.layout import attempt_of, job_area, object_key
 from kelpie.worker.checkpoints.quiet import (
     Look,
     Scan,
@@ -64,7 +65,7 @@ from kelpie.worker.checkpoints.quiet import (
     snapshot_is_consistent,
 )
 from kelpie.worker.checkpoints.restore import (
-    GenerationReader,
+    RestoreReader,
     RestoreReport,
     RestoreStorage,
     api_call,
@@ -87,8 +88,9 @@ CLOSE_UPLOAD_WAIT_S = 5.0  # closing: how long uploads in flight may run to thei
 FD_RESERVE = 128  # descriptors left to the worker itself when pinning a snapshot
 
 
-class Committer(GenerationReader, Protocol):
-    """How the engine speaks to the API about this attempt's generations.
+class Committer(RestoreReader, Protocol):
+    """How the engine speaks to the API about this attempt's generations (and, to restore
+    a new job, about the earlier jobs under its prefixes).
 
     `commit` raises `kelpie.client.Conflict` when this attempt no longer holds the job (or the
     number does not go forward), `ApiUnavailable` when the API could not be reached.
@@ -164,6 +166,15 @@ class ApiCommitter:
     async def manifest(self, generation: int) -> CheckpointManifestOut:
         return await self._client.get_checkpoint(self._job_id, generation)
 
+    async def other_job(self, job_id: str) -> JobOut:
+        return await self._client.get_job(job_id)
+
+    async def other_generations(self, job_id: str) -> list[CheckpointOut]:
+        return await self._client.list_checkpoints(job_id)
+
+    async def other_manifest(self, job_id: str, generation: int) -> CheckpointManifestOut:
+        return await self._client.get_checkpoint(job_id, generation)
+
 
 @dataclass
 class CheckpointStats:
@@ -212,6 +223,8 @@ class CheckpointEngine:
         committer: Committer,
         targets: Sequence[CheckpointTarget],
         *,
+        job_id: str,
+        user_id: str,
         attempt_id: int,
         compress: bool,
         settle_s: float,
@@ -223,6 +236,8 @@ class CheckpointEngine:
         self._committer = committer
         self._targets = tuple(targets)
         self._by_index = {t.index: t for t in self._targets}
+        self._job_id = job_id
+        self._user_id = user_id
         self._attempt_id = attempt_id
         self._compress = compress
         self._settle = settle_s
@@ -279,11 +294,25 @@ class CheckpointEngine:
 
     async def restore(self) -> RestoreReport:
         """Fill the (empty) checkpoint folders before the job starts: the newest committed
-        generation that reads back whole, or the plain objects when there is none yet.
-        `warnings` of the report belong in the attempt's record."""
-        report = await restore(self._targets, self._committer, self._storage)
+        generation that reads back whole; for a job without any, an earlier job's under the
+        same prefixes, or the plain objects. `warnings` of the report belong in the
+        attempt's record."""
+        report = await restore(
+            self._targets,
+            self._committer,
+            self._storage,
+            job_id=self._job_id,
+            user_id=self._user_id,
+        )
         self._restored = report
-        self._committed = dict(report.known)
+        # Only objects in this job's own area are ever named by its generations: files
+        # restored from an earlier job (or from objects of an older layout) are uploaded
+        # again with the first generation, so no other job's objects are relied on.
+        self._committed = {
+            file_id: known
+            for file_id, known in report.known.items()
+            if self._in_own_area(file_id[0], known.stored.key)
+        }
         self._newest = report.newest or 0
         return report
 
@@ -454,6 +483,10 @@ class CheckpointEngine:
             os.replace(self.commit_file, taken)
             taken.unlink()
 
+    def _in_own_area(self, index: int, key: str) -> bool:
+        target = self._by_index.get(index)
+        return target is not None and key.startswith(job_area(target, self._job_id))
+
     def _path_of(self, file_id: FileId) -> Path:
         index, relative = file_id
         return self._by_index[index].local_dir / relative
@@ -486,7 +519,14 @@ class CheckpointEngine:
 
         async def one(file_id: FileId, stamp: FileStamp) -> None:
             target = self._by_index[file_id[0]]
-            key = object_key(target, self._attempt_id, number, file_id[1], compress=self._compress)
+            key = object_key(
+                target,
+                self._job_id,
+                self._attempt_id,
+                number,
+                file_id[1],
+                compress=self._compress,
+            )
             source: Path | int = snapshot.handles.get(file_id, self._path_of(file_id))
             try:
                 async with self._upload_slots:
@@ -601,8 +641,9 @@ class CheckpointEngine:
     # -- the bucket ------------------------------------------------------------------------
 
     async def _clean_bucket(self) -> None:
-        """Delete what earlier attempts left under the `.kelpie/` areas: every object no kept
-        generation holds and no later attempt (a newer holder) uploaded."""
+        """Delete what earlier attempts of this job left in its own area of each prefix
+        (`<prefix>.kelpie/<job id>/`): every object no kept generation holds and no later
+        attempt (a newer holder) uploaded. Other jobs' areas are never listed or touched."""
         kept: set[tuple[str, str]] = set()
         for listed in await api_call(self._committer.generations):
             if listed.kept:
@@ -615,23 +656,25 @@ class CheckpointEngine:
                     return
                 kept.update((f.bucket, f.key) for f in found.manifest)
         for target in self._targets:
+            area = job_area(target, self._job_id)
             try:
-                objects = await self._storage.list_objects(target.bucket, target.area)
+                objects = await self._storage.list_objects(target.bucket, area)
             except StorageError as exc:
                 logger.warning("checkpoints: bucket not cleaned (%s)", exc)
                 continue
             stale = [
                 obj.key
                 for obj in objects
-                if (target.bucket, obj.key) not in kept
-                and (attempt_of(target, obj.key) or 0) < self._attempt_id
+                if obj.key.startswith(area)
+                and (target.bucket, obj.key) not in kept
+                and (attempt_of(target, self._job_id, obj.key) or 0) < self._attempt_id
             ]
             if stale:
                 logger.info(
                     "checkpoints: deleting %d leftover objects under s3://%s/%s",
                     len(stale),
                     target.bucket,
-                    target.area,
+                    area,
                 )
                 await self._delete([(target.bucket, key) for key in stale])
 

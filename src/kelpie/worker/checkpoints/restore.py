@@ -2,13 +2,21 @@
 
 With committed generations: exactly the newest one that reads back whole, every file
 checked against its size and SHA-256 while it downloads, falling back generation by
-generation past a missing or corrupt object (each fallback is reported). Without any: the
-plain objects under each prefix, as the reference worker left them.
+generation past a missing or corrupt object (each fallback is reported).
+
+Without any of its own: the newest generation of an earlier job of the same user that
+committed under the same checkpoint prefixes (a job that failed for good, was cancelled or
+completed, resubmitted with the same prefix), with the same verification and fallbacks.
+Those jobs are found by their folders under `<prefix>.kelpie/`, and each is checked with the
+API: another user's job (not found, or a different `user_id`) is never restored from.
+
+Without either: the plain objects under each prefix, as the reference worker left them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import re
@@ -18,16 +26,27 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol, TypeVar
 
 from kelpie.backoff import Backoff
-from kelpie.client import ApiUnavailable, NotFoundError
-from kelpie.schemas import CheckpointManifestOut, CheckpointOut
+from kelpie.client import ApiUnavailable, KelpieError, NotFoundError
+from kelpie.schemas import (
+    CheckpointManifestOut,
+    CheckpointOut,
+    JobOut,
+    JobStatus,
+    normalize_prefix,
+)
 from kelpie.storage import FileStamp, ObjectDamaged, TransferStats, VerifiedDownload
 from kelpie.worker.checkpoints.generations import FileId, KnownFile, StoredFile
+from kelpie.worker.checkpoints.layout import is_job_id
 from kelpie.worker.plan import CheckpointTarget
 
 logger = logging.getLogger("kelpie.worker.checkpoints")
 
 T = TypeVar("T")
 API_RETRY = Backoff(base=1.0, cap=10.0, floor=0.5)
+FINISHED: frozenset[JobStatus] = frozenset({"completed", "canceled", "failed"})
+"""Jobs whose checkpoints a new job may start from: they will never commit again."""
+MAX_EARLIER_JOBS = 100
+"""Job folders under one `.kelpie/` looked up with the API at most (the rest are ignored)."""
 
 
 class GenerationReader(Protocol):
@@ -36,6 +55,20 @@ class GenerationReader(Protocol):
     async def generations(self) -> list[CheckpointOut]: ...
 
     async def manifest(self, generation: int) -> CheckpointManifestOut: ...
+
+
+class EarlierJobsReader(Protocol):
+    """Other jobs as the API shows them to this worker (NotFoundError: not visible)."""
+
+    async def other_job(self, job_id: str) -> JobOut: ...
+
+    async def other_generations(self, job_id: str) -> list[CheckpointOut]: ...
+
+    async def other_manifest(self, job_id: str, generation: int) -> CheckpointManifestOut: ...
+
+
+class RestoreReader(GenerationReader, EarlierJobsReader, Protocol):
+    pass
 
 
 class RestoreStorage(Protocol):
@@ -51,6 +84,8 @@ class RestoreStorage(Protocol):
         decompress: bool = True,
     ) -> TransferStats: ...
 
+    async def list_folders(self, bucket: str, prefix: str) -> list[str]: ...
+
 
 @dataclass(frozen=True)
 class Fallback:
@@ -60,10 +95,13 @@ class Fallback:
     reason: str
     target: int | None = None
     path: str | None = None
+    job: str | None = None
+    """The earlier job the generation belongs to; None for the job's own."""
 
     def describe(self) -> str:
         where = "" if self.path is None else f" (target {self.target}, {self.path})"
-        generation = f"checkpoint generation {self.generation}"
+        of = "" if self.job is None else f" of job {self.job}"
+        generation = f"checkpoint generation {self.generation}{of}"
         return f"{generation} could not be restored{where}: {self.reason}"
 
 
@@ -82,30 +120,45 @@ class RestoreReport:
     fallbacks: tuple[Fallback, ...] = ()
     known: Mapping[FileId, KnownFile] = field(default_factory=dict, repr=False)
     """Each restored file's stamp and object, so unchanged files are not uploaded again."""
+    source_job: str | None = None
+    """The earlier job whose generation `generation` is; None when it is the job's own."""
 
     @property
     def warnings(self) -> list[str]:
         """Lines for the attempt's record: every fallback, and a start without checkpoints
         although generations exist."""
         lines = [fallback.describe() for fallback in self.fallbacks]
+        of = "" if self.source_job is None else f" of job {self.source_job}"
         if self.newest is not None and self.generation is None:
             lines.append(
                 "no checkpoint generation could be restored; the job starts without checkpoints"
             )
         elif self.fallbacks and self.generation is not None:
-            lines.append(f"restored the older checkpoint generation {self.generation}")
+            lines.append(f"restored the older checkpoint generation {self.generation}{of}")
+        elif self.fallbacks:
+            lines.append("no earlier job's checkpoint generation could be restored")
         return lines
 
 
 async def restore(
-    targets: Sequence[CheckpointTarget], reader: GenerationReader, storage: RestoreStorage
+    targets: Sequence[CheckpointTarget],
+    reader: RestoreReader,
+    storage: RestoreStorage,
+    *,
+    job_id: str,
+    user_id: str,
 ) -> RestoreReport:
-    """Fill the (empty) checkpoint folders of `targets`; see the module docstring."""
+    """Fill the (empty) checkpoint folders of `targets` of job `job_id` of user `user_id`;
+    see the module docstring."""
     if not targets:
         return RestoreReport(None, None, 0, 0, plain=False)
     generations = await api_call(reader.generations)
     if not generations:
-        return await _restore_plain(targets, storage)
+        earlier = await _restore_earlier(targets, reader, storage, job_id, user_id)
+        if earlier.generation is not None:
+            return earlier
+        plain = await _restore_plain(targets, storage)
+        return dataclasses.replace(plain, fallbacks=earlier.fallbacks)
     newest = max(g.generation for g in generations)
     fallbacks: list[Fallback] = []
     for listed in sorted((g for g in generations if g.kept), key=lambda g: -g.generation):
@@ -133,6 +186,114 @@ async def restore(
     return RestoreReport(None, newest, 0, 0, False, tuple(fallbacks))
 
 
+async def _restore_earlier(
+    targets: Sequence[CheckpointTarget],
+    reader: EarlierJobsReader,
+    storage: RestoreStorage,
+    job_id: str,
+    user_id: str,
+) -> RestoreReport:
+    """The newest generation that reads back whole of the earlier jobs of `user_id` under
+    the same prefixes: the job that committed last first, its generations newest first."""
+    fallbacks: list[Fallback] = []
+    for other, kept, index_map in await _earlier_jobs(targets, reader, storage, job_id, user_id):
+        for listed in sorted(kept, key=lambda g: -g.generation):
+            try:
+                manifest = await api_call(
+                    functools.partial(reader.other_manifest, other.id, listed.generation)
+                )
+            except NotFoundError:
+                fallbacks.append(
+                    Fallback(listed.generation, "its record is gone (expired)", job=other.id)
+                )
+                continue
+            outcome = await _restore_generation(manifest, targets, storage, index_map)
+            if isinstance(outcome, Fallback):
+                outcome = dataclasses.replace(outcome, job=other.id)
+                logger.warning("%s; trying the generation before", outcome.describe())
+                fallbacks.append(outcome)
+                continue
+            files, nbytes, known = outcome
+            logger.info(
+                "restored checkpoint generation %d of the earlier job %s: %d files, %d bytes",
+                manifest.generation,
+                other.id,
+                files,
+                nbytes,
+            )
+            return RestoreReport(
+                manifest.generation,
+                None,
+                files,
+                nbytes,
+                False,
+                tuple(fallbacks),
+                known,
+                source_job=other.id,
+            )
+    return RestoreReport(None, None, 0, 0, False, tuple(fallbacks))
+
+
+async def _earlier_jobs(
+    targets: Sequence[CheckpointTarget],
+    reader: EarlierJobsReader,
+    storage: RestoreStorage,
+    job_id: str,
+    user_id: str,
+) -> list[tuple[JobOut, list[CheckpointOut], dict[int, int]]]:
+    """The finished jobs of `user_id` with kept generations whose checkpoint prefixes are
+    all among this job's, each with its kept generations and the map from its target
+    numbers to this job's; the one that committed last first."""
+    ours = {(t.bucket, t.prefix): t.index for t in targets}
+    names: set[str] = set()
+    for target in targets:
+        folders = await storage.list_folders(target.bucket, target.area)
+        names.update(n for n in folders if is_job_id(n) and n != job_id)
+    if len(names) > MAX_EARLIER_JOBS:
+        logger.warning(
+            "checkpoints: %d job folders under the checkpoint prefixes; looking at %d",
+            len(names),
+            MAX_EARLIER_JOBS,
+        )
+    found: list[tuple[JobOut, list[CheckpointOut], dict[int, int]]] = []
+    for name in sorted(names)[:MAX_EARLIER_JOBS]:
+        try:
+            other = await api_call(functools.partial(reader.other_job, name))
+        except NotFoundError:
+            continue  # another user's job, or one deleted
+        except KelpieError as exc:
+            logger.warning("checkpoints: job %s not considered: %s", name, exc)
+            continue
+        if other.user_id != user_id or other.status not in FINISHED:
+            continue
+        index_map: dict[int, int] = {}
+        for index, place in enumerate(checkpoint_prefixes(other)):
+            if place not in ours:
+                break
+            index_map[index] = ours[place]
+        else:
+            try:
+                listed = await api_call(functools.partial(reader.other_generations, name))
+            except KelpieError as exc:
+                logger.warning("checkpoints: job %s not considered: %s", name, exc)
+                continue
+            kept = [g for g in listed if g.kept]
+            if kept and index_map:
+                found.append((other, kept, index_map))
+    found.sort(key=lambda item: max(g.created for g in item[1]), reverse=True)
+    return found
+
+
+def checkpoint_prefixes(job: JobOut) -> list[tuple[str, str]]:
+    """(bucket, prefix) of each checkpoint target of `job`, numbered as its commits name
+    them: `sync.during[i]` is i, else the legacy checkpoint prefix is 0."""
+    if job.sync is not None:
+        return [(e.bucket, normalize_prefix(e.prefix)) for e in job.sync.during]
+    if job.checkpoint_bucket is None or job.checkpoint_prefix is None:
+        return []
+    return [(job.checkpoint_bucket, normalize_prefix(job.checkpoint_prefix))]
+
+
 async def _restore_plain(
     targets: Sequence[CheckpointTarget], storage: RestoreStorage
 ) -> RestoreReport:
@@ -155,13 +316,17 @@ async def _restore_generation(
     manifest: CheckpointManifestOut,
     targets: Sequence[CheckpointTarget],
     storage: RestoreStorage,
+    index_map: Mapping[int, int] | None = None,
 ) -> tuple[int, int, dict[FileId, KnownFile]] | Fallback:
+    """Restore `manifest`; `index_map` turns the target numbers of an earlier job's manifest
+    into this job's."""
     by_index = {t.index: t for t in targets}
     items: list[VerifiedDownload] = []
     owners: dict[tuple[str, str], FileId] = {}
     for entry in manifest.manifest:
-        target = by_index.get(entry.target)
-        if target is None:
+        ours = entry.target if index_map is None else index_map.get(entry.target, -1)
+        target = by_index.get(ours)
+        if target is None or target.bucket != entry.bucket:
             return Fallback(manifest.generation, "not a target of this job", entry.target)
         if not _safe(entry.path):
             return Fallback(manifest.generation, "not a safe path", entry.target, entry.path)
@@ -171,7 +336,7 @@ async def _restore_generation(
                 entry.bucket, entry.key, dest, entry.size, entry.sha256, manifest.compressed
             )
         )
-        owners[(entry.bucket, entry.key)] = (entry.target, entry.path)
+        owners[(entry.bucket, entry.key)] = (target.index, entry.path)
     try:
         stats = await storage.download_verified(items)
     except ObjectDamaged as exc:
