@@ -30,6 +30,7 @@ from kelpie.schemas import (
     MeOut,
     ScalingRuleOut,
     UserOut,
+    WorkerOut,
 )
 
 T = TypeVar("T")
@@ -191,6 +192,11 @@ class KelpieClient:
         """The group's goodput report over the attempts that started within the window:
         interruption rates, checkpoint interval and cost, GPU time lost, Young/Daly."""
         return self._run(calls.group_goodput(container_group_id, window_seconds))
+
+    def list_workers(self, container_group_id: str | None = None) -> list[WorkerOut]:
+        """Machines seen in the last 24 hours polling for work or holding a job (of one
+        container group, if given): last poll, current job, blocked-from count, version."""
+        return self._run(calls.list_workers(container_group_id))
 
     def list_job_events(self, job_id: str, after: int = 0) -> list[JobEventOut]:
         """The job's events after id `after`, oldest first."""

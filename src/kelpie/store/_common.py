@@ -168,10 +168,6 @@ CANCELED_MESSAGE = "canceled by its owner"
 PURGED_MESSAGE = "canceled with the rest of its container group"
 
 
-# A machine counts toward a pending job's reason while it was heard from this recently.
-RECENT_WORKER_SECONDS = 120.0
-
-
 def stalled_reason(stall_timeout: int) -> str:
     """The `last_error` of an attempt stopped by its `stall_timeout`."""
     return f"stalled: progress did not change for {stall_timeout} s (stall_timeout)"

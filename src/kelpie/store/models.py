@@ -114,6 +114,10 @@ class Job:
     """When `progress` last changed."""
 
 
+# A machine counts toward a pending job's reason while it was heard from this recently.
+RECENT_WORKER_SECONDS = 120.0
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSighting:
     """A machine heard from: polling for work (`polled`) or beating for a job it holds.

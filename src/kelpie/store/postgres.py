@@ -33,7 +33,6 @@ from kelpie.store._common import (
     OUTAGE_GAP_SECONDS,
     OUTAGE_GRACE_SECONDS,
     PURGED_MESSAGE,
-    RECENT_WORKER_SECONDS,
     STALLED_MESSAGE,
     WARNING_EVENT_KINDS,
     RowDecoder,
@@ -76,6 +75,7 @@ from kelpie.store.goodput import (
 )
 from kelpie.store.migrations import load_migrations
 from kelpie.store.models import (
+    RECENT_WORKER_SECONDS,
     ApiKey,
     Attempt,
     Blocked,
