@@ -150,9 +150,9 @@ async def test_a_machine_that_does_not_hold_the_job_cannot_set_its_progress(stor
     held = await claim(store, "m1")
 
     assert await store.heartbeat(job.id, "m2", None, None, {"step": 5}) == "canceled"
-    assert await store.heartbeat(job.id, "m1", None, held.attempt_id + 1, {"step": 5}) == (
-        "canceled"
-    )
+    assert held.attempt_id is not None
+    other_attempt = held.attempt_id + 1
+    assert await store.heartbeat(job.id, "m1", None, other_attempt, {"step": 5}) == "canceled"
 
     assert (await current(store, job.id)).progress is None
     assert "progress" not in await kinds(store, job.id)
