@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from kelpie.client import KelpieClient
+from kelpie.schemas import JobOut
 from tests.support.waiting import wait_for
 from tests.support.worker import WorkerLab, pid_alive
 
@@ -54,13 +55,13 @@ def test_a_job_that_beats_without_progress_is_stopped_by_its_stall_timeout(
 
     with KelpieClient(lab.api_url, lab.user.key) as client:
         # the job's last progress reaches the job object while it still runs
-        running = wait_for(
-            lambda: (job := client.get_job(job_id)).progress == HUNG and job,
-            "the job's last progress to be shown",
-            timeout=30,
-        )
+        def with_last_progress() -> JobOut | None:
+            job = client.get_job(job_id)
+            return job if job.progress == HUNG else None
+
+        running = wait_for(with_last_progress, "the job's last progress to be shown", timeout=30)
         assert running.status == "running" and running.progress_updated_at is not None
-        pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), "the pid file"))
+        pid = int(wait_for(lambda: (pid_file.exists() and pid_file.read_text()) or None, "pid"))
 
         failed = lab.wait_status(job_id, "failed", timeout=30)
         assert failed["last_error"].startswith("stalled"), failed["last_error"]
