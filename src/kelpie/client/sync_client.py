@@ -221,9 +221,19 @@ class KelpieClient:
         Retried only on connection failures; otherwise raises and the caller polls again."""
         return self._run(calls.poll_work(machine_id, container_group_id, wait))
 
-    def heartbeat(self, job_id: str, machine_id: str, container_group_id: str) -> str:
-        """Refresh the lease; returns the status to act on (`running` = keep going)."""
-        return self._run(calls.heartbeat(job_id, machine_id, container_group_id))
+    def heartbeat(
+        self,
+        job_id: str,
+        machine_id: str,
+        container_group_id: str,
+        attempt_id: int | None = None,
+        progress: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Refresh the lease (with the job's progress, if any); returns the status to act on
+        (`running` = keep going)."""
+        return self._run(
+            calls.heartbeat(job_id, machine_id, container_group_id, attempt_id, progress)
+        )
 
     def report_completed(self, job_id: str, machine_id: str, container_group_id: str) -> None:
         """Report success. `Conflict` if this machine no longer holds the job (or a retried
