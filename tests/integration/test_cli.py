@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -553,3 +554,34 @@ def test_goodput_of_a_job_and_the_group_report(cli: Cli, group: str) -> None:
     text = cli.run("report", "--group", group).stdout
     assert "interruptions per hour" in text and "Young/Daly" in text
     assert_clean_error(cli.process("report", "--group", "no-such-group"), 1, "not found")
+
+
+# -- why a job waits, and the machines seen ---------------------------------------------------
+
+
+def test_jobs_get_says_why_a_pending_job_waits(cli: Cli, group: str) -> None:
+    job_id = cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
+
+    shown = cli.run("jobs", "get", job_id).stdout
+
+    assert re.search(rf"^waiting because +no worker of container group '{group}'", shown, re.M)
+    assert cli.json("jobs", "get", job_id)["pending_reason"]["reason"] == "no_workers"
+    with cli.client() as client:
+        assert client.poll_work("m1", group) is not None
+    assert "waiting because" not in cli.run("jobs", "get", job_id).stdout
+
+
+def test_workers_lists_the_machines_seen_in_a_group(cli: Cli, group: str) -> None:
+    assert cli.run("workers", "--group", group).stdout == ""
+    job_id = cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
+    with cli.client() as client:
+        assert client.poll_work("m1", group) is not None
+
+    [header, row] = cli.run("workers", "--group", group).stdout.splitlines()
+
+    assert header.split()[:2] == ["MACHINE", "GROUP"]
+    assert row.split()[:2] == ["m1", group]
+    assert job_id in row.split()
+    [listed] = cli.json("workers", "--group", group)
+    assert (listed["machine_id"], listed["current_job_id"]) == ("m1", job_id)
+    assert listed["version"] is not None  # the SDK says which kelpie it is
