@@ -591,18 +591,22 @@ def watch_job(api: Api, job_id: str, interval: float) -> None:
             fail(str(exc), WatchExit.NOT_FOUND)
         except KelpieError as exc:
             fail(str(exc), WatchExit.API_ERROR)
+        line = status_line(job, attempts)
+        # the job's state first (which job this is), then what happened, then each new state
         changes = [event_line(event) for event in events]
         after = events[-1].id if events else after
-        if (line := status_line(job, attempts)) != shown:
-            changes.append(line)
-            shown = line
+        code = _WATCH_EXIT_BY_STATUS.get(job.status)
+        if not shown:
+            changes.insert(0, line)
+        if (shown and line != shown) or (code is not None and changes and changes[-1] != line):
+            changes.append(line)  # an ended job's last line is its final state
+        shown = line
         if not api.as_json:
             prefix = "\r\x1b[2K" if live else ""
             for change in changes:
                 click.echo(prefix + change)
             if live:
                 click.echo("\r\x1b[2K" + watch_line(job, attempts, datetime.now(UTC)), nl=False)
-        code = _WATCH_EXIT_BY_STATUS.get(job.status)
         if code is not None:
             break
         time.sleep(interval)

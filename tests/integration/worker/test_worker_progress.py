@@ -87,10 +87,11 @@ def test_a_job_that_beats_without_progress_is_stopped_by_its_stall_timeout(
     assert f"{STEPS}/{STEPS} (100 %) hung" in shown
     assert "4 s without progress" in shown
     watched = kelpie(lab, "jobs", "watch", job_id, code=1).splitlines()
-    # one line per event and the status: nothing per heartbeat
-    assert len(watched) == len(events) + 1, watched
+    # the job, one line per event, the job again: nothing per heartbeat
+    assert len(watched) == 1 + len(events) + 1, watched
+    assert watched[0].startswith(f"{job_id}  failed")
     assert "  stalled  " in watched[-2]
-    assert watched[-1].startswith(f"{job_id}  failed")
+    assert watched[-1] == watched[0]
     table = kelpie(lab, "workers", "--group", lab.group).splitlines()
     assert table[0].split() == [
         "MACHINE",
