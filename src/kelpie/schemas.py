@@ -7,6 +7,7 @@ are lenient, so an older client keeps working against a newer API.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -51,6 +52,11 @@ MAX_LABEL_KEY_LENGTH = 63
 MAX_LABEL_VALUE_LENGTH = 255
 MAX_DURATION_SECONDS = 366 * 24 * 3600  # a year: an attempt longer than that is a mistake
 MAX_RETRY_EXIT_CODES = 64  # per rule
+# The header a kelpie worker sends its version in, on `GET /work`.
+WORKER_VERSION_HEADER = "X-Kelpie-Worker-Version"
+# What a job writes to $KELPIE_PROGRESS_FILE, as JSON: larger is ignored by the worker and
+# refused by the API.
+MAX_PROGRESS_BYTES = 4096
 # A label key: letters, digits and `_ . / -`, starting and ending with a letter or digit (so
 # that `key=value` in a `label` filter splits at the first `=`).
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_./-]*[A-Za-z0-9])?$"
@@ -148,6 +154,34 @@ def check_checkpoint_path(path: str) -> str:
     if path + "/" == CHECKPOINT_AREA or path.startswith(CHECKPOINT_AREA):
         raise ValueError(f"must not lie under {CHECKPOINT_AREA!r}, which kelpie keeps for itself")
     return path
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` → (`bucket`, `some/prefix/`): the prefix names a folder (as
+    every prefix of a job does); the empty prefix is the bucket's root."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    if not url.startswith("s3://") or not bucket:
+        raise ValueError("must be of the form s3://BUCKET/PREFIX")
+    if len(bucket) > 255:
+        raise ValueError("the bucket name is longer than 255 characters")
+    if len(prefix) > 1024:
+        raise ValueError("the prefix is longer than 1024 characters")
+    return bucket, normalize_prefix(prefix)
+
+
+def _check_s3_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    bucket, prefix = parse_s3_url(url)
+    return f"s3://{bucket}/{prefix}"
+
+
+def _check_progress(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+    if progress is not None:
+        size = len(json.dumps(progress, separators=(",", ":")))
+        if size > MAX_PROGRESS_BYTES:
+            raise ValueError(f"takes {size} bytes as JSON, more than the {MAX_PROGRESS_BYTES}")
+    return progress
 
 
 def _check_local_path(path: str) -> str:
@@ -304,6 +338,21 @@ class JobCreate(_Request):
     max_duration: Annotated[int | None, Field(ge=1, le=MAX_DURATION_SECONDS)] = None
     max_interruptions: Annotated[int | None, Field(ge=0, le=1_000_000)] = None
     retry: RetryRules | None = None
+    logs_prefix: Annotated[str | None, Field(max_length=1300), AfterValidator(_check_s3_url)] = None
+    """`s3://bucket/prefix` where the worker puts each attempt's logs (None: next to the
+    output prefix)."""
+    stall_timeout: Annotated[int | None, Field(ge=1, le=MAX_DURATION_SECONDS)] = None
+    """Seconds a running attempt may go without its progress changing before it is stopped
+    and counted as failed ("stalled")."""
+
+    @model_validator(mode="after")
+    def _stall_timeout_spans_heartbeats(self) -> JobCreate:
+        if self.stall_timeout is not None and self.stall_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"stall_timeout ({self.stall_timeout}) must be at least twice heartbeat_interval"
+                f" ({self.heartbeat_interval}): progress arrives with heartbeats"
+            )
+        return self
 
     @model_validator(mode="after")
     def _storage_form_is_consistent(self) -> JobCreate:
@@ -326,6 +375,23 @@ class JobCreate(_Request):
                 f"the job takes {size} bytes as JSON, more than the {MAX_JOB_BYTES} allowed"
             )
         return self
+
+
+class PendingReasonOut(BaseModel):
+    """Why a pending job waits. `reason`: `no_workers` (no machine of its group asked for
+    work or held a job in the last `recent_seconds`), `blocked` (every such machine failed
+    this job before and never receives it again) or `queued` (`jobs_ahead` of its owner's
+    jobs of the group come first: higher priority, or submitted earlier)."""
+
+    reason: Literal["no_workers", "blocked", "queued"]
+    message: str
+    machines: int
+    """Machines of its group seen within `recent_seconds` that may take it."""
+    blocked_machines: int
+    busy_machines: int
+    """Of `machines`, those holding a job now."""
+    jobs_ahead: int
+    recent_seconds: int
 
 
 class JobOut(BaseModel):
@@ -371,6 +437,15 @@ class JobOut(BaseModel):
     max_interruptions: int | None = None
     num_interruptions: int = 0
     retry: RetryRules | None = None
+    logs_prefix: str | None = None
+    stall_timeout: int | None = None
+    progress: dict[str, Any] | None = None
+    """What the job last wrote to `$KELPIE_PROGRESS_FILE` (kept across attempts)."""
+    progress_updated_at: Timestamp | None = None
+    """When `progress` last changed."""
+    pending_reason: PendingReasonOut | None = None
+    """Why the job waits: set by `GET /jobs/{id}` while it is pending, null otherwise (and in
+    lists)."""
     attempt_id: int | None = None
     """Set only in the answer of `GET /work`: the claim's fencing token."""
 
@@ -409,6 +484,13 @@ class WorkerReport(_Request):
     machine_id: MachineId
     container_group_id: GroupId
     attempt_id: AttemptId | None = None
+
+
+class HeartbeatReport(WorkerReport):
+    """Body of a heartbeat: a kelpie worker also sends what the job last wrote to
+    `$KELPIE_PROGRESS_FILE` (the reference worker sends nothing more)."""
+
+    progress: Annotated[dict[str, Any] | None, AfterValidator(_check_progress)] = None
 
 
 class FailureReport(WorkerReport):
@@ -693,6 +775,32 @@ class GroupActivityOut(BaseModel):
 class GroupDetailOut(GroupOut):
     blocked_machines: list[BlockedMachineOut]
     activity: GroupActivityOut
+
+
+# -- workers: the machines seen asking for work (`GET /workers`) -----------------------------
+
+
+class WorkerOut(BaseModel):
+    machine_id: str
+    container_group_id: str
+    user_id: str
+    """The user whose key the machine uses."""
+    first_seen: Timestamp
+    last_seen: Timestamp
+    """Its last poll for work or heartbeat (kept to within ~10 s)."""
+    last_poll: Timestamp | None = None
+    current_job_id: str | None = None
+    blocked_jobs: int = 0
+    """Jobs of its key's user it failed, which it never receives again."""
+    version: str | None = None
+    """The kelpie version the worker sent (`X-Kelpie-Worker-Version`); null for others."""
+
+
+class WorkerList(BaseModel):
+    count: int = Field(alias="_count")
+    workers: list[WorkerOut]
+
+    model_config = ConfigDict(populate_by_name=True)
 
 
 # -- goodput: where each attempt's time went (`/jobs/{id}/goodput`, group reports) -----------

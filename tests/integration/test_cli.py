@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -376,23 +377,30 @@ def read_until(watcher: subprocess.Popen[str], text: str) -> list[str]:
             return lines
 
 
-def test_watch_follows_a_job_to_completion_and_exits_0(cli: Cli, group: str) -> None:
+def test_watch_prints_each_change_once_not_each_heartbeat(cli: Cli, group: str) -> None:
     job_id = cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
     watcher = watch(cli, job_id)
     try:
         first = read_until(watcher, job_id)
         with cli.client() as client:
             assert client.poll_work("m1", group) is not None
-            assert client.heartbeat(job_id, "m1", group) == "running"
-            running = read_until(watcher, "heartbeats 1")
+            running = read_until(watcher, "running")
+            for _ in range(10):
+                assert client.heartbeat(job_id, "m1", group) == "running"
+                time.sleep(0.1)  # beats spread over several of the watcher's refreshes
             client.report_completed(job_id, "m1", group)
         rest, stderr = watcher.communicate(timeout=30)
     finally:
         watcher.kill()
     assert watcher.returncode == 0, stderr
     assert first[0].startswith(f"{job_id}  pending")
-    assert "running  machine m1  attempts 1  heartbeats 1" in running[-1]
-    assert rest.splitlines()[-1].startswith(f"{job_id}  completed  machine m1  attempts 1")
+    assert "  claimed  " in running[-2]
+    assert running[-1].startswith(f"{job_id}  running  machine m1  attempts 1  failures 0/3")
+    # ten heartbeats changed nothing worth a line: the next lines are the completion
+    lines = rest.splitlines()
+    assert len(lines) == 2, lines
+    assert "  completed  " in lines[0]
+    assert lines[-1].startswith(f"{job_id}  completed  machine m1  attempts 1")
 
 
 def test_watch_exits_1_when_the_job_fails(cli: Cli, group: str) -> None:
@@ -546,3 +554,34 @@ def test_goodput_of_a_job_and_the_group_report(cli: Cli, group: str) -> None:
     text = cli.run("report", "--group", group).stdout
     assert "interruptions per hour" in text and "Young/Daly" in text
     assert_clean_error(cli.process("report", "--group", "no-such-group"), 1, "not found")
+
+
+# -- why a job waits, and the machines seen ---------------------------------------------------
+
+
+def test_jobs_get_says_why_a_pending_job_waits(cli: Cli, group: str) -> None:
+    job_id = cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
+
+    shown = cli.run("jobs", "get", job_id).stdout
+
+    assert re.search(rf"^waiting because +no worker of container group '{group}'", shown, re.M)
+    assert cli.json("jobs", "get", job_id)["pending_reason"]["reason"] == "no_workers"
+    with cli.client() as client:
+        assert client.poll_work("m1", group) is not None
+    assert "waiting because" not in cli.run("jobs", "get", job_id).stdout
+
+
+def test_workers_lists_the_machines_seen_in_a_group(cli: Cli, group: str) -> None:
+    assert cli.run("workers", "--group", group).stdout == ""
+    job_id = cli.run("jobs", "submit", "--command", "x", "--group", group).stdout.strip()
+    with cli.client() as client:
+        assert client.poll_work("m1", group) is not None
+
+    [header, row] = cli.run("workers", "--group", group).stdout.splitlines()
+
+    assert header.split()[:2] == ["MACHINE", "GROUP"]
+    assert row.split()[:2] == ["m1", group]
+    assert job_id in row.split()
+    [listed] = cli.json("workers", "--group", group)
+    assert (listed["machine_id"], listed["current_job_id"]) == ("m1", job_id)
+    assert listed["version"] is not None  # the SDK says which kelpie it is

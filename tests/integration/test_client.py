@@ -129,7 +129,8 @@ def test_submit_and_get_a_job(user: User, group: str) -> None:
     assert submitted.user_id == user.id
     assert submitted.input_prefix == "in/"
     fetched = user.client.get_job(submitted.id)
-    assert fetched == submitted
+    assert fetched.pending_reason is not None  # only a read of one job says why it waits
+    assert fetched.model_copy(update={"pending_reason": None}) == submitted
 
 
 def test_a_sync_job_round_trips(user: User, group: str) -> None:

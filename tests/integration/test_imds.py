@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -105,3 +106,23 @@ async def test_fake_imds_refuses_calls_without_the_metadata_header(imds: FakeImd
 
     assert response.status_code == 400
     assert imds.deletion_costs == []
+
+
+async def test_imds_refusing_every_call_is_warned_about_once(
+    imds: FakeImds, client: ImdsClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Off SaladCloud another metadata service may answer every deletion-cost call (one per
+    # heartbeat) with an error: the worker's log says so once, not at every beat.
+    imds.fail_next(20, 404)
+    caplog.set_level(logging.DEBUG, logger="kelpie.fleet")
+
+    for cost in range(20):
+        assert not await client.set_deletion_cost(cost)
+
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    # once it answers again, a later refusal is news again
+    assert await client.set_deletion_cost(1)
+    imds.fail_next(1, 500)
+    assert not await client.set_deletion_cost(2)
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 2

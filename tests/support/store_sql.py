@@ -22,6 +22,11 @@ TIME_COLUMNS = frozenset(
         "last_commit",
         "heartbeat",
         "lease_expires",
+        "stall_deadline",
+        "progress_updated_at",
+        "first_seen",
+        "last_seen",
+        "last_poll",
     }
 )
 

@@ -35,10 +35,15 @@ from kelpie.api.routers import (
     scaling_rules,
     users,
     work,
+    workers,
 )
 from kelpie.api.security import hash_api_key
 from kelpie.api.state import AppState
-from kelpie.api.upkeep import run_idempotency_retention, run_interruption_budgets
+from kelpie.api.upkeep import (
+    run_idempotency_retention,
+    run_interruption_budgets,
+    run_stall_timeouts,
+)
 from kelpie.backoff import Backoff
 from kelpie.config import ServerSettings
 from kelpie.fleet import fleet_provider_from_env
@@ -59,6 +64,7 @@ DOCS_TAG_ORDER = (
     "checkpoints",
     "events",
     "worker",
+    "workers",
     "users",
     "scaling-rules",
     "container groups",
@@ -76,6 +82,7 @@ def _background_loops() -> list[tuple[str, BackgroundLoop]]:
         ("webhook-retention", run_webhook_retention),
         ("autoscaler", run_autoscaler),
         ("interruption-budgets", run_interruption_budgets),
+        ("stall-timeouts", run_stall_timeouts),
         ("idempotency-retention", run_idempotency_retention),
     ]
 
@@ -216,6 +223,7 @@ def create_app(settings: ServerSettings, fleet: FleetProvider | None = None) -> 
         users.router,
         scaling_rules.router,
         groups.router,
+        workers.router,
         metrics_router,
     ):
         app.include_router(router)

@@ -16,7 +16,17 @@ from kelpie.schemas import (
     format_timestamp,
 )
 from kelpie.store.goodput import AttemptLedger, GroupLedger, JobLedger
-from kelpie.store.models import Attempt, Checkpoint, Job, JobEvent, NewJob, Principal
+from kelpie.store.models import (
+    RECENT_WORKER_SECONDS,
+    Attempt,
+    Checkpoint,
+    Job,
+    JobEvent,
+    NewJob,
+    PendingReason,
+    Principal,
+    Worker,
+)
 
 # Submission fields the store keeps verbatim and never queries (labels are also stored apart,
 # for filters).
@@ -49,6 +59,8 @@ def new_job(submission: JobCreate, principal: Principal) -> NewJob:
         priority=submission.priority,
         name=submission.name,
         max_interruptions=submission.max_interruptions,
+        logs_prefix=submission.logs_prefix,
+        stall_timeout=submission.stall_timeout,
     )
 
 
@@ -84,7 +96,8 @@ def job_body(job: Job) -> dict[str, Any]:
         "heartbeat": _ts(job.heartbeat),
         "num_failures": job.num_failures,
         "num_heartbeats": job.num_heartbeats,
-        "machine_id": job.machine_id,
+        # the machine holding it (or that last held it, once ended); none while it waits
+        "machine_id": None if job.status == "pending" else job.machine_id,
         "last_exit_code": job.last_exit_code,
         "last_error": job.last_error,
         "command": spec["command"],
@@ -111,8 +124,57 @@ def job_body(job: Job) -> dict[str, Any]:
         max_interruptions=job.max_interruptions,
         num_interruptions=job.num_interruptions,
         retry=spec.get("retry"),
+        logs_prefix=job.logs_prefix,
+        stall_timeout=job.stall_timeout,
+        progress=None if job.progress is None else dict(job.progress),
+        progress_updated_at=_ts(job.progress_updated_at),
+        pending_reason=None,
     )
     return body
+
+
+def pending_reason_body(reason: PendingReason, container_group_id: str) -> dict[str, Any]:
+    """Why a pending job waits, in words and figures (`PendingReasonOut`)."""
+    recent = int(RECENT_WORKER_SECONDS)
+    if reason.code == "no_workers":
+        message = (
+            f"no worker of container group {container_group_id!r} has asked for work"
+            f" in the last {recent} s"
+        )
+    elif reason.code == "blocked":
+        message = (
+            f"every machine of the group seen in the last {recent} s"
+            f" ({reason.machines}) failed this job before and never receives it again"
+        )
+    else:
+        ahead = f"{reason.jobs_ahead} job{'s' if reason.jobs_ahead != 1 else ''}"
+        message = (
+            f"{ahead} of the group ahead of it (priority, then submission order);"
+            f" {reason.busy} of {reason.machines} machines busy"
+        )
+    return {
+        "reason": reason.code,
+        "message": message,
+        "machines": reason.machines,
+        "blocked_machines": reason.blocked,
+        "busy_machines": reason.busy,
+        "jobs_ahead": reason.jobs_ahead,
+        "recent_seconds": recent,
+    }
+
+
+def worker_body(worker: Worker) -> dict[str, Any]:
+    return {
+        "machine_id": worker.machine_id,
+        "container_group_id": worker.container_group_id,
+        "user_id": worker.user_id,
+        "first_seen": _ts(worker.first_seen),
+        "last_seen": _ts(worker.last_seen),
+        "last_poll": _ts(worker.last_poll),
+        "current_job_id": worker.current_job_id,
+        "blocked_jobs": worker.blocked_jobs,
+        "version": worker.version,
+    }
 
 
 def claimed_job_body(job: Job) -> dict[str, Any]:

@@ -71,6 +71,13 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "limit.",
         "retry": "What an exit code means beyond an ordinary failure: some fail the job at "
         "once, others count as an interruption. Null: every non-zero exit is a failure.",
+        "logs_prefix": "`s3://bucket/prefix` where the worker puts each attempt's stdout and "
+        "stderr (prefix normalized to end in `/`). Null: next to the output prefix.",
+        "stall_timeout": "Seconds (at least twice `heartbeat_interval`) a running attempt may "
+        "go without its progress (`$KELPIE_PROGRESS_FILE`) changing, counted from its claim "
+        "while it never wrote any. Then it is stopped and counted as a failure whose "
+        "`last_error` starts with `stalled` (the machine is blocked from the job, as after "
+        "any failure). Null: never.",
     },
     "RetryRules": {
         "fail_exit_codes": "Exit codes (1-255) that fail the job at once, whatever "
@@ -92,7 +99,8 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "heartbeat": "The holder's last heartbeat (the claim counts as one). " + _TIME,
         "num_failures": "Failures so far; at `max_failures` the job is `failed`.",
         "num_heartbeats": "Heartbeats received, over every attempt.",
-        "machine_id": "The last machine to hold the job, or null.",
+        "machine_id": "The machine holding the job (running), or that last held it once it "
+        "ended; null while it is pending.",
         "last_exit_code": "Exit code of the last failure report, or null.",
         "last_error": "Reason given by the last failure report, or null.",
         "checkpoint_generation": "Newest committed checkpoint generation, or null.",
@@ -101,6 +109,53 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "`max_interruptions` the job is `failed`.",
         "attempt_id": "Only in the answer of `GET /work`: the claim's attempt id, which the "
         "worker sends with every later call (its fencing token).",
+        "logs_prefix": "Where the attempts' logs go (`s3://bucket/prefix/`), or null for the "
+        "default next to the output prefix.",
+        "stall_timeout": "Seconds without progress before a running attempt is stopped, or null.",
+        "progress": "The JSON object the job last wrote to `$KELPIE_PROGRESS_FILE` (e.g. "
+        '`{"step": 1200, "total": 5000, "message": "epoch 3"}`), kept across attempts; null '
+        "before it wrote any.",
+        "progress_updated_at": "When `progress` last changed (not when it was last sent). " + _TIME,
+        "pending_reason": "Only in `GET /jobs/{id}` of a pending job (null otherwise, and in "
+        "lists): why it waits.",
+    },
+    "PendingReasonOut": {
+        "reason": "`no_workers`: no machine of its group asked for work or held a job within "
+        "`recent_seconds`; `blocked`: every such machine failed this job before and never "
+        "receives it again; `queued`: it waits its turn behind `jobs_ahead` jobs.",
+        "message": "The reason in words.",
+        "machines": "Machines of its group seen within `recent_seconds` through its owner's "
+        "keys or an admin's.",
+        "blocked_machines": "Of those, the ones blocked from this job.",
+        "busy_machines": "Of those, the ones holding a job now.",
+        "jobs_ahead": "Its owner's pending jobs of the group handed out before it (higher "
+        "priority, or equal priority and submitted earlier).",
+        "recent_seconds": "How recently a machine must have been seen to count.",
+    },
+    "HeartbeatReport": {
+        "machine_id": "The holder's machine id.",
+        "container_group_id": "Its container group.",
+        "attempt_id": "The claim's attempt id (kelpie workers); absent for the reference worker.",
+        "progress": "What the job last wrote to `$KELPIE_PROGRESS_FILE`: a JSON object of at "
+        "most 4096 bytes. A beat bringing a different one records it, pushes the stall "
+        "deadline back, and adds a `progress` event at a milestone (the first, a new "
+        "`message`, or `step/total` entering another tenth). Absent: progress unchanged.",
+    },
+    "WorkerOut": {
+        "machine_id": "The machine (`SALAD_MACHINE_ID`).",
+        "container_group_id": "The group it asks work for.",
+        "user_id": "The user whose key it uses.",
+        "first_seen": "When it was first seen.",
+        "last_seen": "Its last poll for work or heartbeat (recorded at most every ~10 s).",
+        "last_poll": "Its last poll for work (`GET /work`). " + _TIME,
+        "current_job_id": "The job of the group it holds now, or null.",
+        "blocked_jobs": "Jobs of its key's user it failed, which it never receives again.",
+        "version": "The kelpie version it sent in `X-Kelpie-Worker-Version`; null for other "
+        "workers (the reference worker).",
+    },
+    "WorkerList": {
+        "_count": "Machines listed (at most 1000).",
+        "workers": "By container group, then machine id.",
     },
     "JobList": {
         "_count": "Jobs in this page (not the total).",
@@ -415,6 +470,7 @@ PARAMETER_DESCRIPTIONS: dict[str, str] = {
     "name": "Only jobs with this name.",
     "label": "Only jobs carrying this label, as `key=value` (repeat for several: all must match).",
     "buckets": "Number of steps the window is split into (1-500).",
+    "seen_within": "Only machines seen within this many seconds (default 1 day, at most 30).",
 }
 
 PARAMETER_EXAMPLES: dict[str, Any] = {
@@ -510,7 +566,23 @@ RUNNING_JOB = _job(
     last_exit_code=137,
     last_error="killed by signal 9 (out of memory?)",
     checkpoint_generation=12,
+    stall_timeout=1800,
+    progress={"step": 1200, "total": 5000, "message": "epoch 3"},
+    progress_updated_at="2025-03-14T11:01:12.930Z",
 )
+WAITING_JOB = {
+    **PENDING_JOB,
+    "pending_reason": {
+        "reason": "blocked",
+        "message": "every machine of the group seen in the last 120 s (2) failed this job "
+        "before and never receives it again",
+        "machines": 2,
+        "blocked_machines": 2,
+        "busy_machines": 1,
+        "jobs_ahead": 0,
+        "recent_seconds": 120,
+    },
+}
 LEGACY_JOB = _job(LEGACY_SUBMISSION, status="pending")
 CLAIMED_JOB = _job(
     SYNC_SUBMISSION,
@@ -584,7 +656,9 @@ REQUEST_EXAMPLES: dict[str, dict[str, dict[str, Any]]] = {
         }
     ),
     "heartbeat_job": _examples(
-        kelpie_worker=_WORKER, reference_worker={"machine_id": MACHINE, "container_group_id": GROUP}
+        kelpie_worker=_WORKER,
+        with_progress={**_WORKER, "progress": {"step": 1200, "total": 5000, "message": "epoch 3"}},
+        reference_worker={"machine_id": MACHINE, "container_group_id": GROUP},
     ),
     "report_job_completed": _examples(done=_WORKER),
     "report_job_failed": _examples(
@@ -605,7 +679,7 @@ RESPONSE_EXAMPLES: dict[str, dict[str, Any]] = {
     "submit_job": {"202": PENDING_JOB},
     "submit_jobs_batch": {"202": [PENDING_JOB, LEGACY_JOB]},
     "list_jobs": {"200": {"_count": 2, "jobs": [RUNNING_JOB, LEGACY_JOB]}},
-    "get_job": {"200": RUNNING_JOB},
+    "get_job": {"200": WAITING_JOB},
     "cancel_job": {"202": {"message": "Job canceled"}},
     "purge_container_group": {"200": {"count": 17}},
     "list_job_attempts": {
@@ -678,7 +752,45 @@ RESPONSE_EXAMPLES: dict[str, dict[str, Any]] = {
                 "machine_id": MACHINE,
                 "data": {"generation": 12},
             },
+            {
+                "id": 316,
+                "time": "2025-03-14T11:01:12.930Z",
+                "kind": "progress",
+                "message": "progress 1200/5000 (24 %) epoch 3",
+                "attempt_id": 41,
+                "machine_id": MACHINE,
+                "data": {"step": 1200, "total": 5000, "message": "epoch 3"},
+            },
         ]
+    },
+    "list_workers": {
+        "200": {
+            "_count": 2,
+            "workers": [
+                {
+                    "machine_id": OTHER_MACHINE,
+                    "container_group_id": GROUP,
+                    "user_id": USER_ID,
+                    "first_seen": CREATED,
+                    "last_seen": HEARTBEAT,
+                    "last_poll": HEARTBEAT,
+                    "current_job_id": None,
+                    "blocked_jobs": 2,
+                    "version": "0.1.0",
+                },
+                {
+                    "machine_id": MACHINE,
+                    "container_group_id": GROUP,
+                    "user_id": USER_ID,
+                    "first_seen": CREATED,
+                    "last_seen": HEARTBEAT,
+                    "last_poll": STARTED,
+                    "current_job_id": JOB_ID,
+                    "blocked_jobs": 0,
+                    "version": None,
+                },
+            ],
+        }
     },
     "add_job_event": {"202": {"message": "Event recorded"}},
     "claim_work": {"200": [CLAIMED_JOB]},

@@ -3,6 +3,8 @@ idempotent statement, so processes never step on each other):
 
 - jobs stalled at their last allowed interruption fail (`max_interruptions`), since claims
   no longer take them;
+- running jobs whose progress has not changed for their `stall_timeout` are stopped as
+  failures (the holder's next heartbeat is refused, so it kills the command);
 - idempotency keys past their lifetime are forgotten.
 """
 
@@ -17,6 +19,7 @@ from kelpie.api.state import AppState
 log = logging.getLogger("kelpie.api.upkeep")
 
 INTERRUPTION_CHECK_SECONDS = 1.0
+STALL_CHECK_SECONDS = 1.0
 IDEMPOTENCY_RETENTION_CHECK_SECONDS = 3600.0
 
 
@@ -37,6 +40,20 @@ async def run_interruption_budgets(state: AppState, stop: asyncio.Event) -> None
         if ended:
             state.webhooks_due.set()
         await _pause(stop, INTERRUPTION_CHECK_SECONDS)
+
+
+async def run_stall_timeouts(state: AppState, stop: asyncio.Event) -> None:
+    """Every second, stop the running jobs that beat but made no progress for their
+    `stall_timeout` (a hung job would otherwise hold its machine for ever)."""
+    while not stop.is_set():
+        stopped = await state.store.end_stalled_jobs()
+        for job in stopped:
+            log.info("job %s stopped: %s", job.id, job.last_error)
+            if job.status == "pending":
+                state.notifier.notify(job.container_group_id)
+        if any(job.webhook for job in stopped):
+            state.webhooks_due.set()
+        await _pause(stop, STALL_CHECK_SECONDS)
 
 
 async def run_idempotency_retention(state: AppState, stop: asyncio.Event) -> None:

@@ -26,7 +26,7 @@ from kelpie.cli.base import (
 )
 
 if TYPE_CHECKING:
-    from kelpie.schemas import AttemptOut, JobOut, SyncEntry
+    from kelpie.schemas import AttemptOut, JobEventOut, JobOut, SyncEntry
 
 
 class WatchExit:
@@ -130,6 +130,8 @@ class JobFlags:
     max_interruptions: int | None = None
     fail_exit_codes: tuple[int, ...] = ()
     interruption_exit_codes: tuple[int, ...] = ()
+    stall_timeout: int | None = None
+    logs_prefix: str | None = None
 
     def is_empty(self) -> bool:
         return self == JobFlags()
@@ -147,6 +149,8 @@ class JobFlags:
             "name": self.name,
             "max_duration": self.max_duration,
             "max_interruptions": self.max_interruptions,
+            "stall_timeout": self.stall_timeout,
+            "logs_prefix": self.logs_prefix,
         }
         merged.update({name: value for name, value in scalars.items() if value is not None})
         if self.arguments:
@@ -276,6 +280,18 @@ def _s3_option(kind: str) -> Callable[[Callable[..., None]], Callable[..., None]
     type=click.IntRange(1, 255),
     multiple=True,
     help="An exit code that counts as an interruption, not a failure (repeat).",
+)
+@click.option(
+    "--stall-timeout",
+    metavar="DURATION",
+    callback=parse_duration,
+    help="Stop and fail an attempt whose progress ($KELPIE_PROGRESS_FILE) has not changed for"
+    " this long (`stalled`).",
+)
+@click.option(
+    "--logs-prefix",
+    metavar="s3://BUCKET/PREFIX",
+    help="Where the worker puts each attempt's logs [default: next to the output prefix].",
 )
 @click.option(
     "--idempotency-key",
@@ -411,8 +427,44 @@ def show_job(job: JobOut) -> None:
             *_retry_lines(job),
             ("last exit code", job.last_exit_code),
             ("last error", job.last_error),
+            ("progress", progress_text(job.progress)),
+            ("progress updated", job.progress_updated_at and when(job.progress_updated_at)),
+            ("stall timeout", job.stall_timeout and f"{job.stall_timeout} s without progress"),
+            ("logs prefix", job.logs_prefix),
+            ("waiting because", job.pending_reason and job.pending_reason.message),
         ]
     )
+
+
+def progress_text(progress: Mapping[str, Any] | None) -> str | None:
+    """`1200/5000 (24 %) epoch 3`, from what the job wrote to $KELPIE_PROGRESS_FILE (its
+    other fields as JSON)."""
+    if not progress:
+        return None
+    step, message = progress.get("step"), progress.get("message")
+    parts: list[str] = []
+    fraction = _fraction(progress)
+    if fraction is not None:
+        parts.append(f"{step}/{progress['total']} ({100 * fraction:.0f} %)")
+    elif step is not None:
+        parts.append(f"step {step}")
+    if isinstance(message, str) and message:
+        parts.append(message)
+    rest = {k: v for k, v in progress.items() if k not in ("step", "total", "message")}
+    if rest or not parts:
+        parts.append(json.dumps(rest if parts else dict(progress), separators=(",", ":")))
+    return " ".join(parts)
+
+
+def _fraction(progress: Mapping[str, Any]) -> float | None:
+    step, total = _number(progress.get("step")), _number(progress.get("total"))
+    if step is None or total is None or total <= 0:
+        return None
+    return min(max(step / total, 0.0), 1.0)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _interruptions_line(job: JobOut) -> str | None:
@@ -472,8 +524,23 @@ def job_attempts(api: Api, job_id: str) -> None:
     )
 
 
+def status_line(job: JobOut, attempts: Sequence[AttemptOut]) -> str:
+    """The job's state as `jobs watch` prints it at each change (no heartbeat count)."""
+    parts = [
+        job.id,
+        job.status,
+        f"machine {job.machine_id or '-'}",
+        f"attempts {len(attempts)}",
+        f"failures {job.num_failures}/{job.max_failures}",
+    ]
+    if job.pending_reason is not None:
+        parts.append(f"waiting: {job.pending_reason.message}")
+    return "  ".join(parts)
+
+
 def watch_line(job: JobOut, attempts: Sequence[AttemptOut], now: datetime | None = None) -> str:
-    """One status line; with `now`, also how long ago the last heartbeat came."""
+    """The live status line (on a terminal); with `now`, also how long ago the last
+    heartbeat came."""
     parts = [
         job.id,
         job.status,
@@ -482,9 +549,17 @@ def watch_line(job: JobOut, attempts: Sequence[AttemptOut], now: datetime | None
         f"heartbeats {job.num_heartbeats}",
         f"failures {job.num_failures}/{job.max_failures}",
     ]
+    if job.progress:
+        parts.append(f"progress {progress_text(job.progress)}")
     if now is not None and job.status == "running" and job.heartbeat is not None:
         parts.append(f"last beat {max(0, round((now - job.heartbeat).total_seconds()))} s ago")
     return "  ".join(parts)
+
+
+def event_line(event: JobEventOut) -> str:
+    """One thing that happened to the job, as `jobs watch` prints it."""
+    attempt = f"  (attempt {event.attempt_id})" if event.attempt_id is not None else ""
+    return f"{when(event.time)}  {event.kind}  {event.message}{attempt}"
 
 
 @jobs.command("watch")
@@ -494,7 +569,10 @@ def watch_line(job: JobOut, attempts: Sequence[AttemptOut], now: datetime | None
 )
 @with_api
 def watch_job(api: Api, job_id: str, interval: float) -> None:
-    """Follow a job until it ends: status, attempts and heartbeats, refreshed every --interval.
+    """Follow a job until it ends, checking every --interval: one line per change (each
+    event: claims, downloads, progress milestones, checkpoints, failures, hand-backs; and the
+    job's status when it changes), never one per heartbeat. On a terminal a live status line
+    (heartbeats, progress) is kept below them.
 
     Exit code: 0 completed, 1 failed, 3 canceled, 4 no such job, 5 other API error (2 is a
     usage error). With --json, prints the final job.
@@ -503,20 +581,32 @@ def watch_job(api: Api, job_id: str, interval: float) -> None:
 
     live = sys.stdout.isatty() and not api.as_json
     shown = ""
+    after = 0
     while True:
         try:
             job = api.client.get_job(job_id)
             attempts = api.client.list_attempts(job_id)
+            events = api.client.list_job_events(job_id, after)
         except NotFoundError as exc:
             fail(str(exc), WatchExit.NOT_FOUND)
         except KelpieError as exc:
             fail(str(exc), WatchExit.API_ERROR)
-        if live:
-            click.echo("\r\x1b[2K" + watch_line(job, attempts, datetime.now(UTC)), nl=False)
-        elif not api.as_json and (line := watch_line(job, attempts)) != shown:
-            click.echo(line)
-            shown = line
+        line = status_line(job, attempts)
+        # the job's state first (which job this is), then what happened, then each new state
+        changes = [event_line(event) for event in events]
+        after = events[-1].id if events else after
         code = _WATCH_EXIT_BY_STATUS.get(job.status)
+        if not shown:
+            changes.insert(0, line)
+        if (shown and line != shown) or (code is not None and changes and changes[-1] != line):
+            changes.append(line)  # an ended job's last line is its final state
+        shown = line
+        if not api.as_json:
+            prefix = "\r\x1b[2K" if live else ""
+            for change in changes:
+                click.echo(prefix + change)
+            if live:
+                click.echo("\r\x1b[2K" + watch_line(job, attempts, datetime.now(UTC)), nl=False)
         if code is not None:
             break
         time.sleep(interval)

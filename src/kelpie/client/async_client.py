@@ -33,6 +33,7 @@ from kelpie.schemas import (
     MeOut,
     ScalingRuleOut,
     UserOut,
+    WorkerOut,
 )
 
 T = TypeVar("T")
@@ -215,10 +216,14 @@ class AsyncKelpieClient:
         machine_id: str,
         container_group_id: str,
         attempt_id: int | None = None,
+        progress: Mapping[str, Any] | None = None,
     ) -> str:
-        """Refresh the lease; returns the status to act on (`running` = keep going).
-        With `attempt_id`, `Conflict` when another attempt holds the job."""
-        return await self._run(calls.heartbeat(job_id, machine_id, container_group_id, attempt_id))
+        """Refresh the lease (with the job's progress, if any); returns the status to act on
+        (`running` = keep going). With `attempt_id`, `Conflict` when another attempt holds
+        the job."""
+        return await self._run(
+            calls.heartbeat(job_id, machine_id, container_group_id, attempt_id, progress)
+        )
 
     async def report_completed(
         self,
@@ -265,6 +270,11 @@ class AsyncKelpieClient:
     async def add_job_event(self, job_id: str, event: JobEventIn) -> None:
         """Record an event of the holding attempt; `Conflict` if it no longer holds the job."""
         await self._run(calls.add_job_event(job_id, event))
+
+    async def list_workers(self, container_group_id: str | None = None) -> list[WorkerOut]:
+        """Machines seen in the last 24 hours polling for work or holding a job (of one
+        container group, if given): last poll, current job, blocked-from count, version."""
+        return await self._run(calls.list_workers(container_group_id))
 
     async def list_job_events(self, job_id: str, after: int = 0) -> list[JobEventOut]:
         """The job's events after id `after`, oldest first."""

@@ -15,9 +15,11 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
+from kelpie import __version__
 from kelpie.client.errors import ApiUnavailable, KelpieError, error_from_response
 from kelpie.client.retry import NOT_SENT_ERRORS, Outcome, RetryPolicy
 from kelpie.schemas import (
+    WORKER_VERSION_HEADER,
     ApiKeyList,
     ApiKeyOut,
     AttemptOut,
@@ -41,6 +43,8 @@ from kelpie.schemas import (
     ScalingRuleOut,
     TokenOut,
     UserOut,
+    WorkerList,
+    WorkerOut,
 )
 
 T = TypeVar("T")
@@ -150,6 +154,7 @@ def _submission_body(job: JobSubmission) -> dict[str, Any]:
 def _worker_body(
     machine_id: str, container_group_id: str, attempt_id: int | None = None
 ) -> dict[str, Any]:
+    # (the reference worker's body, plus the attempt when known)
     body: dict[str, Any] = {"machine_id": machine_id, "container_group_id": container_group_id}
     if attempt_id is not None:
         body["attempt_id"] = attempt_id
@@ -310,22 +315,35 @@ def poll_work(machine_id: str, container_group_id: str, wait: float = 0) -> Call
         return jobs[0] if jobs else None
 
     return Call(
-        "GET", "/work", RetryPolicy.UNSENT_ONLY, first_job, params=params, read_timeout=read_timeout
+        "GET",
+        "/work",
+        RetryPolicy.UNSENT_ONLY,
+        first_job,
+        params=params,
+        read_timeout=read_timeout,
+        headers={WORKER_VERSION_HEADER: __version__},
     )
 
 
 def heartbeat(
-    job_id: str, machine_id: str, container_group_id: str, attempt_id: int | None = None
+    job_id: str,
+    machine_id: str,
+    container_group_id: str,
+    attempt_id: int | None = None,
+    progress: Mapping[str, Any] | None = None,
 ) -> Call[str]:
     """`POST /jobs/{id}/heartbeat` → the job's status as this machine should act on it
-    (`running`: keep going; anything else: stop). Safe to repeat: an extra beat only refreshes
-    the lease once more."""
+    (`running`: keep going; anything else: stop), with the progress the job last wrote.
+    Safe to repeat: an extra beat only refreshes the lease once more."""
+    body = _worker_body(machine_id, container_group_id, attempt_id)
+    if progress is not None:
+        body["progress"] = dict(progress)
     return Call(
         "POST",
         f"/jobs/{_segment(job_id)}/heartbeat",
         RetryPolicy.IDEMPOTENT,
         lambda response: HeartbeatOut.model_validate_json(response.content).status,
-        body=_worker_body(machine_id, container_group_id, attempt_id),
+        body=body,
     )
 
 
@@ -411,6 +429,21 @@ def list_job_events(job_id: str, after: int = 0) -> Call[list[JobEventOut]]:
         f"/jobs/{_segment(job_id)}/events",
         RetryPolicy.IDEMPOTENT,
         _models(JobEventOut),
+        params=params,
+    )
+
+
+def list_workers(container_group_id: str | None = None) -> Call[list[WorkerOut]]:
+    """`GET /workers`: the machines seen in the last 24 hours (of one group, if given). A
+    read."""
+    params: dict[str, QueryValue] = {}
+    if container_group_id is not None:
+        params["container_group_id"] = container_group_id
+    return Call(
+        "GET",
+        "/workers",
+        RetryPolicy.IDEMPOTENT,
+        lambda response: WorkerList.model_validate_json(response.content).workers,
         params=params,
     )
 

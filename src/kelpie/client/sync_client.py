@@ -30,6 +30,7 @@ from kelpie.schemas import (
     MeOut,
     ScalingRuleOut,
     UserOut,
+    WorkerOut,
 )
 
 T = TypeVar("T")
@@ -192,6 +193,11 @@ class KelpieClient:
         interruption rates, checkpoint interval and cost, GPU time lost, Young/Daly."""
         return self._run(calls.group_goodput(container_group_id, window_seconds))
 
+    def list_workers(self, container_group_id: str | None = None) -> list[WorkerOut]:
+        """Machines seen in the last 24 hours polling for work or holding a job (of one
+        container group, if given): last poll, current job, blocked-from count, version."""
+        return self._run(calls.list_workers(container_group_id))
+
     def list_job_events(self, job_id: str, after: int = 0) -> list[JobEventOut]:
         """The job's events after id `after`, oldest first."""
         return self._run(calls.list_job_events(job_id, after))
@@ -215,9 +221,19 @@ class KelpieClient:
         Retried only on connection failures; otherwise raises and the caller polls again."""
         return self._run(calls.poll_work(machine_id, container_group_id, wait))
 
-    def heartbeat(self, job_id: str, machine_id: str, container_group_id: str) -> str:
-        """Refresh the lease; returns the status to act on (`running` = keep going)."""
-        return self._run(calls.heartbeat(job_id, machine_id, container_group_id))
+    def heartbeat(
+        self,
+        job_id: str,
+        machine_id: str,
+        container_group_id: str,
+        attempt_id: int | None = None,
+        progress: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Refresh the lease (with the job's progress, if any); returns the status to act on
+        (`running` = keep going)."""
+        return self._run(
+            calls.heartbeat(job_id, machine_id, container_group_id, attempt_id, progress)
+        )
 
     def report_completed(self, job_id: str, machine_id: str, container_group_id: str) -> None:
         """Report success. `Conflict` if this machine no longer holds the job (or a retried

@@ -44,6 +44,7 @@ class ImdsClient:
         self._client = httpx.AsyncClient(timeout=timeout, headers={"Metadata": "true"})
         self._unavailable_until = 0.0
         self._unavailable_logged = False
+        self._refusals_logged: set[tuple[str, str]] = set()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, timeout: float = 2.0) -> ImdsClient:
@@ -93,10 +94,13 @@ class ImdsClient:
         self._unavailable_until = 0.0
         self._unavailable_logged = False
         if response.is_success:
+            self._refusals_logged.discard((method, path))
             return True
-        logger.warning(
-            "imds: %s %s answered %d: %s", method, path, response.status_code, response.text[:200]
-        )
+        # Off SaladCloud another metadata service may answer every call (each heartbeat sets
+        # the deletion cost): said once, until the call succeeds again.
+        log = logger.debug if (method, path) in self._refusals_logged else logger.warning
+        self._refusals_logged.add((method, path))
+        log("imds: %s %s answered %d: %s", method, path, response.status_code, response.text[:200])
         return False
 
     def _mark_unavailable(self, exc: BaseException) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,8 +18,10 @@ from kelpie.store.models import (
     Job,
     JobEvent,
     ManifestEntry,
+    PendingReason,
     ScalingRule,
     User,
+    Worker,
 )
 
 
@@ -40,6 +43,8 @@ SERVER_EVENT_KINDS = (
     "interrupted",
     "canceled",
     "checkpoint_committed",
+    "progress",
+    "stalled",
 )
 WORKER_EVENT_KINDS = (
     "inputs_downloaded",
@@ -163,6 +168,64 @@ CANCELED_MESSAGE = "canceled by its owner"
 PURGED_MESSAGE = "canceled with the rest of its container group"
 
 
+def stalled_reason(stall_timeout: int) -> str:
+    """The `last_error` of an attempt stopped by its `stall_timeout`."""
+    return f"stalled: progress did not change for {stall_timeout} s (stall_timeout)"
+
+
+def stalled_message(machine_id: str, reason: str, *, ended: bool) -> str:
+    then = "it reached max_failures and failed" if ended else "it is pending again"
+    return f"stopped on {machine_id}, {reason}; {then}"
+
+
+def progress_json(progress: Mapping[str, Any]) -> str:
+    """The stored form of a progress object: one spelling per value, so that an unchanged
+    progress compares equal."""
+    return json.dumps(progress, sort_keys=True, separators=(",", ":"))
+
+
+def _fraction(progress: Mapping[str, Any]) -> float | None:
+    """`step / total` within [0, 1], when both are numbers and total is positive."""
+    step, total = _number(progress.get("step")), _number(progress.get("total"))
+    if step is None or total is None or total <= 0:
+        return None
+    return min(max(step / total, 0.0), 1.0)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _tenth(progress: Mapping[str, Any]) -> int | None:
+    fraction = _fraction(progress)
+    return None if fraction is None else int(10 * fraction)
+
+
+def progress_milestone(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether a progress change is worth a `progress` event: the first progress of the job,
+    a new `message`, or `step`/`total` crossing into another tenth (10 %, 20 %, ...). Other
+    changes update the job's `progress` only."""
+    if old is None:
+        return True
+    return old.get("message") != new.get("message") or _tenth(old) != _tenth(new)
+
+
+def progress_message(progress: Mapping[str, Any]) -> str:
+    """The `progress` event's line: `step/total (pct %)` and the job's message."""
+    parts: list[str] = []
+    step, total, fraction = progress.get("step"), progress.get("total"), _fraction(progress)
+    if step is not None and total is not None:
+        parts.append(f"{step}/{total}")
+    elif step is not None:
+        parts.append(f"step {step}")
+    if fraction is not None:
+        parts.append(f"({100 * fraction:.0f} %)")
+    message = progress.get("message")
+    if isinstance(message, str) and message:
+        parts.append(message[:200])
+    return "progress " + " ".join(str(p) for p in parts) if parts else "progress reported"
+
+
 def checkpoint_message(generation: int, files: int, size: int) -> str:
     return f"checkpoint generation {generation} committed ({files} files, {size} bytes)"
 
@@ -273,6 +336,10 @@ class RowDecoder:
             name=row["name"],
             max_interruptions=row["max_interruptions"],
             num_interruptions=row["num_interruptions"],
+            logs_prefix=row["logs_prefix"],
+            stall_timeout=row["stall_timeout"],
+            progress=None if row["progress"] is None else self._json(row["progress"]),
+            progress_updated_at=self._optional_time(row["progress_updated_at"]),
         )
 
     def user(self, row: Row) -> User:
@@ -347,3 +414,27 @@ class RowDecoder:
             machine_id=row["machine_id"],
             data=None if data is None else self._json(data),
         )
+
+    def worker(self, row: Row) -> Worker:
+        return Worker(
+            user_id=row["user_id"],
+            container_group_id=row["container_group_id"],
+            machine_id=row["machine_id"],
+            first_seen=self._time(row["first_seen"]),
+            last_seen=self._time(row["last_seen"]),
+            last_poll=self._optional_time(row["last_poll"]),
+            version=row["version"],
+            current_job_id=row["current_job_id"],
+            blocked_jobs=row["blocked_jobs"],
+        )
+
+
+def pending_reason_of(machines: int, blocked: int, busy: int, jobs_ahead: int) -> PendingReason:
+    """Why a pending job waits, from what the store counted."""
+    if machines == 0:
+        code = "no_workers"
+    elif blocked >= machines:
+        code = "blocked"
+    else:
+        code = "queued"
+    return PendingReason(code, machines, blocked, busy, jobs_ahead)

@@ -61,6 +61,10 @@ class NewJob:
     name: str | None = None
     max_interruptions: int | None = None
     """None: any number of interruptions; at this many the job fails."""
+    logs_prefix: str | None = None
+    """`s3://bucket/prefix` where the worker puts the attempts' logs; None: the default."""
+    stall_timeout: int | None = None
+    """Seconds a running attempt may go without its progress changing."""
 
     @property
     def labels(self) -> Mapping[str, str]:
@@ -102,6 +106,61 @@ class Job:
     num_interruptions: int = 0
     """Attempts handed back by their node or lost (stopped heartbeating), and failures an
     exit code in `retry.interruption_exit_codes` turned into interruptions."""
+    logs_prefix: str | None = None
+    stall_timeout: int | None = None
+    progress: Mapping[str, Any] | None = None
+    """The JSON object the job last wrote to `$KELPIE_PROGRESS_FILE` (kept across attempts)."""
+    progress_updated_at: datetime | None = None
+    """When `progress` last changed."""
+
+
+# A machine counts toward a pending job's reason while it was heard from this recently.
+RECENT_WORKER_SECONDS = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSighting:
+    """A machine heard from: polling for work (`polled`) or beating for a job it holds.
+    `user_id` is the user of its key; `any_user` when that key is an admin's."""
+
+    user_id: str
+    any_user: bool
+    container_group_id: str
+    machine_id: str
+    polled: bool
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A machine seen by the API, per user of its key and container group."""
+
+    user_id: str
+    container_group_id: str
+    machine_id: str
+    first_seen: datetime
+    last_seen: datetime
+    last_poll: datetime | None
+    version: str | None
+    current_job_id: str | None
+    """The job of the group it holds now (running), if any."""
+    blocked_jobs: int
+    """Jobs of its key's user it failed (and will never receive again)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReason:
+    """Why a pending job waits, as the store sees it now.
+
+    `code`: `no_workers` (no machine of its group seen recently), `blocked` (every machine
+    of its group seen recently is blocked from it) or `queued` (`jobs_ahead` jobs come first
+    in claim order; `busy` of the `machines` recent ones hold a job)."""
+
+    code: str
+    machines: int
+    blocked: int
+    busy: int
+    jobs_ahead: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,13 @@ from kelpie.store._common import (
     new_webhook_secret,
     new_webhook_token,
     page_offset,
+    pending_reason_of,
+    progress_message,
+    progress_milestone,
     replayed_jobs,
+    stalled_message,
+    stalled_reason,
+    webhook_payload,
 )
 from kelpie.store._connection_pool import UNREACHABLE_ERRORS, ConnectionPool
 from kelpie.store.goodput import (
@@ -69,6 +75,7 @@ from kelpie.store.goodput import (
 )
 from kelpie.store.migrations import load_migrations
 from kelpie.store.models import (
+    RECENT_WORKER_SECONDS,
     ApiKey,
     Attempt,
     Blocked,
@@ -84,12 +91,15 @@ from kelpie.store.models import (
     JobQuery,
     ManifestEntry,
     NewJob,
+    PendingReason,
     Principal,
     ScalingRule,
     ScalingRulePatch,
     Submitted,
     User,
     WebhookEvent,
+    Worker,
+    WorkerSighting,
 )
 from kelpie.store.overview import (
     ActivityBucket,
@@ -150,6 +160,10 @@ _JOB_FIELDS = (
     "name",
     "max_interruptions",
     "num_interruptions",
+    "logs_prefix",
+    "stall_timeout",
+    "progress",
+    "progress_updated_at",
 )
 _JOB_COLUMNS = ", ".join(_JOB_FIELDS)
 _USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
@@ -172,6 +186,80 @@ def _held(attempt: str) -> str:
 
 
 _HELD = _held("$4")
+
+# A changed progress: recorded, with the attempt's new stall deadline.
+_RECORD_PROGRESS = """
+UPDATE jobs SET progress = $2::jsonb, progress_updated_at = now(),
+    stall_deadline = now() + stall_timeout * interval '1 s'
+WHERE id = $1"""
+_ADD_PROGRESS_EVENT = """
+INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
+VALUES ($1, $2, $3, 'progress', $4, $5::jsonb, now())"""
+
+_STALLED = "status = 'running' AND stall_deadline IS NOT NULL AND stall_deadline < now()"
+# A stalled job's holder fails it ($2 the last_error).
+_FAIL_STALLED = f"""
+UPDATE jobs SET num_failures = num_failures + 1, last_exit_code = NULL, last_error = $2,
+    stall_deadline = NULL,
+    status = CASE WHEN num_failures + 1 >= max_failures THEN 'failed' ELSE 'pending' END,
+    failed = CASE WHEN num_failures + 1 >= max_failures THEN now() ELSE failed END
+WHERE id = $1 AND status = 'running'
+RETURNING {_JOB_COLUMNS}"""
+
+# A machine heard from ($1 user, $2 group, $3 machine, $4 any user, $5 version, $6 polled).
+_NOTE_WORKER = """
+INSERT INTO workers (user_id, container_group_id, machine_id, any_user, version, first_seen,
+                     last_poll, last_seen)
+VALUES ($1, $2, $3, $4, $5, now(), CASE WHEN $6::boolean THEN now() END, now())
+ON CONFLICT (container_group_id, machine_id, user_id) DO UPDATE
+SET last_seen = excluded.last_seen, any_user = excluded.any_user,
+    last_poll = coalesce(excluded.last_poll, workers.last_poll),
+    version = coalesce(excluded.version, workers.version)"""
+
+# Machines seen within $3 seconds through $1's keys (NULL: anyone's), in $2 (NULL: all), with
+# the job each holds in its group and how many of its user's jobs it is blocked from.
+_LIST_WORKERS = """
+SELECT w.user_id, w.container_group_id, w.machine_id, w.first_seen, w.last_seen, w.last_poll,
+       w.version,
+       (SELECT j.id FROM jobs AS j
+        WHERE j.status = 'running' AND j.container_group_id = w.container_group_id
+          AND j.machine_id = w.machine_id AND (w.any_user OR j.user_id = w.user_id)
+        LIMIT 1) AS current_job_id,
+       (SELECT count(*) FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+        WHERE b.machine_id = w.machine_id AND j.user_id = w.user_id)::int AS blocked_jobs
+FROM workers AS w
+WHERE w.last_seen >= now() - $3::float8 * interval '1 s'
+  AND ($1::text IS NULL OR w.user_id = $1) AND ($2::text IS NULL OR w.container_group_id = $2)
+ORDER BY w.container_group_id, w.machine_id, w.user_id
+LIMIT 1000"""
+
+# For a pending job ($1 id, $2 owner, $3 group, $4 seconds): the machines of its group heard
+# from recently that may take it (through its owner's keys or an admin's), how many are
+# blocked from it and how many hold a job; and its owner's pending jobs of the group that
+# come before it in claim order.
+_PENDING_REASON = """
+WITH m AS (
+    SELECT DISTINCT machine_id FROM workers
+    WHERE container_group_id = $3 AND last_seen >= now() - $4::float8 * interval '1 s'
+      AND (user_id = $2 OR any_user)
+), me AS (
+    SELECT priority, created, seq FROM jobs WHERE id = $1
+)
+SELECT (SELECT count(*) FROM m)::int AS machines,
+       (SELECT count(*) FROM m WHERE EXISTS (
+            SELECT 1 FROM job_blocks AS b WHERE b.job_id = $1 AND b.machine_id = m.machine_id
+       ))::int AS blocked,
+       (SELECT count(*) FROM m WHERE EXISTS (
+            SELECT 1 FROM jobs AS j WHERE j.status = 'running' AND j.container_group_id = $3
+              AND j.machine_id = m.machine_id
+       ))::int AS busy,
+       (SELECT count(*) FROM jobs AS j, me
+        WHERE j.status = 'pending' AND j.container_group_id = $3 AND j.user_id = $2
+          AND (j.priority > me.priority
+               OR (j.priority = me.priority
+                   AND (j.created < me.created
+                        OR (j.created = me.created AND j.seq < me.seq)))))::int AS ahead,
+       EXISTS (SELECT 1 FROM me) AS found"""
 
 _SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -252,6 +340,10 @@ UPDATE jobs SET heartbeat = now(), num_heartbeats = num_heartbeats + 1,
         ELSE lease_expires END
 WHERE {_HELD}
 RETURNING true"""
+# The holder's beat, answering the progress recorded before it (for a beat that brings one).
+_HEARTBEAT_WITH_PROGRESS = _HEARTBEAT.replace(
+    "RETURNING true", "RETURNING id, attempt_id, progress"
+)
 
 # A stalled job first, else the oldest pending one. The pending scan runs (and locks a row)
 # only when no stalled job was found, so a claim never holds a second job that concurrent
@@ -268,6 +360,7 @@ WITH stalled AS ({_claimable("running")}
         lease_expires = now() + j.heartbeat_interval * interval '2 s',
         started = coalesce(j.started, now()),
         attempt_id = nextval(pg_get_serial_sequence('attempts', 'id')),
+        stall_deadline = now() + j.stall_timeout * interval '1 s',
         num_interruptions = j.num_interruptions + CASE WHEN j.status = 'running' THEN 1 ELSE 0 END
     FROM chosen WHERE j.id = chosen.id
     RETURNING {", ".join("j." + field for field in _JOB_FIELDS)}
@@ -408,22 +501,22 @@ WITH canceled_job AS (
 SELECT (SELECT count(*) FROM canceled_job) + (SELECT count(*) FROM deleted_job)"""
 
 # $1 user, $2.. one array per column: all jobs or none, in order (seq follows `position`);
-# $13/$14/$15 the labels' job ids, keys and values.
+# $16/$17/$18 the labels' job ids, keys and values.
 _CREATE_JOBS = f"""
 WITH created_job AS (
     INSERT INTO jobs (id, user_id, status, container_group_id, created, max_failures,
                       heartbeat_interval, webhook, spec, org_name, project_name, checkpoint_keep,
-                      name, max_interruptions, priority)
-    SELECT id, $1, 'pending', grp, now(), mf, hi, wh, sp::jsonb, org, prj, ck, nm, mi, pr
+                      name, max_interruptions, priority, logs_prefix, stall_timeout)
+    SELECT id, $1, 'pending', grp, now(), mf, hi, wh, sp::jsonb, org, prj, ck, nm, mi, pr, lp, st
     FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::text[],
                 $7::text[], $8::text[], $9::text[], $10::int[], $11::text[], $12::int[],
-                $13::int[])
-         WITH ORDINALITY AS t(id, grp, mf, hi, wh, sp, org, prj, ck, nm, mi, pr, position)
+                $13::int[], $14::text[], $15::int[])
+         WITH ORDINALITY AS t(id, grp, mf, hi, wh, sp, org, prj, ck, nm, mi, pr, lp, st, position)
     ORDER BY position
     RETURNING {_JOB_COLUMNS}
 ), labels AS (
     INSERT INTO job_labels (job_id, key, value)
-    SELECT * FROM unnest($14::text[], $15::text[], $16::text[])
+    SELECT * FROM unnest($16::text[], $17::text[], $18::text[])
 )
 SELECT * FROM created_job"""
 
@@ -462,6 +555,8 @@ def _job_columns(ids: Sequence[str], jobs: Sequence[NewJob]) -> tuple[list[Any],
         [job.name for job in jobs],
         [job.max_interruptions for job in jobs],
         [job.priority for job in jobs],
+        [job.logs_prefix for job in jobs],
+        [job.stall_timeout for job in jobs],
         [job_id for job_id, _, _ in labels],
         [key for _, key, _ in labels],
         [value for _, _, value in labels],
@@ -1073,10 +1168,13 @@ class PostgresStore:
         machine_id: str,
         user_id: str | None,
         attempt_id: int | None = None,
+        progress: Mapping[str, Any] | None = None,
     ) -> JobStatus | None:
         pool = self._connected()
-        beat = await pool.fetchval(_HEARTBEAT, job_id, machine_id, user_id, attempt_id)
-        if beat:
+        if progress is not None:
+            if await self._beat_with_progress(job_id, machine_id, user_id, attempt_id, progress):
+                return "running"
+        elif await pool.fetchval(_HEARTBEAT, job_id, machine_id, user_id, attempt_id):
             return "running"
         status = await pool.fetchval(
             "SELECT status FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
@@ -1087,6 +1185,38 @@ class PostgresStore:
             return None
         # still running means another machine holds it now: this one must drop the job
         return "canceled" if status == "running" else as_job_status(status)
+
+    async def _beat_with_progress(
+        self,
+        job_id: str,
+        machine_id: str,
+        user_id: str | None,
+        attempt_id: int | None,
+        progress: Mapping[str, Any],
+    ) -> bool:
+        """The holder's beat that brings the job's progress: recorded (with a new stall
+        deadline) when it changed, and a `progress` event at a milestone. False when the
+        caller does not hold the job."""
+        async with self._transaction() as conn:
+            held = await conn.fetchrow(
+                _HEARTBEAT_WITH_PROGRESS, job_id, machine_id, user_id, attempt_id
+            )
+            if held is None:
+                return False
+            previous = held["progress"]
+            if previous == progress:
+                return True
+            await conn.execute(_RECORD_PROGRESS, job_id, dict(progress))
+            if progress_milestone(previous, progress):
+                await conn.execute(
+                    _ADD_PROGRESS_EVENT,
+                    job_id,
+                    held["attempt_id"],
+                    machine_id,
+                    progress_message(progress),
+                    dict(progress),
+                )
+        return True
 
     async def complete_if_held(
         self,
@@ -1158,6 +1288,93 @@ class PostgresStore:
     async def end_stalled_out_of_interruptions(self) -> list[Job]:
         rows = await self._connected().fetch(_END_STALLED_OUT_OF_INTERRUPTIONS, STALLED_MESSAGE)
         return [_decode.job(row) for row in rows]
+
+    async def end_stalled_jobs(self) -> list[Job]:
+        pool = self._connected()
+        if not await pool.fetchval(f"SELECT true FROM jobs WHERE {_STALLED} LIMIT 1"):
+            return []
+        stopped: list[Job] = []
+        async with self._transaction() as conn:
+            found = await conn.fetch(
+                f"SELECT id, machine_id, stall_timeout FROM jobs WHERE {_STALLED}"
+                " FOR UPDATE SKIP LOCKED"
+            )
+            for held in found:
+                reason = stalled_reason(held["stall_timeout"])
+                row = await conn.fetchrow(_FAIL_STALLED, held["id"], reason)
+                assert row is not None  # locked since the read
+                job = _decode.job(row)
+                machine_id = held["machine_id"]
+                await conn.execute(
+                    "INSERT INTO job_blocks (job_id, machine_id, blocked_at)"
+                    " VALUES ($1, $2, now()) ON CONFLICT DO NOTHING",
+                    job.id,
+                    machine_id,
+                )
+                await conn.execute(
+                    "UPDATE attempts SET outcome = 'failed', ended = now()"
+                    " WHERE job_id = $1 AND outcome = 'running'",
+                    job.id,
+                )
+                await conn.execute(
+                    "INSERT INTO job_events"
+                    " (job_id, attempt_id, machine_id, kind, message, data, created)"
+                    " VALUES ($1, $2, $3, 'stalled', $4, $5::jsonb, now())",
+                    job.id,
+                    job.attempt_id,
+                    machine_id,
+                    stalled_message(machine_id, reason, ended=job.status == "failed"),
+                    {"exit_code": None, "error": reason, "stall_timeout": job.stall_timeout},
+                )
+                if job.status == "failed" and job.webhook is not None:
+                    await conn.execute(
+                        "INSERT INTO webhook_outbox"
+                        " (user_id, url, payload, next_attempt_at, created)"
+                        " VALUES ($1, $2, $3::jsonb, now(), now())",
+                        job.user_id,
+                        job.webhook,
+                        webhook_payload("failed", job.id, machine_id, job.container_group_id),
+                    )
+                stopped.append(job)
+        return stopped
+
+    # -- workers -----------------------------------------------------------------------
+    async def note_workers_seen(self, sightings: Sequence[WorkerSighting]) -> None:
+        if not sightings:
+            return
+        async with self._transaction() as conn:
+            await conn.executemany(
+                _NOTE_WORKER,
+                [
+                    (
+                        seen.user_id,
+                        seen.container_group_id,
+                        seen.machine_id,
+                        seen.any_user,
+                        seen.version,
+                        seen.polled,
+                    )
+                    for seen in sightings
+                ],
+            )
+
+    async def list_workers(
+        self, user_id: str | None, container_group_id: str | None, seen_within_seconds: float
+    ) -> list[Worker]:
+        rows = await self._connected().fetch(
+            _LIST_WORKERS, user_id, container_group_id, seen_within_seconds
+        )
+        return [_decode.worker(row) for row in rows]
+
+    async def pending_reason(self, job: Job) -> PendingReason | None:
+        if job.status != "pending":
+            return None
+        row = await self._connected().fetchrow(
+            _PENDING_REASON, job.id, job.user_id, job.container_group_id, RECENT_WORKER_SECONDS
+        )
+        if row is None or not row["found"]:
+            return None  # deleted meanwhile
+        return pending_reason_of(row["machines"], row["blocked"], row["busy"], row["ahead"])
 
     async def _why_not_held(self, job_id: str, user_id: str | None) -> HeldOutcome:
         exists = await self._connected().fetchval(

@@ -39,12 +39,15 @@ from kelpie.store.models import (
     JobQuery,
     ManifestEntry,
     NewJob,
+    PendingReason,
     Principal,
     ScalingRule,
     ScalingRulePatch,
     Submitted,
     User,
     WebhookEvent,
+    Worker,
+    WorkerSighting,
 )
 from kelpie.store.overview import ActivityBucket, BlockedMachine, GroupCounts, StoreMetrics
 
@@ -183,9 +186,15 @@ class Store(Protocol):
         machine_id: str,
         user_id: str | None,
         attempt_id: int | None = None,
+        progress: Mapping[str, Any] | None = None,
     ) -> JobStatus | None:
         """While the caller holds the job: refresh heartbeat, count it, answer running.
-        Another holds it: answer canceled. Else the job's status; None if unknown."""
+        Another holds it: answer canceled. Else the job's status; None if unknown.
+
+        With `progress` (what the job last wrote), a holder's beat that brings a different
+        progress records it, with `progress_updated_at` = now, pushes the job's stall
+        deadline to now + `stall_timeout`, and adds a `progress` event when the change is a
+        milestone (`kelpie.store._common.progress_milestone`)."""
 
     async def complete_if_held(
         self,
@@ -233,6 +242,15 @@ class Store(Protocol):
         `last_error` says why, a `failed` event is queued. Returns the jobs failed. Cheap
         when there are none: every API process asks every second."""
 
+    async def end_stalled_jobs(self) -> list[Job]:
+        """Stops the running jobs whose progress has not changed for their `stall_timeout`
+        (since their claim, if it never changed in this attempt), as a failure of the
+        holder: the failure is counted, the machine blocked from the job, `last_error` says
+        "stalled: …", the attempt ends `failed` with a `stalled` event; the job is `failed`
+        at max_failures (webhook event queued), else pending again. The holder's next
+        heartbeat is refused, so it stops the command. Returns the jobs stopped. Cheap when
+        there are none: every API process asks every second."""
+
     async def note_api_alive(self) -> float:
         """Record that an API process reaches the store now. If no process had for longer
         than OUTAGE_GAP_SECONDS, nobody could hear heartbeats meanwhile: every running job
@@ -240,6 +258,22 @@ class Store(Protocol):
         OUTAGE_GRACE_SECONDS from now, so a holder that beats again in time keeps its job.
         Returns the gap credited (0 when there was no outage). Atomic across processes: one
         outage is credited once."""
+
+    # -- workers -----------------------------------------------------------------------
+    async def note_workers_seen(self, sightings: Sequence[WorkerSighting]) -> None:
+        """Records that these machines were heard from now (a poll also sets `last_poll`;
+        a version given replaces the one known)."""
+
+    async def list_workers(
+        self, user_id: str | None, container_group_id: str | None, seen_within_seconds: float
+    ) -> list[Worker]:
+        """Machines heard from within the window, seen through the user's keys (None: every
+        user's), newest first, with the job each holds and how many it is blocked from."""
+
+    async def pending_reason(self, job: Job) -> PendingReason | None:
+        """Why the job waits, if it is pending (None otherwise): from the machines of its
+        group heard from within RECENT_WORKER_SECONDS through its owner's keys or an admin's,
+        and the pending jobs of its owner ahead of it in claim order."""
 
     # -- checkpoints and events --------------------------------------------------------
     async def commit_checkpoint(

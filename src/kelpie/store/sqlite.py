@@ -63,7 +63,13 @@ from kelpie.store._common import (
     new_webhook_secret,
     new_webhook_token,
     page_offset,
+    pending_reason_of,
+    progress_json,
+    progress_message,
+    progress_milestone,
     replayed_jobs,
+    stalled_message,
+    stalled_reason,
     webhook_payload,
 )
 from kelpie.store._group_commit import GroupCommitWriter, execute_when_not_busy
@@ -79,6 +85,7 @@ from kelpie.store.goodput import (
 )
 from kelpie.store.migrations import load_migrations
 from kelpie.store.models import (
+    RECENT_WORKER_SECONDS,
     ApiKey,
     Attempt,
     Blocked,
@@ -94,12 +101,15 @@ from kelpie.store.models import (
     JobQuery,
     ManifestEntry,
     NewJob,
+    PendingReason,
     Principal,
     ScalingRule,
     ScalingRulePatch,
     Submitted,
     User,
     WebhookEvent,
+    Worker,
+    WorkerSighting,
 )
 from kelpie.store.overview import (
     ActivityBucket,
@@ -138,7 +148,8 @@ _JOB_COLUMNS = (
     " heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,"
     " max_failures, heartbeat_interval, webhook, spec, org_name, project_name,"
     " attempt_id, checkpoint_generation, checkpoint_keep, priority,"
-    " name, max_interruptions, num_interruptions"
+    " name, max_interruptions, num_interruptions,"
+    " logs_prefix, stall_timeout, progress, progress_updated_at"
 )
 _USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
 _RULE_COLUMNS = (
@@ -176,6 +187,57 @@ UPDATE attempts SET commits = commits + 1, first_commit = coalesce(first_commit,
     last_commit = :now, commit_seconds = commit_seconds + coalesce(:s, 0),
     timed_commits = timed_commits + (:s IS NOT NULL)
 WHERE id = :attempt_id"""
+
+# A machine heard from: first seen, last seen, last poll, version (a version sent replaces it).
+_NOTE_WORKER = """
+INSERT INTO workers (user_id, container_group_id, machine_id, any_user, version, first_seen,
+                     last_poll, last_seen)
+VALUES (:user_id, :group, :machine_id, :any_user, :version, :now,
+        CASE WHEN :polled THEN :now END, :now)
+ON CONFLICT (container_group_id, machine_id, user_id) DO UPDATE
+SET last_seen = excluded.last_seen, any_user = excluded.any_user,
+    last_poll = coalesce(excluded.last_poll, workers.last_poll),
+    version = coalesce(excluded.version, workers.version)"""
+
+# Machines seen since :since through :user_id's keys (NULL: anyone's), in :group (NULL: all),
+# with the job each holds in its group and how many of its user's jobs it is blocked from.
+_LIST_WORKERS = """
+SELECT w.user_id, w.container_group_id, w.machine_id, w.first_seen, w.last_seen, w.last_poll,
+       w.version,
+       (SELECT j.id FROM jobs AS j INDEXED BY jobs_running_by_group
+        WHERE j.status = 'running' AND j.container_group_id = w.container_group_id
+          AND j.machine_id = w.machine_id AND (w.any_user OR j.user_id = w.user_id)
+        LIMIT 1) AS current_job_id,
+       (SELECT count(*) FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+        WHERE b.machine_id = w.machine_id AND j.user_id = w.user_id) AS blocked_jobs
+FROM workers AS w
+WHERE w.last_seen >= :since AND (:user_id IS NULL OR w.user_id = :user_id)
+  AND (:group IS NULL OR w.container_group_id = :group)
+ORDER BY w.container_group_id, w.machine_id, w.user_id
+LIMIT 1000"""
+
+# The machines of the job's group heard from since :since that may take it (through its
+# owner's keys or an admin's): how many, how many are blocked from it, how many hold a job.
+_RECENT_MACHINES = """
+SELECT count(*) AS machines,
+       coalesce(sum(EXISTS (SELECT 1 FROM job_blocks AS b
+                            WHERE b.job_id = :job_id AND b.machine_id = m.machine_id)), 0)
+           AS blocked,
+       coalesce(sum(EXISTS (SELECT 1 FROM jobs AS j INDEXED BY jobs_running_by_group
+                            WHERE j.status = 'running' AND j.container_group_id = :group
+                              AND j.machine_id = m.machine_id)), 0) AS busy
+FROM (SELECT DISTINCT machine_id FROM workers
+      WHERE container_group_id = :group AND last_seen >= :since
+        AND (user_id = :user_id OR any_user)) AS m"""
+
+# The owner's pending jobs of the group that come before the job in claim order.
+_JOBS_AHEAD = """
+SELECT count(*) FROM jobs AS j INDEXED BY jobs_pending_by_group,
+     (SELECT priority, created, seq FROM jobs WHERE id = :job_id) AS me
+WHERE j.status = 'pending' AND j.container_group_id = :group AND j.user_id = :user_id
+  AND (j.priority > me.priority
+       OR (j.priority = me.priority
+           AND (j.created < me.created OR (j.created = me.created AND j.seq < me.seq))))"""
 
 _SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -220,6 +282,7 @@ UPDATE jobs
 SET status = 'running', machine_id = :machine_id, heartbeat = :now,
     lease_expires = :now + 2 * heartbeat_interval, started = coalesce(started, :now),
     attempt_id = (SELECT coalesce(max(id), 0) + 1 FROM attempts),
+    stall_deadline = :now + stall_timeout,
     num_interruptions = num_interruptions + (status = 'running')
 WHERE seq = (
     SELECT seq FROM ({_claimable("running", 0)} UNION ALL {_claimable("pending", 1)})
@@ -335,8 +398,8 @@ def _insert_jobs(
     conn.executemany(
         "INSERT INTO jobs (id, user_id, status, container_group_id, created,"
         " max_failures, heartbeat_interval, webhook, spec, org_name, project_name,"
-        " checkpoint_keep, name, max_interruptions, priority)"
-        " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " checkpoint_keep, name, max_interruptions, priority, logs_prefix, stall_timeout)"
+        " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 job_id,
@@ -353,6 +416,8 @@ def _insert_jobs(
                 job.name,
                 job.max_interruptions,
                 job.priority,
+                job.logs_prefix,
+                job.stall_timeout,
             )
             for job_id, job, spec in zip(ids, jobs, specs, strict=True)
         ],
@@ -398,6 +463,8 @@ def _new_jobs(
             name=job.name,
             max_interruptions=job.max_interruptions,
             priority=job.priority,
+            logs_prefix=job.logs_prefix,
+            stall_timeout=job.stall_timeout,
         )
         for job_id, job, spec in zip(ids, jobs, specs, strict=True)
     ]
@@ -461,6 +528,37 @@ def _record_phase(
         conn.execute(
             "UPDATE attempts SET upload_seconds = coalesce(upload_seconds, 0) + ? WHERE id = ?",
             (seconds, attempt_id),
+        )
+
+
+def _record_progress(
+    conn: sqlite3.Connection,
+    held: sqlite3.Row,
+    progress: Mapping[str, Any],
+    machine_id: str,
+    now: float,
+) -> None:
+    """The holder's beat brought the job's progress: recorded (with a new stall deadline)
+    when it changed, and a `progress` event at a milestone."""
+    stored = progress_json(progress)
+    if held["progress"] == stored:
+        return
+    conn.execute(
+        "UPDATE jobs SET progress = ?, progress_updated_at = ?,"
+        " stall_deadline = ? + stall_timeout WHERE id = ?",
+        (stored, now, now, held["id"]),
+    )
+    previous = None if held["progress"] is None else json.loads(held["progress"])
+    if progress_milestone(previous, progress):
+        _add_event(
+            conn,
+            held["id"],
+            "progress",
+            progress_message(progress),
+            now,
+            attempt_id=held["attempt_id"],
+            machine_id=machine_id,
+            data=progress,
         )
 
 
@@ -1067,17 +1165,22 @@ class SqliteStore:
         machine_id: str,
         user_id: str | None,
         attempt_id: int | None = None,
+        progress: Mapping[str, Any] | None = None,
     ) -> JobStatus | None:
         params = _held_params(job_id, machine_id, user_id, attempt_id)
 
         def beat(conn: sqlite3.Connection) -> JobStatus | None:
+            now = time.time()
             beaten = _all(
                 conn,
                 "UPDATE jobs SET heartbeat = :now, num_heartbeats = num_heartbeats + 1,"
-                f" lease_expires = :now + 2 * heartbeat_interval WHERE {_HELD} RETURNING id",
-                {**params, "now": time.time()},
+                f" lease_expires = :now + 2 * heartbeat_interval WHERE {_HELD}"
+                " RETURNING id, attempt_id, progress",
+                {**params, "now": now},
             )
             if beaten:
+                if progress is not None:
+                    _record_progress(conn, beaten[0], progress, machine_id, now)
                 return "running"
             row = _one(conn, f"SELECT status FROM jobs WHERE id = :job_id AND {_VISIBLE}", params)
             if row is None:
@@ -1263,6 +1366,118 @@ class SqliteStore:
             return jobs
 
         return await self._write(end)
+
+    async def end_stalled_jobs(self) -> list[Job]:
+        # Asked every second by every API process: the common answer, none, is read without
+        # taking the file's write lock.
+        stalled = "status = 'running' AND stall_deadline IS NOT NULL AND stall_deadline < :now"
+        if not await self._read(
+            f"SELECT 1 FROM jobs INDEXED BY jobs_running_by_stall_deadline WHERE {stalled} LIMIT 1",
+            {"now": time.time()},
+        ):
+            return []
+
+        def end(conn: sqlite3.Connection) -> list[Job]:
+            now = time.time()
+            found = _all(
+                conn,
+                f"SELECT id, machine_id, stall_timeout FROM jobs WHERE {stalled}",
+                {"now": now},
+            )
+            stopped: list[Job] = []
+            for held in found:
+                reason = stalled_reason(held["stall_timeout"])
+                row = _one(
+                    conn,
+                    "UPDATE jobs SET num_failures = num_failures + 1,"
+                    " last_exit_code = NULL, last_error = :error, stall_deadline = NULL,"
+                    " status = CASE WHEN num_failures + 1 >= max_failures"
+                    "          THEN 'failed' ELSE 'pending' END,"
+                    " failed = CASE WHEN num_failures + 1 >= max_failures"
+                    "          THEN :now ELSE failed END"
+                    f" WHERE id = :id AND status = 'running' RETURNING {_JOB_COLUMNS}",
+                    {"id": held["id"], "now": now, "error": reason},
+                )
+                assert row is not None  # the writer holds the lock since the read
+                job = _decode.job(row)
+                machine_id = held["machine_id"]
+                conn.execute(
+                    "INSERT INTO job_blocks (job_id, machine_id, blocked_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    (job.id, machine_id, now),
+                )
+                _end_running_attempt(conn, job.id, "failed", now)
+                _add_event(
+                    conn,
+                    job.id,
+                    "stalled",
+                    stalled_message(machine_id, reason, ended=job.status == "failed"),
+                    now,
+                    attempt_id=job.attempt_id,
+                    machine_id=machine_id,
+                    data={"exit_code": None, "error": reason, "stall_timeout": job.stall_timeout},
+                )
+                if job.status == "failed":
+                    _queue_event(conn, job, "failed", machine_id, now)
+                stopped.append(job)
+            return stopped
+
+        return await self._write(end)
+
+    # -- workers -----------------------------------------------------------------------
+    async def note_workers_seen(self, sightings: Sequence[WorkerSighting]) -> None:
+        if not sightings:
+            return
+
+        def note(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.executemany(
+                _NOTE_WORKER,
+                [
+                    {
+                        "user_id": seen.user_id,
+                        "group": seen.container_group_id,
+                        "machine_id": seen.machine_id,
+                        "any_user": seen.any_user,
+                        "version": seen.version,
+                        "polled": seen.polled,
+                        "now": now,
+                    }
+                    for seen in sightings
+                ],
+            )
+
+        await self._write(note)
+
+    async def list_workers(
+        self, user_id: str | None, container_group_id: str | None, seen_within_seconds: float
+    ) -> list[Worker]:
+        rows = await self._read(
+            _LIST_WORKERS,
+            {
+                "user_id": user_id,
+                "group": container_group_id,
+                "since": time.time() - seen_within_seconds,
+            },
+        )
+        return [_decode.worker(row) for row in rows]
+
+    async def pending_reason(self, job: Job) -> PendingReason | None:
+        if job.status != "pending":
+            return None
+        params = {
+            "job_id": job.id,
+            "user_id": job.user_id,
+            "group": job.container_group_id,
+            "since": time.time() - RECENT_WORKER_SECONDS,
+        }
+        machines = await self._read_one(_RECENT_MACHINES, params)
+        ahead = await self._read_one(_JOBS_AHEAD, params)
+        if machines is None or ahead is None:
+            return None  # deleted meanwhile
+        return pending_reason_of(
+            machines["machines"], machines["blocked"], machines["busy"], ahead[0]
+        )
 
     # -- checkpoints and events --------------------------------------------------------
     async def commit_checkpoint(

@@ -16,7 +16,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from kelpie.client import ApiUnavailable, AsyncKelpieClient, Conflict, KelpieError, NotFoundError
 
@@ -42,6 +43,7 @@ class Heartbeat:
         attempt_id: int | None,
         interval: float,
         on_beat: Callable[[int], None],
+        progress: Callable[[], Mapping[str, Any] | None] | None = None,
     ) -> None:
         # One try per beat: this loop decides when to try again.
         self._client = client.with_retries(1)
@@ -51,6 +53,9 @@ class Heartbeat:
         self._attempt_id = attempt_id
         self._interval = interval
         self._on_beat = on_beat
+        self._progress = progress
+        # The progress the API last accepted: a beat sends the job's progress when it differs.
+        self._progress_sent: Mapping[str, Any] | None = None
         self.beats = 0
         self.lost_reason: str | None = None
         # The claim itself was the last word from the API.
@@ -71,10 +76,13 @@ class Heartbeat:
                 if unreachable_since is not None
                 else min(BEAT_TIMEOUT_MAX_S, max(BEAT_TIMEOUT_MIN_S, self._interval))
             )
+            progress = self._progress() if self._progress is not None else None
+            if progress == self._progress_sent:
+                progress = None
             try:
                 async with asyncio.timeout(timeout):
                     status = await self._client.heartbeat(
-                        self._job_id, self._machine_id, self._group_id, self._attempt_id
+                        self._job_id, self._machine_id, self._group_id, self._attempt_id, progress
                     )
             except (ApiUnavailable, TimeoutError) as exc:
                 if unreachable_since is None:
@@ -90,6 +98,8 @@ class Heartbeat:
                 next_beat = time.monotonic() + random.uniform(*UNREACHABLE_RETRY_S)
                 continue
             self._last_ok = time.monotonic()
+            if progress is not None:
+                self._progress_sent = progress
             next_beat = self._last_ok + self._interval
             if unreachable_since is not None:
                 logger.warning(

@@ -51,6 +51,7 @@ from kelpie.worker.environment import job_environment
 from kelpie.worker.heartbeat import Heartbeat
 from kelpie.worker.node import Node
 from kelpie.worker.plan import Download, InvalidJob, TransferPlan, UploadTarget, plan_transfers
+from kelpie.worker.progress import ProgressFile
 from kelpie.worker.runner import ExitStatus, JobProcess, JobStartError
 from kelpie.worker.sync import LiveSync, Uploader
 from kelpie.worker.tasks import cancel_and_wait, spawn
@@ -136,6 +137,7 @@ class JobAttempt:
         self._storage = storage
         self._node = node
         self._stopping = stopping
+        self._progress = ProgressFile(self._warn)
         self._heartbeat = Heartbeat(
             client,
             job.id,
@@ -144,6 +146,7 @@ class JobAttempt:
             job.attempt_id,
             float(job.heartbeat_interval),
             self._beat,
+            self._progress.read,
         )
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[bool] | None = None
@@ -326,6 +329,7 @@ class JobAttempt:
         )
         if self._checkpoints is not None:
             env.update(self._checkpoints.environment())
+        env.update(self._progress.environment())
         try:
             process = await JobProcess.start(
                 self.job.command, self.job.arguments, env, cwd=plan.working_dir
@@ -728,6 +732,7 @@ class JobAttempt:
             await asyncio.wait(self._events, timeout=EVENT_FLUSH_S)
             await cancel_and_wait(self._events)
         await asyncio.to_thread(empty_dirs, self._dirs, create=False)
+        await asyncio.to_thread(self._progress.remove)
 
 
 class _NoStorage:

@@ -228,7 +228,9 @@ def test_group_page_shows_counts_activity_workers_and_blocked_machines(
     expect(page.locator("[data-count=running] .n")).to_have_text(str(counts["running"]))
     expect(page.locator("[data-count=ended] .n")).to_have_text(str(counts["completed"]))
     expect(page.locator("#interruptions-total")).to_have_text("1")
-    expect(page.locator("table.holders tbody tr")).to_have_count(counts["running"])
+    # every machine that asked for the group's work, the one holding a job with it
+    expect(page.locator("table.workers tbody tr")).to_have_count(4)
+    expect(page.locator("table.workers")).to_contain_text(held["id"])
     expect(page.locator("table.blocked tbody tr")).to_have_count(1)
     expect(page.locator("table.blocked")).to_contain_text("machine-b")
     page.goto(f"{api.url}/ui/groups/{group}?window=1h")

@@ -9,7 +9,13 @@ from fastapi import APIRouter, Body, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from kelpie.api.convert import attempt_body, job_body, job_goodput_body, new_job
+from kelpie.api.convert import (
+    attempt_body,
+    job_body,
+    job_goodput_body,
+    new_job,
+    pending_reason_body,
+)
 from kelpie.api.deps import AdminPrincipal, CurrentPrincipal, JobId, StoreDep, app_state, scope
 from kelpie.api.errors import ApiError, error_responses, not_found
 from kelpie.api.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -212,7 +218,11 @@ async def get_job(job_id: JobId, principal: CurrentPrincipal, store: StoreDep) -
     job = await store.get_job(str(job_id), scope(principal))
     if job is None:
         raise not_found("Job", job_id)
-    return JSONResponse(job_body(job))
+    body = job_body(job)
+    reason = await store.pending_reason(job)
+    if reason is not None:
+        body["pending_reason"] = pending_reason_body(reason, job.container_group_id)
+    return JSONResponse(body)
 
 
 @router.delete(

@@ -14,8 +14,17 @@ from kelpie.api.convert import claimed_job_body, retry_meaning
 from kelpie.api.deps import CurrentPrincipal, JobId, app_state, scope
 from kelpie.api.errors import ApiError, error_responses, not_found
 from kelpie.api.state import AppState
-from kelpie.schemas import NO_NUL, FailureReport, HeartbeatOut, JobOut, Message, WorkerReport
-from kelpie.store.models import HeldOutcome, Principal
+from kelpie.schemas import (
+    NO_NUL,
+    WORKER_VERSION_HEADER,
+    FailureReport,
+    HeartbeatOut,
+    HeartbeatReport,
+    JobOut,
+    Message,
+    WorkerReport,
+)
+from kelpie.store.models import HeldOutcome, Principal, WorkerSighting
 
 log = logging.getLogger("kelpie.api.work")
 router = APIRouter(tags=["worker"])
@@ -24,6 +33,7 @@ router = APIRouter(tags=["worker"])
 # and any job the store's cross-process channel did not announce.
 RECHECK_SECONDS = 0.5
 MAX_WAIT_SECONDS = 30
+MAX_VERSION_LENGTH = 64
 
 _ERRORS = error_responses(400, 401, 403, 404, 409)
 _NOT_HOLDER = "this machine does not hold the job (its lease was lost, or the job ended)"
@@ -44,6 +54,8 @@ async def claim_work(
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0,
 ) -> JSONResponse:
     state = app_state(request)
+    version = request.headers.get(WORKER_VERSION_HEADER)
+    await _note_seen(state, principal, container_group_id, machine_id, polled=True, version=version)
     deadline = time.monotonic() + wait
     while True:
         # After an outage the leases of running jobs are extended before anything is handed
@@ -72,12 +84,14 @@ async def claim_work(
     summary="The holder is alive; answers the status the worker must act on",
 )
 async def heartbeat(
-    job_id: JobId, report: WorkerReport, principal: CurrentPrincipal, request: Request
+    job_id: JobId, report: HeartbeatReport, principal: CurrentPrincipal, request: Request
 ) -> JSONResponse:
     state = app_state(request)
     status = await state.store.heartbeat(
-        str(job_id), report.machine_id, scope(principal), report.attempt_id
+        str(job_id), report.machine_id, scope(principal), report.attempt_id, report.progress
     )
+    if status == "running":
+        await _note_seen(state, principal, report.container_group_id, report.machine_id)
     if status is None:
         raise not_found("Job", job_id)
     if report.attempt_id is not None and status != "running":
@@ -160,6 +174,29 @@ async def report_interrupted(
     state.webhooks_due.set()  # the interruption that reaches max_interruptions fails the job
     state.notifier.notify(report.container_group_id)
     return JSONResponse({"message": "Job interrupted"}, status_code=202)
+
+
+async def _note_seen(
+    state: AppState,
+    principal: Principal,
+    container_group_id: str,
+    machine_id: str,
+    *,
+    polled: bool = False,
+    version: str | None = None,
+) -> None:
+    """Records the machine as seen (for `GET /workers` and pending reasons), at most every
+    few seconds per machine."""
+    sighting = WorkerSighting(
+        user_id=principal.user.id,
+        any_user=principal.user.is_admin,
+        container_group_id=container_group_id,
+        machine_id=machine_id,
+        polled=polled,
+        version=None if version is None else version[:MAX_VERSION_LENGTH],
+    )
+    if state.sightings.due(sighting):
+        await state.store.note_workers_seen([sighting])
 
 
 async def _retry_meaning(

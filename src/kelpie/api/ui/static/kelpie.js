@@ -227,7 +227,7 @@ async function renderJob(jobId) {
     <h1>Job <span class="mono">${esc(job.id)}</span> ${badge(job.status)}</h1>
     <p class="muted">${job.name ? `${esc(job.name)} · ` : ""}container group ${groupLink(job.container_group_id)}</p>
     ${cancelable ? '<div class="row-actions"><button class="danger" id="cancel-job" type="button">Cancel job…</button></div>' : ""}
-    ${job.pending_reason && job.status === "pending" ? `<p class="notice" id="pending-reason">Waiting: ${esc(job.pending_reason)}</p>` : ""}
+    ${job.pending_reason && job.status === "pending" ? `<p class="notice" id="pending-reason">Waiting: ${esc(job.pending_reason.message ?? job.pending_reason)}</p>` : ""}
     ${renderFields(job)}
     ${"progress" in job ? section("Progress", renderProgress(job.progress), "progress") : ""}
     ${section(`Attempts (${attempts.length})`, renderTimeline(job, attempts) + renderAttemptTable(attempts), "attempts")}
@@ -454,9 +454,9 @@ async function renderWorkers(group, runningJobs, feats) {
     try {
       const answer = await api(`/workers?container_group_id=${encodeURIComponent(group)}`);
       const workers = Array.isArray(answer) ? answer : answer.workers || [];
-      const columns = workers.length ? Object.keys(workers[0]).filter((k) => typeof workers[0][k] !== "object") : [];
+      const columns = workers.length ? Object.keys(workers[0]).filter((k) => workers[0][k] === null || typeof workers[0][k] !== "object") : [];
       body.innerHTML = workers.length
-        ? table(columns, workers.map((w) => `<tr>${columns.map((c) => `<td>${/(^|_)(seen|time|heartbeat|started|created)$/.test(c) ? when(w[c]) : esc(w[c])}</td>`).join("")}</tr>`), "workers")
+        ? table(columns, workers.map((w) => `<tr>${columns.map((c) => `<td>${/(^|_)(seen|poll|time|heartbeat|started|created)$/.test(c) ? when(w[c]) : esc(w[c] ?? "—")}</td>`).join("")}</tr>`), "workers")
         : '<p class="muted">No workers seen.</p>';
       return;
     } catch (error) {

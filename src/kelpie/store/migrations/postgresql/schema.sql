@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0008 (postgresql). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0009 (postgresql). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
@@ -63,7 +63,12 @@ CREATE TABLE jobs (
     priority           integer NOT NULL DEFAULT 0,  -- higher is claimed first within a group
     name               text,
     max_interruptions  integer,              -- NULL: any number of interruptions
-    num_interruptions  integer NOT NULL DEFAULT 0
+    num_interruptions  integer NOT NULL DEFAULT 0,
+    logs_prefix        text,                 -- s3://bucket/prefix of its logs; NULL: default
+    stall_timeout      integer,              -- seconds without progress before it is stopped
+    progress           jsonb,                -- JSON object the job last wrote
+    progress_updated_at timestamptz,         -- when progress last changed
+    stall_deadline     timestamptz           -- when the running attempt stalls
 );
 -- claim_job: a group's pending jobs in claim order (highest priority, then oldest), and its
 -- stalled running jobs
@@ -85,6 +90,9 @@ CREATE INDEX jobs_by_name ON jobs (name, created, seq) WHERE name IS NOT NULL;
 -- interruption are failed instead of being handed out again
 CREATE INDEX jobs_running_with_budget ON jobs (lease_expires)
     WHERE status = 'running' AND max_interruptions IS NOT NULL;
+-- running jobs with a stall_timeout, by when they stall
+CREATE INDEX jobs_running_by_stall_deadline ON jobs (stall_deadline)
+    WHERE status = 'running' AND stall_deadline IS NOT NULL;
 
 -- A job's labels (also kept in its spec), for list_jobs filters.
 CREATE TABLE job_labels (
@@ -252,3 +260,19 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (user_id, key)
 );
 CREATE INDEX idempotency_keys_by_created ON idempotency_keys (created);
+
+-- Machines seen asking for work (polls) or holding a job (heartbeats), per user of the key
+-- they use and container group. any_user: the key is an admin's (it may take anyone's jobs).
+CREATE TABLE workers (
+    user_id            text NOT NULL,
+    container_group_id text NOT NULL,
+    machine_id         text NOT NULL,
+    any_user           boolean NOT NULL DEFAULT false,
+    version            text,
+    first_seen         timestamptz NOT NULL,
+    last_poll          timestamptz,
+    last_seen          timestamptz NOT NULL,
+    PRIMARY KEY (container_group_id, machine_id, user_id)
+);
+CREATE INDEX workers_by_user ON workers (user_id, container_group_id);
+CREATE INDEX workers_by_last_seen ON workers (last_seen);

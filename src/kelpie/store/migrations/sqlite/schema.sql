@@ -1,4 +1,4 @@
--- Snapshot of the kelpie schema after migration 0008 (sqlite). Not applied by kelpie:
+-- Snapshot of the kelpie schema after migration 0009 (sqlite). Not applied by kelpie:
 -- the migrations are. tests/integration/test_migrations.py proves both agree.
 
 -- Applied migrations, written by the migration runner.
@@ -66,7 +66,12 @@ CREATE TABLE jobs (
     priority           INTEGER NOT NULL DEFAULT 0,  -- higher is claimed first within a group
     name               TEXT,
     max_interruptions  INTEGER,              -- NULL: any number of interruptions
-    num_interruptions  INTEGER NOT NULL DEFAULT 0
+    num_interruptions  INTEGER NOT NULL DEFAULT 0,
+    logs_prefix        TEXT,                 -- s3://bucket/prefix of its logs; NULL: default
+    stall_timeout      INTEGER,              -- seconds without progress before it is stopped
+    progress           TEXT,                 -- JSON object the job last wrote
+    progress_updated_at REAL,                -- when progress last changed
+    stall_deadline     REAL                  -- when the running attempt stalls
 );
 -- claim_job: a group's pending jobs in claim order (highest priority, then oldest), and its
 -- stalled running jobs
@@ -88,6 +93,9 @@ CREATE INDEX jobs_by_name ON jobs (name, created) WHERE name IS NOT NULL;
 -- interruption are failed instead of being handed out again
 CREATE INDEX jobs_running_with_budget ON jobs (lease_expires)
     WHERE status = 'running' AND max_interruptions IS NOT NULL;
+-- running jobs with a stall_timeout, by when they stall
+CREATE INDEX jobs_running_by_stall_deadline ON jobs (stall_deadline)
+    WHERE status = 'running' AND stall_deadline IS NOT NULL;
 
 -- A job's labels (also kept in its spec), for list_jobs filters.
 CREATE TABLE job_labels (
@@ -249,3 +257,19 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (user_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX idempotency_keys_by_created ON idempotency_keys (created);
+
+-- Machines seen asking for work (polls) or holding a job (heartbeats), per user of the key
+-- they use and container group. any_user: the key is an admin's (it may take anyone's jobs).
+CREATE TABLE workers (
+    user_id            TEXT NOT NULL,
+    container_group_id TEXT NOT NULL,
+    machine_id         TEXT NOT NULL,
+    any_user           INTEGER NOT NULL DEFAULT 0 CHECK (any_user IN (0, 1)),
+    version            TEXT,
+    first_seen         REAL NOT NULL,
+    last_poll          REAL,
+    last_seen          REAL NOT NULL,
+    PRIMARY KEY (container_group_id, machine_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX workers_by_user ON workers (user_id, container_group_id);
+CREATE INDEX workers_by_last_seen ON workers (last_seen);
