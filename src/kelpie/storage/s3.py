@@ -135,6 +135,16 @@ class ObjectStorage:
 
         return await self._retrying("list", bucket, f"{prefix}/" if prefix else "", list_all)
 
+    async def read_object(self, bucket: str, key: str) -> bytes:
+        """The whole body of one (small) object, in memory."""
+        store = self._store(bucket)
+
+        async def get() -> bytes:
+            result = await obstore.get_async(store, key)
+            return bytes(await result.bytes_async())
+
+        return await self._retrying("download", bucket, key, get)
+
     async def bucket_exists(self, bucket: str) -> bool:
         """True if the bucket exists and these credentials may list it."""
         store = self._store(bucket)
