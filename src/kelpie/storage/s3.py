@@ -207,6 +207,17 @@ class ObjectStorage:
             uploaded = await self._upload(local_path, size, bucket, target, compress, progress)
         return uploaded.sent
 
+    async def put_object(self, bucket: str, key: str, data: bytes) -> None:
+        """Store `data` (up to a few MiB: one request) as `key`, as it is: no gzip, no hash."""
+        store = self._store(bucket)
+        async with self._slots:
+            await self._retrying(
+                "upload",
+                bucket,
+                key,
+                lambda: obstore.put_async(store, key, data, use_multipart=False),
+            )
+
     async def upload_verified(
         self,
         source: Path | int,

@@ -3,7 +3,8 @@
 Each stream is a pipe read by a thread of its own: every chunk read is first written, whole
 and at once, to the worker's stream of the same name (the container's output, as if the job
 wrote there itself), then handed to the sink. Reads take up to a megabyte at a time from a
-pipe enlarged to a megabyte, so a burst costs a few hundred system calls, not one per line;
+pipe enlarged to a megabyte, and a reader that caught up naps 5 ms before it reads again,
+so a burst or a chatty job costs a few hundred system calls, not one per line;
 a reader never waits on anything but the job and the container's output, so neither the
 bucket nor the event loop can slow the job.
 
@@ -19,6 +20,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 
 logger = logging.getLogger("kelpie.worker")
@@ -26,6 +28,7 @@ logger = logging.getLogger("kelpie.worker")
 STREAMS = ("stdout", "stderr")
 READ_BYTES = 1 << 20
 PIPE_BYTES = 1 << 20
+GATHER_S = 0.005
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 Sink = Callable[[str, bytes], None]
@@ -105,6 +108,12 @@ class OutputCapture:
                     self._sink(stream, data)
                 except Exception:
                     logger.exception("job %s: capturing a chunk failed", stream)
+                if len(data) < READ_BYTES:
+                    # Caught up: let a busy job's next writes gather in the pipe for a few
+                    # milliseconds, so a stream of small writes costs a read per nap, not
+                    # per write. What was read is already through; a quiet job waits in
+                    # read() as before, and a flood gets full reads with no nap.
+                    time.sleep(GATHER_S)
         except OSError as exc:
             logger.error("job %s: reading the job's output failed: %s", stream, exc)
         finally:

@@ -74,6 +74,8 @@ STOPPING_LOG_FLUSH_S = 3.0
 class Storage(Uploader, CheckpointStorage, Protocol):
     """The part of `kelpie.storage.ObjectStorage` the worker uses."""
 
+    async def put_object(self, bucket: str, key: str, data: bytes) -> None: ...
+
     async def download_prefix(
         self,
         bucket: str,

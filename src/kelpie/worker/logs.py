@@ -23,9 +23,9 @@ written last, when the attempt's output is all in: `{"pieces": N, "bytes": {...}
 "lost_bytes": {...}}`. An attempt whose machine vanished has no `end.json`; its pieces stop
 where the machine did.
 
-Output waiting for the bucket is kept on local disk, not in memory, up to 256 MiB per
-stream; beyond that it is dropped (and the gap noted in the stream) until the bucket
-catches up. kelpie itself stores no log content.
+Output waiting for the bucket is held in memory up to 32 MiB per stream, then on local
+disk up to 256 MiB per stream; beyond that it is dropped (and the gap noted in the stream)
+until the bucket catches up. kelpie itself stores no log content.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ LOGS_SUFFIX = ".kelpie-logs/"
 END_MARKER = "end.json"
 PIECE_BYTES = 8 << 20
 """A stream with this much waiting is cut into a piece at once."""
+MEMORY_BYTES = 32 << 20
+"""Per stream: output waiting for the bucket is held in memory up to this, on disk beyond."""
 SPOOL_CAP_BYTES = 256 << 20
 """Per stream: output waiting for the bucket beyond this is dropped (with a note)."""
 TAIL_BYTES = 2048
@@ -138,19 +140,36 @@ def stderr_tail(data: bytes, limit: int = TAIL_BYTES) -> str:
 class Piece:
     number: int
     stream: str
-    path: Path
     size: int
+    chunks: list[bytes] = field(default_factory=list)
+    """The piece's bytes when held in memory…"""
+    path: Path | None = None
+    """…or the spool file holding them."""
+
+    def read(self) -> bytes:
+        return self.path.read_bytes() if self.path is not None else b"".join(self.chunks)
+
+    def discard(self) -> None:
+        self.chunks = []
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
 
 
 @dataclass
 class _Stream:
     name: str
     tail: bytearray = field(default_factory=bytearray)
+    chunks: list[bytes] = field(default_factory=list)
+    """The open segment, in memory (the chunks as read: kept, not copied)…"""
     fd: int | None = None
     path: Path | None = None
+    """…or in a spool file, once the output waiting went past what memory holds."""
     size: int = 0
     waiting: int = 0
-    """Bytes written to the spool and not yet uploaded (or given up on)."""
+    """Bytes held (memory or disk) and not yet uploaded or given up on."""
+    in_memory: int = 0
+    """Of those, the bytes held in memory."""
     total: int = 0
     lost: int = 0
     unnoted: int = 0
@@ -159,10 +178,13 @@ class _Stream:
 
 
 class LogSpool:
-    """What the job wrote, in segment files per stream until each is uploaded as a piece.
+    """What the job wrote, in segments per stream until each is uploaded as a piece.
 
-    `write` is called by the capture threads; the rest by the event loop. Without a
-    `directory`, only the end of each stream is kept (for the failure report).
+    A segment is kept in memory while the stream has less than `memory_bytes` waiting (the
+    chunks as read, no copy), in a spool file under `directory` beyond that, and dropped
+    (with a note in the stream) past `cap_bytes` waiting. `write` is called by the capture
+    threads; the rest by the event loop. Without a `directory` only the end of each stream
+    is kept (for the failure report).
     """
 
     def __init__(
@@ -170,11 +192,13 @@ class LogSpool:
         directory: Path | None,
         *,
         piece_bytes: int = PIECE_BYTES,
+        memory_bytes: int = MEMORY_BYTES,
         cap_bytes: int = SPOOL_CAP_BYTES,
         on_piece: Callable[[], None] | None = None,
     ) -> None:
         self._directory = directory
         self._piece_bytes = piece_bytes
+        self._memory_bytes = memory_bytes
         self._cap_bytes = cap_bytes
         self._on_piece = on_piece
         self._lock = threading.Lock()
@@ -188,7 +212,7 @@ class LogSpool:
         with self._lock:
             state = self._streams[stream]
             state.total += len(data)
-            state.tail += data
+            state.tail += data[-TAIL_BYTES:]
             if len(state.tail) > 2 * TAIL_BYTES:
                 del state.tail[: len(state.tail) - TAIL_BYTES]
             if self._directory is None or self._closed:
@@ -220,19 +244,15 @@ class LogSpool:
         return ready
 
     def shipped(self, piece: Piece) -> None:
-        with self._lock:
-            self._streams[piece.stream].waiting -= piece.size
-        with contextlib.suppress(OSError):
-            piece.path.unlink()
+        self._release(piece)
+        piece.discard()
 
     def give_up(self, piece: Piece, why: str) -> None:
         """`piece` could not be uploaded: count it lost, and say so in the stream."""
+        self._release(piece)
         with self._lock:
-            state = self._streams[piece.stream]
-            state.waiting -= piece.size
-            self._lose(state, piece.size, why)
-        with contextlib.suppress(OSError):
-            piece.path.unlink()
+            self._lose(self._streams[piece.stream], piece.size, why)
+        piece.discard()
 
     @property
     def last_number(self) -> int:
@@ -252,34 +272,51 @@ class LogSpool:
             return bytes(self._streams[stream].tail)
 
     def close(self) -> None:
-        """Take no more output to the spool and delete its files (the ends stay readable)."""
+        """Take no more output and drop what is held (the ends of the streams stay)."""
         with self._lock:
             self._closed = True
             for state in self._streams.values():
                 if state.fd is not None:
                     os.close(state.fd)
                     state.fd = None
+                state.chunks = []
             self._ready = []
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
 
     def _append(self, state: _Stream, data: bytes) -> None:
         assert self._directory is not None
-        if state.fd is None:
-            state.path = self._directory / f"{state.name}.{time.monotonic_ns()}"
-            state.fd = os.open(state.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(state.fd, view) :]
+        if state.fd is None and state.in_memory + len(data) > self._memory_bytes and state.size:
+            self._cut(state)  # memory is full: what follows goes to disk, as its own piece
+        if state.fd is None and state.in_memory + len(data) <= self._memory_bytes:
+            state.chunks.append(data)
+            state.in_memory += len(data)
+        else:
+            if state.fd is None:
+                state.path = self._directory / f"{state.name}.{time.monotonic_ns()}"
+                state.fd = os.open(state.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(state.fd, view) :]
         state.size += len(data)
         state.waiting += len(data)
 
     def _cut(self, state: _Stream) -> None:
-        assert state.fd is not None and state.path is not None
-        os.close(state.fd)
         self._numbers += 1
-        self._ready.append(Piece(self._numbers, state.name, state.path, state.size))
-        state.fd, state.path, state.size = None, None, 0
+        if state.fd is not None:
+            os.close(state.fd)
+            piece = Piece(self._numbers, state.name, state.size, path=state.path)
+        else:
+            piece = Piece(self._numbers, state.name, state.size, chunks=state.chunks)
+        self._ready.append(piece)
+        state.chunks, state.fd, state.path, state.size = [], None, None, 0
+
+    def _release(self, piece: Piece) -> None:
+        with self._lock:
+            state = self._streams[piece.stream]
+            state.waiting -= piece.size
+            if piece.path is None:
+                state.in_memory -= piece.size
 
     @staticmethod
     def _lose(state: _Stream, size: int, why: str) -> None:
@@ -289,9 +326,7 @@ class LogSpool:
 
 
 class PieceStorage(Protocol):
-    async def upload_file(
-        self, local_path: Path, bucket: str, key: str, *, compress: bool = False
-    ) -> int: ...
+    async def put_object(self, bucket: str, key: str, data: bytes) -> None: ...
 
 
 class JobLogs:
@@ -382,7 +417,8 @@ class JobLogs:
         for piece in self.spool.take_ready():
             key = self._prefix + piece_name(piece.number, piece.stream)
             try:
-                await self._storage.upload_file(piece.path, self._bucket, key)
+                data = piece.read() if piece.path is None else await asyncio.to_thread(piece.read)
+                await self._storage.put_object(self._bucket, key, data)
             except (StorageError, OSError) as exc:
                 logger.warning("logs: piece %s not uploaded: %s", key, exc)
                 self.spool.give_up(piece, f"upload failed ({exc})"[:300])
@@ -392,16 +428,10 @@ class JobLogs:
     async def _put_end(self) -> None:
         assert self._storage is not None and self._prefix is not None
         summary = json.dumps(self.spool.summary()).encode()
-        fd, name = tempfile.mkstemp(prefix="kelpie-logs-end-")
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(summary)
-            await self._storage.upload_file(Path(name), self._bucket, self._prefix + END_MARKER)
-        except (StorageError, OSError) as exc:
+            await self._storage.put_object(self._bucket, self._prefix + END_MARKER, summary)
+        except StorageError as exc:
             logger.warning("logs: end marker not uploaded: %s", exc)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(name)
 
 
 # -- the reader's side ------------------------------------------------------------------------
