@@ -3,14 +3,17 @@ logs`, and the end of its stderr in `last_error`."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.processes import free_port
 from tests.support.waiting import wait_for
 from tests.support.worker import WorkerLab
 
@@ -158,3 +161,46 @@ def test_job_still_gets_sigterm_and_what_it_writes_then_is_kept(lab: WorkerLab) 
     assert outs == [f"out m1 {i}" for i in range(len(outs))] and len(outs) > 20
     (attempt,) = attempt_ids(lab, job["id"])
     assert lab.bucket.keys(f"ck.kelpie-logs/{job['id']}/attempt-{attempt}/end.json")
+
+
+async def test_a_bucket_that_cannot_be_reached_never_holds_the_output_up(tmp_path: Path) -> None:
+    """The job's output keeps flowing and the attempt's end is not held past the flush time
+    while every upload of its logs fails (a closed port: nothing answers)."""
+    from kelpie.storage import ObjectStorage, S3Settings
+    from kelpie.worker.capture import OutputCapture
+    from kelpie.worker.logs import JobLogs, LogLocation
+
+    dead = S3Settings.from_env(
+        {
+            "AWS_ACCESS_KEY_ID": "k",
+            "AWS_SECRET_ACCESS_KEY": "s",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        }
+    )
+    logs = JobLogs(
+        ObjectStorage(dead, retry_window_s=30),
+        LogLocation("b", "out.kelpie-logs/j/"),
+        1,
+        piece_s=0.1,
+    )
+    passed = tmp_path / "container-output"
+    with passed.open("wb") as out:
+        capture = OutputCapture(logs.write, targets=(out.fileno(), out.fileno()))
+        logs.start()
+        job = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "import sys\nfor i in range(20000): print('line', i)\nsys.exit(5)",
+            stdout=capture.child_fds[0],
+            stderr=capture.child_fds[1],
+        )
+        capture.start()
+        started = time.monotonic()
+        assert await job.wait() == 5
+        assert await asyncio.to_thread(capture.wait, 5)
+        ran = time.monotonic() - started
+        await logs.finish(1.0)
+    assert ran < 5  # the job never waited for the bucket
+    assert time.monotonic() - started < ran + 3  # nor did the end of the attempt
+    assert passed.read_text().splitlines()[-1] == "line 19999"
+    assert logs.warning is not None and "did not reach" in logs.warning
