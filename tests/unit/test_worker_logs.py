@@ -20,6 +20,7 @@ from kelpie.worker.logs import (
     piece_name,
     stderr_tail,
 )
+from tests.support.waiting import wait_for
 
 BASE = {
     "id": "job-1",
@@ -176,23 +177,28 @@ def test_a_piece_that_cannot_be_uploaded_is_noted_in_the_next(tmp_path: Path) ->
 
 
 def test_past_its_memory_a_stream_waits_on_disk_and_keeps_its_order(tmp_path: Path) -> None:
-    spool = LogSpool(tmp_path, piece_bytes=100, memory_bytes=10)
-    for i in range(8):
-        spool.write("stdout", f"line {i}\n".encode())  # 7 bytes each
+    spool = LogSpool(tmp_path, piece_bytes=14, memory_bytes=20)
+    lines = [f"line {i:02d}\n".encode() for i in range(12)]  # 8 bytes each: a piece per 2
+    for line in lines:
+        spool.write("stdout", line)  # never waits for the disk: up to 40 bytes in memory
     spool.cut()
+    # the spill thread moves the newest waiting pieces to disk until 20 bytes are left
+    wait_for(lambda: spool.in_memory("stdout") <= 20, "the spill to disk")
     pieces = spool.take_ready()
-    assert [p.path is None for p in pieces] == [True, False]  # memory, then disk
-    assert b"".join(p.read() for p in pieces) == b"".join(f"line {i}\n".encode() for i in range(8))
-    assert [p.number for p in pieces] == [1, 2]
-    on_disk = pieces[1].path
-    assert on_disk is not None and on_disk.exists()
+    assert [p.number for p in pieces] == list(range(1, len(pieces) + 1))
+    assert b"".join(p.read() for p in pieces) == b"".join(lines)
+    on_disk = [p.path for p in pieces if p.path is not None]
+    assert on_disk and all(path.exists() for path in on_disk)
+    assert pieces[0].path is None  # the oldest, next to go up, stays in memory
     for piece in pieces:
         spool.shipped(piece)
-    assert not on_disk.exists()
-    spool.write("stdout", b"back\n")  # nothing waits: memory again
+    assert not any(path.exists() for path in on_disk)
+    assert spool.in_memory("stdout") == 0
+    spool.write("stdout", b"back\n")
     spool.cut()
     (after,) = spool.take_ready()
     assert after.path is None and after.read() == b"back\n"
+    spool.close()
 
 
 def test_without_a_bucket_only_the_end_of_each_stream_is_kept() -> None:

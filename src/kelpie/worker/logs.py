@@ -56,7 +56,7 @@ END_MARKER = "end.json"
 PIECE_BYTES = 8 << 20
 """A stream with this much waiting is cut into a piece at once."""
 MEMORY_BYTES = 32 << 20
-"""Per stream: output waiting for the bucket is held in memory up to this, on disk beyond."""
+"""Per stream: output waiting for the bucket beyond this is moved to disk (see LogSpool)."""
 SPOOL_CAP_BYTES = 256 << 20
 """Per stream: output waiting for the bucket beyond this is dropped (with a note)."""
 TAIL_BYTES = 2048
@@ -180,11 +180,13 @@ class _Stream:
 class LogSpool:
     """What the job wrote, in segments per stream until each is uploaded as a piece.
 
-    A segment is kept in memory while the stream has less than `memory_bytes` waiting (the
-    chunks as read, no copy), in a spool file under `directory` beyond that, and dropped
-    (with a note in the stream) past `cap_bytes` waiting. `write` is called by the capture
-    threads; the rest by the event loop. Without a `directory` only the end of each stream
-    is kept (for the failure report).
+    What the capture threads hand over is kept in memory (the chunks as read, no copy).
+    Past `memory_bytes` of a stream in memory, a spill thread moves its newest pieces that
+    wait for the bucket to spool files under `directory`, so a burst never waits for the
+    disk; past twice that (the spill fell behind) the capture thread writes to disk itself,
+    and past `cap_bytes` waiting, output is dropped with a note in the stream. `write` is
+    called by the capture threads; the rest by the event loop. Without a `directory` only
+    the end of each stream is kept (for the failure report).
     """
 
     def __init__(
@@ -206,6 +208,9 @@ class LogSpool:
         self._ready: list[Piece] = []
         self._numbers = 0
         self._closed = False
+        self._spill_wanted = threading.Condition(self._lock)
+        if directory is not None:
+            threading.Thread(target=self._spill, name="job-logs-spill", daemon=True).start()
 
     def write(self, stream: str, data: bytes) -> None:
         cut = False
@@ -228,6 +233,8 @@ class LogSpool:
             if state.size >= self._piece_bytes:
                 self._cut(state)
                 cut = True
+            if state.in_memory > self._memory_bytes:
+                self._spill_wanted.notify()
         if cut and self._on_piece is not None:
             self._on_piece()
 
@@ -242,6 +249,11 @@ class LogSpool:
         with self._lock:
             ready, self._ready = self._ready, []
         return ready
+
+    def take_next(self) -> Piece | None:
+        """The lowest-numbered piece waiting, now the caller's to upload."""
+        with self._lock:
+            return self._ready.pop(0) if self._ready else None
 
     def shipped(self, piece: Piece) -> None:
         self._release(piece)
@@ -267,6 +279,11 @@ class LogSpool:
                 "lost_bytes": {s.name: s.lost for s in self._streams.values()},
             }
 
+    def in_memory(self, stream: str) -> int:
+        """Bytes of `stream` held in memory."""
+        with self._lock:
+            return self._streams[stream].in_memory
+
     def tail(self, stream: str) -> bytes:
         with self._lock:
             return bytes(self._streams[stream].tail)
@@ -281,14 +298,16 @@ class LogSpool:
                     state.fd = None
                 state.chunks = []
             self._ready = []
+            self._spill_wanted.notify_all()
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
 
     def _append(self, state: _Stream, data: bytes) -> None:
         assert self._directory is not None
-        if state.fd is None and state.in_memory + len(data) > self._memory_bytes and state.size:
+        hard = 2 * self._memory_bytes
+        if state.fd is None and state.in_memory + len(data) > hard and state.size:
             self._cut(state)  # memory is full: what follows goes to disk, as its own piece
-        if state.fd is None and state.in_memory + len(data) <= self._memory_bytes:
+        if state.fd is None and state.in_memory + len(data) <= hard:
             state.chunks.append(data)
             state.in_memory += len(data)
         else:
@@ -311,6 +330,39 @@ class LogSpool:
         self._ready.append(piece)
         state.chunks, state.fd, state.path, state.size = [], None, None, 0
 
+    def _spill(self) -> None:
+        """Move the newest memory pieces of a stream over `memory_bytes` to spool files."""
+        assert self._directory is not None
+        with self._lock:
+            while not self._closed:
+                piece = next(
+                    (
+                        p
+                        for p in reversed(self._ready)
+                        if p.path is None and self._streams[p.stream].in_memory > self._memory_bytes
+                    ),
+                    None,
+                )
+                if piece is None:
+                    self._spill_wanted.wait()
+                    continue
+                chunks = piece.chunks
+                path = self._directory / f"{piece.stream}.{time.monotonic_ns()}"
+                self._lock.release()
+                try:
+                    _write_file(path, chunks)
+                except OSError as exc:
+                    logger.warning("logs: could not spool output to disk: %s", exc)
+                    path.unlink(missing_ok=True)
+                    return
+                finally:
+                    self._lock.acquire()
+                if any(p is piece for p in self._ready) and not self._closed:
+                    piece.path, piece.chunks = path, []
+                    self._streams[piece.stream].in_memory -= piece.size
+                else:  # taken for upload meanwhile
+                    path.unlink(missing_ok=True)
+
     def _release(self, piece: Piece) -> None:
         with self._lock:
             state = self._streams[piece.stream]
@@ -323,6 +375,17 @@ class LogSpool:
         state.lost += size
         state.unnoted += size
         state.why_lost = why
+
+
+def _write_file(path: Path, chunks: Sequence[bytes]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 class PieceStorage(Protocol):
@@ -414,7 +477,7 @@ class JobLogs:
 
     async def _ship_ready(self) -> None:
         assert self._storage is not None and self._prefix is not None
-        for piece in self.spool.take_ready():
+        while (piece := self.spool.take_next()) is not None:
             key = self._prefix + piece_name(piece.number, piece.stream)
             try:
                 data = piece.read() if piece.path is None else await asyncio.to_thread(piece.read)
