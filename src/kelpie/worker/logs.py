@@ -23,9 +23,9 @@ written last, when the attempt's output is all in: `{"pieces": N, "bytes": {...}
 "lost_bytes": {...}}`. An attempt whose machine vanished has no `end.json`; its pieces stop
 where the machine did.
 
-Output waiting for the bucket is held in memory up to 32 MiB per stream, then on local
-disk up to 256 MiB per stream; beyond that it is dropped (and the gap noted in the stream)
-until the bucket catches up. kelpie itself stores no log content.
+Output waiting for the bucket is held in memory up to 32 MiB per stream (64 MiB while a
+burst outruns the disk), then on local disk up to 256 MiB per stream; beyond that it is
+dropped (and the gap noted in the stream) until the bucket catches up. kelpie itself stores no log content.
 """
 
 from __future__ import annotations
