@@ -69,6 +69,8 @@ OUTPUT_END_S = 2.0
 only when a process escaped the job's tree and still holds it)."""
 STOPPING_LOG_FLUSH_S = 3.0
 """Once the worker is stopping, the most the last log pieces may hold the hand-back."""
+STORAGE_DOWN_LOG_FLUSH_S = 1.0
+"""The same when the job is handed back because its bucket cannot be reached."""
 
 
 class Storage(Uploader, CheckpointStorage, Protocol):
@@ -351,9 +353,10 @@ class JobAttempt:
         self._event("started", f"started {self.job.command} (pid {process.pid})", data)
         return process
 
-    async def _finish_logs(self) -> str:
+    async def _finish_logs(self, at_most_s: float | None = None) -> str:
         """Once the job's processes are gone: wait for its output to end, upload the last
-        pieces (within KELPIE_WORKER_LOG_FLUSH_S), and return the end of its stderr."""
+        pieces (within KELPIE_WORKER_LOG_FLUSH_S, or `at_most_s`), and return the end of
+        its stderr."""
         if self._logs is None or self._logs_done:
             return self._stderr_tail
         self._logs_done = True
@@ -366,6 +369,8 @@ class JobAttempt:
         flush_s = self._settings.log_flush_s
         if self._stopping.is_set():
             flush_s = min(flush_s, STOPPING_LOG_FLUSH_S)
+        if at_most_s is not None:
+            flush_s = min(flush_s, at_most_s)
         await self._logs.finish(flush_s)
         if self._logs.warning is not None:
             self._warn(self._logs.warning)
@@ -478,6 +483,7 @@ class JobAttempt:
         without counting a failure; the worker waits before it claims again."""
         logger.warning("job %s: handing the job back, storage unreachable: %s", self.job.id, reason)
         await self._stop_process([signal.SIGTERM])
+        await self._finish_logs(at_most_s=STORAGE_DOWN_LOG_FLUSH_S)  # the bucket is down
         self._event("warning", f"handed back: storage unreachable ({reason[:500]})", None)
         if await self._report("interrupted", self._client.report_interrupted):
             return Outcome.STORAGE_UNAVAILABLE

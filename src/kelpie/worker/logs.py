@@ -25,7 +25,8 @@ where the machine did.
 
 Output waiting for the bucket is held in memory up to 32 MiB per stream (64 MiB while a
 burst outruns the disk), then on local disk up to 256 MiB per stream; beyond that it is
-dropped (and the gap noted in the stream) until the bucket catches up. kelpie itself stores no log content.
+dropped (and the gap noted in the stream) until the bucket catches up. kelpie itself
+stores no log content.
 """
 
 from __future__ import annotations
