@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kelpie.schemas import JobOut
-from kelpie.storage import RemoteObject, StorageError
+from kelpie.storage import RemoteObject
 from kelpie.worker.capture import STREAMS
 
 logger = logging.getLogger("kelpie.worker")
@@ -453,6 +453,9 @@ class JobLogs:
                         f"logs: the last pieces did not reach {self.where} within {within:g} s"
                     )
                     logger.warning("%s", self.warning)
+                except Exception as exc:  # a bug of ours: the job and its report go on
+                    logger.error("logs: shipping them failed: %r", exc)
+                    self.warning = f"logs: not all of them reached {self.where}: {exc!r}"
         finally:
             self.spool.close()
 
@@ -483,7 +486,7 @@ class JobLogs:
             try:
                 data = piece.read() if piece.path is None else await asyncio.to_thread(piece.read)
                 await self._storage.put_object(self._bucket, key, data)
-            except (StorageError, OSError) as exc:
+            except Exception as exc:  # never the job's problem: the piece is noted as lost
                 logger.warning("logs: piece %s not uploaded: %s", key, exc)
                 self.spool.give_up(piece, f"upload failed ({exc})"[:300])
             else:
@@ -494,7 +497,7 @@ class JobLogs:
         summary = json.dumps(self.spool.summary()).encode()
         try:
             await self._storage.put_object(self._bucket, self._prefix + END_MARKER, summary)
-        except StorageError as exc:
+        except Exception as exc:
             logger.warning("logs: end marker not uploaded: %s", exc)
 
 
