@@ -24,6 +24,7 @@ API_COMMANDS = [
     ["jobs", "watch"],
     ["jobs", "cancel"],
     ["jobs", "attempts"],
+    ["jobs", "logs"],
     ["groups", "purge"],
     ["users", "create"],
     ["users", "delete-all"],

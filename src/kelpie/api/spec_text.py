@@ -102,7 +102,8 @@ FIELD_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "machine_id": "The machine holding the job (running), or that last held it once it "
         "ended; null while it is pending.",
         "last_exit_code": "Exit code of the last failure report, or null.",
-        "last_error": "Reason given by the last failure report, or null.",
+        "last_error": "Reason given by the last failure report, or null. From a kelpie "
+        "worker it ends with the last ~2 KB of the job's stderr.",
         "checkpoint_generation": "Newest committed checkpoint generation, or null.",
         "num_interruptions": "Interruptions so far (attempts handed back or lost, and "
         "failures `retry.interruption_exit_codes` counts as interruptions); at "

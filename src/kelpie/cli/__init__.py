@@ -12,7 +12,7 @@ Exit codes:
     0 completed, 1 failed, 2 usage error, 3 canceled, 4 no such job, 5 any other API error.
 """
 
-from kelpie.cli import admin, checkpoints, goodput, jobs, processes, scaling, workers
+from kelpie.cli import admin, checkpoints, goodput, jobs, logs, processes, scaling, workers
 from kelpie.cli.base import main
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "checkpoints",
     "goodput",
     "jobs",
+    "logs",
     "main",
     "processes",
     "scaling",

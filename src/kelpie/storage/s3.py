@@ -148,6 +148,16 @@ class ObjectStorage:
 
         return await self._retrying("list", bucket, f"{prefix}/" if prefix else "", one_level)
 
+    async def read_object(self, bucket: str, key: str) -> bytes:
+        """The whole body of one (small) object, in memory."""
+        store = self._store(bucket)
+
+        async def get() -> bytes:
+            result = await obstore.get_async(store, key)
+            return bytes(await result.bytes_async())
+
+        return await self._retrying("download", bucket, key, get)
+
     async def bucket_exists(self, bucket: str) -> bool:
         """True if the bucket exists and these credentials may list it."""
         store = self._store(bucket)
@@ -209,6 +219,17 @@ class ObjectStorage:
         async with progress.reporting():
             uploaded = await self._upload(local_path, size, bucket, target, compress, progress)
         return uploaded.sent
+
+    async def put_object(self, bucket: str, key: str, data: bytes) -> None:
+        """Store `data` (up to a few MiB: one request) as `key`, as it is: no gzip, no hash."""
+        store = self._store(bucket)
+        async with self._slots:
+            await self._retrying(
+                "upload",
+                bucket,
+                key,
+                lambda: obstore.put_async(store, key, data, use_multipart=False),
+            )
 
     async def upload_verified(
         self,

@@ -97,6 +97,17 @@ class WorkerSettings(BaseSettings):
     """How long a failing S3 request is retried before the bucket counts as unreachable (the
     job is then handed back, no failure counted)."""
 
+    log_piece_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        2.0, validation_alias="KELPIE_WORKER_LOG_PIECE_S"
+    )
+    """How often the job's captured stdout/stderr go to its bucket as a new piece."""
+
+    log_flush_s: Annotated[float, Field(gt=0)] = Field(
+        10.0, validation_alias="KELPIE_WORKER_LOG_FLUSH_S"
+    )
+    """At the end of an attempt: how long the last log pieces may take to upload before the
+    report goes without them (an S3 outage never holds a report longer)."""
+
     upload_concurrency: Annotated[int, Field(ge=1, le=256)] = Field(
         8, validation_alias="KELPIE_WORKER_UPLOAD_CONCURRENCY"
     )

@@ -38,6 +38,7 @@ from typing import Any, Protocol, TypeVar
 from kelpie.client import ApiUnavailable, AsyncKelpieClient, KelpieError
 from kelpie.schemas import JobEventIn, JobOut, WorkerEventKind
 from kelpie.storage import StorageError, TransferStats
+from kelpie.worker.capture import OutputCapture
 from kelpie.worker.checkpoints import (
     ApiCommitter,
     CheckpointEngine,
@@ -49,6 +50,7 @@ from kelpie.worker.checkpoints import (
 from kelpie.worker.config import WorkerSettings
 from kelpie.worker.environment import job_environment
 from kelpie.worker.heartbeat import Heartbeat
+from kelpie.worker.logs import JobLogs, logs_location, stderr_tail
 from kelpie.worker.node import Node
 from kelpie.worker.plan import Download, InvalidJob, TransferPlan, UploadTarget, plan_transfers
 from kelpie.worker.progress import ProgressFile
@@ -63,10 +65,19 @@ T = TypeVar("T")
 REPORT_BACKOFF_MAX_S = 10.0
 MAX_ERROR_CHARS = 4000
 EVENT_FLUSH_S = 2.0
+OUTPUT_END_S = 2.0
+"""After the job's processes are gone, how long its output may take to reach its end (longer
+only when a process escaped the job's tree and still holds it)."""
+STOPPING_LOG_FLUSH_S = 3.0
+"""Once the worker is stopping, the most the last log pieces may hold the hand-back."""
+STORAGE_DOWN_LOG_FLUSH_S = 1.0
+"""The same when the job is handed back because its bucket cannot be reached."""
 
 
 class Storage(Uploader, CheckpointStorage, Protocol):
     """The part of `kelpie.storage.ObjectStorage` the worker uses."""
+
+    async def put_object(self, bucket: str, key: str, data: bytes) -> None: ...
 
     async def download_prefix(
         self,
@@ -151,6 +162,10 @@ class JobAttempt:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[bool] | None = None
         self._process: JobProcess | None = None
+        self._logs: JobLogs | None = None
+        self._capture: OutputCapture | None = None
+        self._logs_done = False
+        self._stderr_tail = ""
         self._live: LiveSync | None = None
         self._checkpoints: CheckpointEngine | None = None
         self._terminated = False
@@ -330,14 +345,57 @@ class JobAttempt:
         if self._checkpoints is not None:
             env.update(self._checkpoints.environment())
         env.update(self._progress.environment())
+        logs = self._logs = JobLogs(
+            self._storage,
+            logs_location(self.job),
+            self.job.attempt_id,
+            piece_s=self._settings.log_piece_s,
+        )
+        capture = OutputCapture(logs.write)
+        logs.start()
         try:
             process = await JobProcess.start(
-                self.job.command, self.job.arguments, env, cwd=plan.working_dir
+                self.job.command,
+                self.job.arguments,
+                env,
+                cwd=plan.working_dir,
+                output=capture.child_fds,
             )
         except JobStartError as exc:
+            capture.close()
             raise _Failure(exc.reason, exit_code=exc.exit_code, local=False) from exc
-        self._event("started", f"started {self.job.command} (pid {process.pid})", None)
+        except BaseException:
+            capture.close()
+            raise
+        capture.start()
+        self._capture = capture
+        data = {"logs": logs.where} if logs.where else None
+        self._event("started", f"started {self.job.command} (pid {process.pid})", data)
         return process
+
+    async def _finish_logs(self, at_most_s: float | None = None) -> str:
+        """Once the job's processes are gone: wait for its output to end, upload the last
+        pieces (within KELPIE_WORKER_LOG_FLUSH_S, or `at_most_s`), and return the end of
+        its stderr."""
+        if self._logs is None or self._logs_done:
+            return self._stderr_tail
+        self._logs_done = True
+        capture = self._capture
+        if capture is not None and not await asyncio.to_thread(capture.wait, OUTPUT_END_S):
+            logger.warning(
+                "job %s: a process outside the job's tree still holds its output",
+                self.job.id,
+            )
+        flush_s = self._settings.log_flush_s
+        if self._stopping.is_set():
+            flush_s = min(flush_s, STOPPING_LOG_FLUSH_S)
+        if at_most_s is not None:
+            flush_s = min(flush_s, at_most_s)
+        await self._logs.finish(flush_s)
+        if self._logs.warning is not None:
+            self._warn(self._logs.warning)
+        self._stderr_tail = stderr_tail(self._logs.spool.tail("stderr"))
+        return self._stderr_tail
 
     async def _wait_within_max_duration(self) -> ExitStatus:
         """The command's exit; a failure (`timed out`) once it has run `max_duration`."""
@@ -445,6 +503,7 @@ class JobAttempt:
         without counting a failure; the worker waits before it claims again."""
         logger.warning("job %s: handing the job back, storage unreachable: %s", self.job.id, reason)
         await self._stop_process([signal.SIGTERM])
+        await self._finish_logs(at_most_s=STORAGE_DOWN_LOG_FLUSH_S)  # the bucket is down
         self._event("warning", f"handed back: storage unreachable ({reason[:500]})", None)
         if await self._report("interrupted", self._client.report_interrupted):
             return Outcome.STORAGE_UNAVAILABLE
@@ -530,8 +589,13 @@ class JobAttempt:
     # -- reports -----------------------------------------------------------------------------
 
     async def _report_failed(self, reason: str, exit_code: int | None, *, local: bool) -> Outcome:
+        # The job's stderr is in the container's output already: logged without its end.
+        logger.error("job %s: failed (exit code %s): %s", self.job.id, exit_code, reason[:2000])
+        tail = await self._finish_logs()
+        if tail:
+            head = reason[: max(200, MAX_ERROR_CHARS - len(tail) - 20)]
+            reason = f"{head}; stderr ends:\n{tail}"
         reason = reason[:MAX_ERROR_CHARS]
-        logger.error("job %s: failed (exit code %s): %s", self.job.id, exit_code, reason)
 
         async def call(job_id: str, machine_id: str, group_id: str, attempt_id: int | None) -> None:
             await self._client.report_failed(
@@ -553,6 +617,7 @@ class JobAttempt:
         only until the upload grace runs out (the node is going away: the lease will expire
         and another machine will resume from the checkpoints).
         """
+        await self._finish_logs()  # the job's output is all in its bucket before it ends
         attempt = 0
         give_up_at: float | None = None
         while True:
@@ -722,6 +787,7 @@ class JobAttempt:
 
     async def _clean_up(self) -> None:
         await self._kill_process()
+        await self._finish_logs()
         if self._live is not None:
             await self._live.close()
         if self._checkpoints is not None:

@@ -93,18 +93,20 @@ class JobProcess:
         arguments: Sequence[str],
         env: Mapping[str, str],
         cwd: Path | None = None,
+        output: tuple[int, int] | None = None,
     ) -> JobProcess:
-        """Start `command arguments…`; stdout and stderr pass through to the worker's."""
+        """Start `command arguments…`; stdout and stderr go to the descriptors of `output`
+        (see `capture`), or are the worker's own."""
         containment = proctree.installed()
         tree = containment.new_tree()
         try:
-            process = await _spawn(command, arguments, env, cwd, tree.preexec)
+            process = await _spawn(command, arguments, env, cwd, tree.preexec, output)
         except subprocess.SubprocessError as exc:
             # The child could not join its cgroup (it ran nothing): track it from /proc.
             tree.close()
             containment.give_up_cgroups(f"the job could not join its cgroup: {exc}")
             tree = containment.new_tree()
-            process = await _spawn(command, arguments, env, cwd, tree.preexec)
+            process = await _spawn(command, arguments, env, cwd, tree.preexec, output)
         except BaseException:
             tree.close()
             raise
@@ -171,7 +173,9 @@ async def _spawn(
     env: Mapping[str, str],
     cwd: Path | None,
     preexec: Callable[[], None] | None,
+    output: tuple[int, int] | None,
 ) -> asyncio.subprocess.Process:
+    stdout, stderr = output if output is not None else (None, None)
     try:
         return await asyncio.create_subprocess_exec(
             command,
@@ -179,6 +183,8 @@ async def _spawn(
             env=dict(env),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
             start_new_session=True,
             preexec_fn=preexec,
         )
