@@ -18,6 +18,7 @@ Times are taken by polling the API every 5 ms for the job's holder.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import signal
 import statistics
@@ -89,6 +90,13 @@ class Lab:
         )
         return str(job["id"])
 
+    def polling(self, machines: set[str]) -> bool | None:
+        """Whether every one of `machines` has polled for work (`GET /workers`)."""
+        answer = self.user.http.get("/workers", params={"container_group_id": self.group})
+        answer.raise_for_status()
+        seen = {w["machine_id"] for w in answer.json()["workers"] if w["last_poll"]}
+        return machines <= seen or None
+
     def holder(self, job_id: str) -> str | None:
         job = self.user.job(job_id)
         return str(job["machine_id"]) if job["status"] == "running" else None
@@ -119,9 +127,11 @@ def handovers(lab: Lab, rounds: int, *, kill: bool) -> list[float]:
     for name in names:
         lab.worker(name)
     seconds: list[float] = []
-    for _ in range(rounds):
+    for round_ in range(rounds):
         holder = wait_for(lambda: lab.holder(job_id), "the job running", 30)
-        time.sleep(0.5)  # a few steps into the run; the idle worker is long-polling
+        # the idle worker (a fresh process after the first round) is long-polling
+        wait_for(functools.partial(lab.polling, set(lab.workers) - {holder}), "an idle poll", 30)
+        time.sleep(0.5)  # a few steps into the run
         worker = lab.workers[holder]
         started = time.monotonic()
         if kill:
@@ -130,7 +140,8 @@ def handovers(lab: Lab, rounds: int, *, kill: bool) -> list[float]:
             worker.signal(signal.SIGTERM)
         seconds.append(time_to_new_holder(lab, job_id, holder, started))
         worker.proc.wait(timeout=30)
-        lab.worker(holder)  # a new node takes the old one's place, idle
+        del lab.workers[holder]
+        lab.worker(f"{names[round_ % 2]}{round_}")  # a new node takes the old one's place
     lab.user.http.delete(f"/jobs/{job_id}")
     lab.stop_all()
     lab.workers.clear()
