@@ -123,23 +123,29 @@ def test_job_survives_the_api_being_down_longer_than_its_lease(
     server.stop()
     try:
         # the job goes on without the API (nothing can be committed meanwhile)
-        at_stop = int(local_count.read_text())
+        at_stop = wait_for(lambda: count_in(local_count), "the job's count")
         wait_for(
-            lambda: int(local_count.read_text()) >= at_stop + 20,
+            lambda: (count_in(local_count) or 0) >= at_stop + 20,
             "20 more steps while the API is down",
             timeout=20,
         )
     finally:
         server = start_server(database_url, admin_key, tmp_path / "logs", port=port)
-    try:
-        done = lab.wait_status(job["id"], "completed", timeout=60)
-        assert done["num_failures"] == 0
-        result = json.loads(lab.bucket.get("out/result.json") or b"{}")
-        assert result["count"] == 60
-        assert result["starts"] == [0]  # never restarted
-    finally:
-        lab.stop_all()
-        server.stop()
+        try:
+            done = lab.wait_status(job["id"], "completed", timeout=60)
+        finally:
+            lab.stop_all()
+            server.stop()
+    assert done["num_failures"] == 0
+    result = json.loads(lab.bucket.get("out/result.json") or b"{}")
+    assert result["count"] == 60
+    assert result["starts"] == [0]  # never restarted
+
+
+def count_in(path: Path) -> int | None:
+    """The step in the job's count file; None while the job rewrites it (it truncates first)."""
+    text = path.read_text().strip()
+    return int(text) if text else None
 
 
 def test_checkpoint_uploads_retry_through_an_s3_outage(
