@@ -53,6 +53,9 @@ UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    # The server going away mid-exchange can leave asyncpg's protocol in a state it refuses
+    # to leave ("cannot switch to state …"); the connection is dropped like a lost one.
+    asyncpg.InternalClientError,
 )
 
 
