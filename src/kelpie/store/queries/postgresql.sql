@@ -1,0 +1,1 @@
+-- Every SQL statement of the PostgreSQL store, by name (see kelpie/store/queries/__init__.py).

@@ -1,0 +1,1 @@
+-- Every SQL statement of the SQLite store, by name (see kelpie/store/queries/__init__.py).
