@@ -21,13 +21,15 @@ from pydantic import (
     model_validator,
 )
 
+# The wire speaks the domain's words: a job's status and an attempt's outcome are the store's.
+from kelpie.store.models import JOB_STATUSES as JOB_STATUSES
+from kelpie.store.models import AttemptOutcome as AttemptOutcome
+from kelpie.store.models import JobStatus as JobStatus
+from kelpie.store.models import PendingReasonCode
 from kelpie.webhooks.targets import webhook_url_problem
 
-JobStatus = Literal["pending", "running", "completed", "canceled", "failed"]
-AttemptOutcome = Literal["running", "completed", "failed", "interrupted", "canceled", "lost"]
 SyncDirection = Literal["download", "upload"]
 
-JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "running", "completed", "canceled", "failed")
 MAX_BATCH = 1000
 # The folder, under each checkpoint prefix, holding the objects of committed generations.
 CHECKPOINT_AREA = ".kelpie/"
@@ -383,7 +385,7 @@ class PendingReasonOut(BaseModel):
     this job before and never receives it again) or `queued` (`jobs_ahead` of its owner's
     jobs of the group come first: higher priority, or submitted earlier)."""
 
-    reason: Literal["no_workers", "blocked", "queued"]
+    reason: PendingReasonCode
     message: str
     machines: int
     """Machines of its group seen within `recent_seconds` that may take it."""

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from kelpie.fleet import ImdsClient
+from kelpie.worker.imds import ImdsClient
 from tests.support.fake_imds import FakeImds
 
 

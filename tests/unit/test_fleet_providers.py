@@ -17,7 +17,6 @@ from kelpie.fleet import (
     FleetTarget,
     GroupNotFound,
     GroupState,
-    ImdsClient,
     LoggingFleetProvider,
     SaladFleetProvider,
     fleet_provider_from_env,
@@ -180,10 +179,3 @@ async def test_retry_after_as_a_date_or_beyond_the_cap_is_honoured(
 
     assert time.monotonic() - started < 1.0
     assert answers == []
-
-
-async def test_imds_url_comes_from_the_environment() -> None:
-    async with ImdsClient.from_env({}) as default:
-        assert default.base_url == "http://169.254.169.254"
-    async with ImdsClient.from_env({"SALAD_IMDS_URL": "http://127.0.0.1:9/"}) as custom:
-        assert custom.base_url == "http://127.0.0.1:9"

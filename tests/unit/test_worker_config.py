@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from kelpie.settings_errors import describe_settings_errors
 from kelpie.worker.config import WorkerSettings
+from kelpie.worker.imds import ImdsClient
 
 BASE = {
     "KELPIE_API_URL": "kelpie.example.com",
@@ -165,3 +166,10 @@ def test_every_problem_is_one_line_naming_its_variable(monkeypatch: pytest.Monke
         "MAX_JOB_FAILURES",
     ]
     assert all("\n" not in line and "pydantic" not in line for line in lines)
+
+
+async def test_imds_url_comes_from_the_environment() -> None:
+    async with ImdsClient.from_env({}) as default:
+        assert default.base_url == "http://169.254.169.254"
+    async with ImdsClient.from_env({"SALAD_IMDS_URL": "http://127.0.0.1:9/"}) as custom:
+        assert custom.base_url == "http://127.0.0.1:9"

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from kelpie.client import ApiUnavailable, AsyncKelpieClient, Conflict
-from kelpie.fleet.imds import ImdsClient
 from kelpie.schemas import JobOut
 from kelpie.worker.config import WorkerSettings
+from kelpie.worker.imds import ImdsClient
 from kelpie.worker.job import JobAttempt, Outcome
 from kelpie.worker.node import Node
 from kelpie.worker.plan import plan_transfers

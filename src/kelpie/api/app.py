@@ -52,6 +52,7 @@ from kelpie.fleet.base import FleetProvider
 from kelpie.fleet.reallocation import Reallocator
 from kelpie.store import StoreUnavailable, open_store
 from kelpie.webhooks.delivery import run_webhook_delivery, run_webhook_retention
+from kelpie.webhooks.targets import address_policy
 
 log = logging.getLogger("kelpie.api")
 
@@ -75,12 +76,14 @@ STORE_RETRY = Backoff(base=0.5, cap=5.0, floor=0.25)
 
 
 def _background_loops() -> list[tuple[str, BackgroundLoop]]:
-    """The periodic work every API process runs beside serving requests."""
+    """The periodic work every API process runs beside serving requests. A loop from another
+    part is handed what it uses of the process's state (the adapters below), never the state:
+    nothing below `api/` imports it."""
     return [
         ("api-liveness", _run_liveness),
-        ("webhook-delivery", run_webhook_delivery),
-        ("webhook-retention", run_webhook_retention),
-        ("autoscaler", run_autoscaler),
+        ("webhook-delivery", _run_webhook_delivery),
+        ("webhook-retention", _run_webhook_retention),
+        ("autoscaler", _run_autoscaler),
         ("interruption-budgets", run_interruption_budgets),
         ("stall-timeouts", run_stall_timeouts),
         ("idempotency-retention", run_idempotency_retention),
@@ -89,6 +92,30 @@ def _background_loops() -> list[tuple[str, BackgroundLoop]]:
 
 async def _run_liveness(state: AppState, stop: asyncio.Event) -> None:
     await state.liveness.run(stop)
+
+
+async def _run_webhook_delivery(state: AppState, stop: asyncio.Event) -> None:
+    settings = state.settings
+    await run_webhook_delivery(
+        state.store,
+        policy=address_policy(settings.webhook_allowed_networks),
+        max_age_seconds=settings.webhook_max_age_s,
+        poll_interval=settings.webhook_poll_interval_s,
+        wake=state.webhooks_due,
+        stop=stop,
+    )
+
+
+async def _run_webhook_retention(state: AppState, stop: asyncio.Event) -> None:
+    await run_webhook_retention(
+        state.store, retention_seconds=state.settings.webhook_retention_s, stop=stop
+    )
+
+
+async def _run_autoscaler(state: AppState, stop: asyncio.Event) -> None:
+    await run_autoscaler(
+        state.store, state.fleet, interval=state.settings.autoscale_interval_s, stop=stop
+    )
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:

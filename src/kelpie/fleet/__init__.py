@@ -1,12 +1,10 @@
-"""Fleet providers (SaladCloud REST, a logging no-op) behind one small interface, and the
-worker-side SaladCloud Instance Metadata Service client."""
+"""Fleet providers (SaladCloud REST, a logging no-op) behind one small interface."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 from kelpie.fleet.base import FleetError, FleetProvider, FleetTarget, GroupNotFound, GroupState
-from kelpie.fleet.imds import ImdsClient
 from kelpie.fleet.logging_provider import LoggingFleetProvider
 from kelpie.fleet.salad import DEFAULT_SALAD_API_URL, SaladFleetProvider
 
@@ -16,7 +14,6 @@ __all__ = [
     "FleetTarget",
     "GroupNotFound",
     "GroupState",
-    "ImdsClient",
     "LoggingFleetProvider",
     "SaladFleetProvider",
     "fleet_provider_from_env",

@@ -23,7 +23,6 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-from kelpie.api.state import AppState
 from kelpie.fleet.base import FleetError, FleetProvider, FleetTarget, GroupNotFound, GroupState
 from kelpie.store.models import ScalingRule
 from kelpie.store.protocol import Store
@@ -180,18 +179,19 @@ def lease_holder() -> str:
 PROCESS_HOLDER = lease_holder()
 
 
-async def run_autoscaler(state: AppState, stop: asyncio.Event) -> None:
-    """The API's background loop: evaluate the rules every interval while holding the lease.
+async def run_autoscaler(
+    store: Store, fleet: FleetProvider, *, interval: float, stop: asyncio.Event
+) -> None:
+    """Evaluates the rules every `interval` seconds while holding the lease, until `stop`.
 
     The lease lives twice the interval, so a holder that dies is replaced within two
     intervals, and a holder that evaluates every interval never loses it."""
-    interval = state.settings.autoscale_interval_s
-    autoscaler = Autoscaler(state.store, state.fleet)
+    autoscaler = Autoscaler(store, fleet)
     loop = asyncio.get_running_loop()
     try:
         while not stop.is_set():
             started = loop.time()
-            if await state.store.try_lease(LEASE_NAME, PROCESS_HOLDER, 2 * interval):
+            if await store.try_lease(LEASE_NAME, PROCESS_HOLDER, 2 * interval):
                 await autoscaler.evaluate()
             remaining = interval - (loop.time() - started)
             if remaining > 0:

@@ -1,17 +1,26 @@
-"""Persistence: the Store protocol, its SQLite and PostgreSQL implementations, migrations."""
+"""Persistence: the Store protocol, its SQLite and PostgreSQL implementations, migrations.
+
+The names below are loaded when first used, not when the package is imported: the worker and
+the CLI import `kelpie.schemas`, which reuses the words of `kelpie.store.models`, and must not
+pay for (or need) the database drivers.
+"""
 
 from __future__ import annotations
 
-from kelpie.store.postgres import PostgresStore
-from kelpie.store.protocol import (
-    AlreadyExists,
-    InvalidChange,
-    NotFound,
-    Store,
-    StoreError,
-    StoreUnavailable,
-)
-from kelpie.store.sqlite import SqliteStore
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kelpie.store.postgres import PostgresStore
+    from kelpie.store.protocol import (
+        AlreadyExists,
+        InvalidChange,
+        NotFound,
+        Store,
+        StoreError,
+        StoreUnavailable,
+    )
+    from kelpie.store.sqlite import SqliteStore
 
 __all__ = [
     "AlreadyExists",
@@ -25,6 +34,27 @@ __all__ = [
     "open_store",
 ]
 
+# The module each lazily loaded name lives in.
+_MODULE_OF = {
+    "AlreadyExists": "kelpie.store.protocol",
+    "InvalidChange": "kelpie.store.protocol",
+    "NotFound": "kelpie.store.protocol",
+    "Store": "kelpie.store.protocol",
+    "StoreError": "kelpie.store.protocol",
+    "StoreUnavailable": "kelpie.store.protocol",
+    "PostgresStore": "kelpie.store.postgres",
+    "SqliteStore": "kelpie.store.sqlite",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 def open_store(database_url: str) -> Store:
     """The store for a database URL, not yet connected: `await store.open()` connects and
@@ -37,8 +67,12 @@ def open_store(database_url: str) -> Store:
         path = database_url.removeprefix("sqlite:///")
         if not path or path == ":memory:":
             raise ValueError(f"a SQLite database URL needs a file path: {database_url!r}")
+        from kelpie.store.sqlite import SqliteStore
+
         return SqliteStore(path)
     if database_url.startswith(("postgresql://", "postgres://")):
+        from kelpie.store.postgres import PostgresStore
+
         return PostgresStore(database_url)
     raise ValueError(
         f"unsupported database URL {database_url!r}: use sqlite:///<path> or postgresql://…"

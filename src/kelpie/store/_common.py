@@ -10,15 +10,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from kelpie.schemas import JOB_STATUSES, AttemptOutcome, JobStatus
 from kelpie.store.models import (
+    ATTEMPT_OUTCOMES,
+    JOB_STATUSES,
     ApiKey,
     Attempt,
+    AttemptOutcome,
     Checkpoint,
     Job,
     JobEvent,
+    JobStatus,
     ManifestEntry,
     PendingReason,
+    PendingReasonCode,
     ScalingRule,
     User,
     Worker,
@@ -72,15 +76,6 @@ IDEMPOTENCY_KEY_LIFETIME_S = 24 * 3600.0
 
 IDEMPOTENCY_KEY_REUSED = "this key was used within the last 24 hours for a different request"
 IDEMPOTENCY_JOBS_GONE = "the jobs submitted with this key have been deleted since"
-
-ATTEMPT_OUTCOMES: tuple[AttemptOutcome, ...] = (
-    "running",
-    "completed",
-    "failed",
-    "interrupted",
-    "canceled",
-    "lost",
-)
 
 
 def new_id() -> str:
@@ -431,6 +426,7 @@ class RowDecoder:
 
 def pending_reason_of(machines: int, blocked: int, busy: int, jobs_ahead: int) -> PendingReason:
     """Why a pending job waits, from what the store counted."""
+    code: PendingReasonCode
     if machines == 0:
         code = "no_workers"
     elif blocked >= machines:

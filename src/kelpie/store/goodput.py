@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kelpie.schemas import AttemptOutcome, JobStatus
 from kelpie.store._common import Row, as_attempt_outcome
+from kelpie.store.models import AttemptOutcome, JobStatus
 
 INTERRUPTED_OUTCOMES: tuple[AttemptOutcome, ...] = ("interrupted", "lost")
 

@@ -1,4 +1,10 @@
-"""What the store hands out: frozen records, independent of any database dialect."""
+"""What the store hands out: frozen records, independent of any database dialect, and the
+domain's words they use (a job's status, an attempt's outcome), which the wire
+(`kelpie.schemas`) reuses.
+
+Imports nothing of kelpie, and importing it loads no database driver (`kelpie.store` loads its
+implementations only when asked for them), so the worker and the CLI may use these words.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,22 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from kelpie.schemas import AttemptOutcome, JobStatus
+JobStatus = Literal["pending", "running", "completed", "canceled", "failed"]
+AttemptOutcome = Literal["running", "completed", "failed", "interrupted", "canceled", "lost"]
+# Why a pending job waits (`PendingReason.code`).
+PendingReasonCode = Literal["no_workers", "blocked", "queued"]
+
+JOB_STATUSES: tuple[JobStatus, ...] = ("pending", "running", "completed", "canceled", "failed")
+ATTEMPT_OUTCOMES: tuple[AttemptOutcome, ...] = (
+    "running",
+    "completed",
+    "failed",
+    "interrupted",
+    "canceled",
+    "lost",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +175,7 @@ class PendingReason:
     of its group seen recently is blocked from it) or `queued` (`jobs_ahead` jobs come first
     in claim order; `busy` of the `machines` recent ones hold a job)."""
 
-    code: str
+    code: PendingReasonCode
     machines: int
     blocked: int
     busy: int

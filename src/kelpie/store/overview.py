@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from kelpie.schemas import JOB_STATUSES, AttemptOutcome, JobStatus
-from kelpie.store._common import ATTEMPT_OUTCOMES, as_attempt_outcome, as_job_status
+from kelpie.store._common import as_attempt_outcome, as_job_status
+from kelpie.store.models import ATTEMPT_OUTCOMES, JOB_STATUSES, AttemptOutcome, JobStatus
 
 
 @dataclass(frozen=True, slots=True)

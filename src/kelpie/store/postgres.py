@@ -21,7 +21,6 @@ from typing import Any, Literal
 import asyncpg
 
 from kelpie.backoff import Backoff
-from kelpie.schemas import JobStatus
 from kelpie.store._common import (
     API_KEY_COLUMNS,
     CANCELED_MESSAGE,
@@ -89,6 +88,7 @@ from kelpie.store.models import (
     Job,
     JobEvent,
     JobQuery,
+    JobStatus,
     ManifestEntry,
     NewJob,
     PendingReason,

@@ -22,7 +22,6 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from kelpie.schemas import JobStatus
 from kelpie.store.goodput import GroupLedger, JobLedger
 from kelpie.store.models import (
     ApiKey,
@@ -37,6 +36,7 @@ from kelpie.store.models import (
     Job,
     JobEvent,
     JobQuery,
+    JobStatus,
     ManifestEntry,
     NewJob,
     PendingReason,

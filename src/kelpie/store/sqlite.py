@@ -31,7 +31,6 @@ from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
-from kelpie.schemas import JobStatus
 from kelpie.store._common import (
     API_KEY_COLUMNS,
     CANCELED_MESSAGE,
@@ -99,6 +98,7 @@ from kelpie.store.models import (
     Job,
     JobEvent,
     JobQuery,
+    JobStatus,
     ManifestEntry,
     NewJob,
     PendingReason,

@@ -17,8 +17,8 @@ refused address makes its event dead at once. At most `MAX_ANSWER_BYTES` of an a
 read. Logs show webhook URLs without credentials or query string.
 
 The loop polls the outbox every `webhook_poll_interval_s` when idle and wakes at once when
-this process changes a job (`AppState.webhooks_due`), which keeps delivery within a few
-milliseconds of the change.
+this process changes a job (the API sets the `wake` event it hands the loop), which keeps
+delivery within a few milliseconds of the change.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import httpcore
 import httpx
 
 from kelpie import __version__
-from kelpie.api.state import AppState
 from kelpie.backoff import Backoff
 from kelpie.store.models import WebhookEvent
 from kelpie.store.protocol import Store
@@ -49,7 +48,6 @@ from kelpie.webhooks.signing import signature_headers
 from kelpie.webhooks.targets import (
     AddressPolicy,
     RefusedTarget,
-    address_policy,
     redact,
     webhook_url_problem,
 )
@@ -499,16 +497,23 @@ async def _until_any_set(events: tuple[asyncio.Event, ...], at_most_seconds: flo
             waiter.cancel()
 
 
-async def run_webhook_delivery(state: AppState, stop: asyncio.Event) -> None:
-    """The API's background loop delivering every user's webhooks until `stop` is set."""
-    policy = address_policy(state.settings.webhook_allowed_networks)
+async def run_webhook_delivery(
+    store: Store,
+    *,
+    policy: AddressPolicy,
+    max_age_seconds: float,
+    poll_interval: float,
+    wake: asyncio.Event,
+    stop: asyncio.Event,
+) -> None:
+    """Delivers every user's webhooks until `stop` is set: to the addresses `policy` allows,
+    each event tried for `max_age_seconds`; the outbox is read every `poll_interval` seconds
+    when idle, and at once when `wake` is set."""
     lanes = ConnectionLanes(MAX_IN_FLIGHT, policy)
     try:
-        sender = WebhookSender(state.store, lanes, state.settings.webhook_max_age_s, policy)
-        dispatcher = OutboxDispatcher(
-            state.store, sender, poll_interval=state.settings.webhook_poll_interval_s
-        )
-        await dispatcher.run(stop, state.webhooks_due)
+        sender = WebhookSender(store, lanes, max_age_seconds, policy)
+        dispatcher = OutboxDispatcher(store, sender, poll_interval=poll_interval)
+        await dispatcher.run(stop, wake)
     finally:
         await lanes.aclose()
 
@@ -516,11 +521,13 @@ async def run_webhook_delivery(state: AppState, stop: asyncio.Event) -> None:
 RETENTION_CHECK_SECONDS = 3600.0
 
 
-async def run_webhook_retention(state: AppState, stop: asyncio.Event) -> None:
+async def run_webhook_retention(
+    store: Store, *, retention_seconds: float, stop: asyncio.Event
+) -> None:
     """Hourly, forget deliveries that ended (delivered or given up) longer ago than
-    `webhook_retention_s`, so the outbox does not grow for ever. Safe in every process."""
+    `retention_seconds`, so the outbox does not grow for ever. Safe in every process."""
     while not stop.is_set():
-        removed = await state.store.purge_finished_webhooks(state.settings.webhook_retention_s)
+        removed = await store.purge_finished_webhooks(retention_seconds)
         if removed:
             log.info("webhooks: forgot %d finished deliveries", removed)
         with contextlib.suppress(TimeoutError):

@@ -18,11 +18,11 @@ from pydantic import ValidationError
 
 from kelpie.backoff import Backoff
 from kelpie.client import ApiUnavailable, AsyncKelpieClient, KelpieError
-from kelpie.fleet.imds import ImdsClient
 from kelpie.schemas import JobOut
 from kelpie.settings_errors import describe_settings_errors
 from kelpie.worker.config import WorkerSettings
 from kelpie.worker.identity import WorkerNameLock, WorkerNameTaken, hold_worker_name, on_saladcloud
+from kelpie.worker.imds import ImdsClient
 from kelpie.worker.job import JobAttempt, Outcome, Storage, empty_dirs
 from kelpie.worker.node import Node
 from kelpie.worker.proctree import ContainmentUnavailable, install

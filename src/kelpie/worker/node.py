@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from kelpie.fleet.imds import ImdsClient
+from kelpie.worker.imds import ImdsClient
 from kelpie.worker.tasks import cancel_and_wait, spawn
 
 logger = logging.getLogger("kelpie.worker")
