@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kelpie.client import ApiUnavailable, AsyncKelpieClient, Conflict
-from kelpie.schemas import JobOut
+from kelpie.schemas import JobEventIn, JobOut
 from kelpie.worker.config import WorkerSettings
 from kelpie.worker.imds import ImdsClient
 from kelpie.worker.job import JobAttempt, Outcome
@@ -35,12 +35,17 @@ class RecordingClient(AsyncKelpieClient):
         super().__init__("http://127.0.0.1:1", "key")
         self.answers = answers
         self.sent: list[tuple[str, int | None]] = []
+        self.events: list[str] = []
 
     async def _answer(self, what: str, attempt_id: int | None) -> None:
         self.sent.append((what, attempt_id))
         answer = self.answers.pop(0)
         if answer is not None:
             raise answer
+
+    async def add_job_event(self, job_id: str, event: JobEventIn) -> None:
+        # Events are sent in the background; answered here, none outlives the test.
+        self.events.append(event.kind)
 
     async def report_completed(
         self, job_id: str, machine_id: str, container_group_id: str, attempt_id: int | None = None
