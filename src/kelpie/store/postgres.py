@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 
@@ -40,12 +40,10 @@ from kelpie.store._common import (
     checkpoint_message,
     claimed_message,
     completed_message,
-    ended_by_interruptions_sql,
     expired_objects,
     failure_message,
     interrupted_message,
     interruption_event_data,
-    interruption_limit_reason,
     label_rows,
     lost_message,
     manifest_from_json,
@@ -119,6 +117,7 @@ from kelpie.store.protocol import (
     StoreError,
     StoreUnavailable,
 )
+from kelpie.store.queries import load_queries
 
 logger = logging.getLogger(__name__)
 _decode = RowDecoder(time=lambda value: value, json=lambda value: value)
@@ -130,6 +129,42 @@ _LISTEN_RETRY = Backoff(base=0.5, cap=30.0, floor=0.25)
 # (asyncpg would wait 60 s).
 CONNECT_TIMEOUT_S = 10.0
 _LISTEN_ERRORS: tuple[type[BaseException], ...] = (*UNREACHABLE_ERRORS, asyncpg.PostgresError)
+
+# Every statement is whole and named in queries/postgresql.sql; a name the file lacks fails
+# here, at import.
+_SQL = load_queries("postgresql")
+
+# jobs, worker side
+_CLAIM = _SQL["claim"]
+_HEARTBEAT = _SQL["heartbeat"]
+_HEARTBEAT_WITH_PROGRESS = _SQL["heartbeat_with_progress"]
+_RECORD_PROGRESS = _SQL["record_progress"]
+_ADD_PROGRESS_EVENT = _SQL["add_progress_event"]
+_COMPLETE = _SQL["complete"]
+_FAIL = _SQL["fail"]
+_INTERRUPT = _SQL["interrupt"]
+_END_STALLED_OUT_OF_INTERRUPTIONS = _SQL["end_stalled_out_of_interruptions"]
+_ANY_STALLED_JOB = _SQL["any_stalled_job"]
+_LOCK_STALLED_JOBS = _SQL["lock_stalled_jobs"]
+_FAIL_STALLED = _SQL["fail_stalled"]
+_BLOCK_MACHINE = _SQL["block_machine"]
+_FAIL_RUNNING_ATTEMPT = _SQL["fail_running_attempt"]
+_ADD_STALLED_EVENT = _SQL["add_stalled_event"]
+_QUEUE_WEBHOOK_EVENT = _SQL["queue_webhook_event"]
+_ADD_WORKER_EVENT = _SQL["add_worker_event"]
+_JOB_STATUS = _SQL["job_status"]
+_JOB_EXISTS = _SQL["job_exists"]
+_CLAIM_REALLOCATION = _SQL["claim_reallocation"]
+_NOTE_WORKER = _SQL["note_worker"]
+# checkpoints
+_LOCK_JOB_FOR_COMMIT = _SQL["lock_job_for_commit"]
+_GET_CHECKPOINT = _SQL["get_checkpoint"]
+_ADD_CHECKPOINT = _SQL["add_checkpoint"]
+_SET_CHECKPOINT_GENERATION = _SQL["set_checkpoint_generation"]
+_COUNT_COMMIT = _SQL["count_commit"]
+_KEPT_MANIFESTS = _SQL["kept_manifests"]
+_DROP_MANIFESTS = _SQL["drop_manifests"]
+_ADD_CHECKPOINT_EVENT = _SQL["add_checkpoint_event"]
 
 _JOB_FIELDS = (
     "id",
@@ -171,50 +206,8 @@ _RULE_COLUMNS = (
     "user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,"
     " created, updated, org_name, project_name"
 )
-_CHECKPOINT_COLUMNS = "job_id, generation, attempt_id, machine_id, created, files, bytes, manifest"
 _EVENT_COLUMNS = "id, job_id, attempt_id, machine_id, kind, message, data, created"
 
-
-def _held(attempt: str) -> str:
-    """The caller holds the job: $1 job id, $2 machine id, $3 user id or NULL for any user,
-    `attempt` the parameter of the attempt id (NULL: fenced by machine only)."""
-    return (
-        "id = $1 AND status = 'running' AND machine_id = $2"
-        " AND ($3::text IS NULL OR user_id = $3)"
-        f" AND ({attempt}::bigint IS NULL OR attempt_id = {attempt}::bigint)"
-    )
-
-
-_HELD = _held("$4")
-
-# A changed progress: recorded, with the attempt's new stall deadline.
-_RECORD_PROGRESS = """
-UPDATE jobs SET progress = $2::jsonb, progress_updated_at = now(),
-    stall_deadline = now() + stall_timeout * interval '1 s'
-WHERE id = $1"""
-_ADD_PROGRESS_EVENT = """
-INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
-VALUES ($1, $2, $3, 'progress', $4, $5::jsonb, now())"""
-
-_STALLED = "status = 'running' AND stall_deadline IS NOT NULL AND stall_deadline < now()"
-# A stalled job's holder fails it ($2 the last_error).
-_FAIL_STALLED = f"""
-UPDATE jobs SET num_failures = num_failures + 1, last_exit_code = NULL, last_error = $2,
-    stall_deadline = NULL,
-    status = CASE WHEN num_failures + 1 >= max_failures THEN 'failed' ELSE 'pending' END,
-    failed = CASE WHEN num_failures + 1 >= max_failures THEN now() ELSE failed END
-WHERE id = $1 AND status = 'running'
-RETURNING {_JOB_COLUMNS}"""
-
-# A machine heard from ($1 user, $2 group, $3 machine, $4 any user, $5 version, $6 polled).
-_NOTE_WORKER = """
-INSERT INTO workers (user_id, container_group_id, machine_id, any_user, version, first_seen,
-                     last_poll, last_seen)
-VALUES ($1, $2, $3, $4, $5, now(), CASE WHEN $6::boolean THEN now() END, now())
-ON CONFLICT (container_group_id, machine_id, user_id) DO UPDATE
-SET last_seen = excluded.last_seen, any_user = excluded.any_user,
-    last_poll = coalesce(excluded.last_poll, workers.last_poll),
-    version = coalesce(excluded.version, workers.version)"""
 
 # Machines seen within $3 seconds through $1's keys (NULL: anyone's), in $2 (NULL: all), with
 # the job each holds in its group and how many of its user's jobs it is blocked from.
@@ -268,18 +261,6 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )"""
 
 
-def _queue_event(source: str, condition: str = "TRUE") -> str:
-    """INSERT of the webhook event reporting each job `source` returns (its new status,
-    its holder), for jobs that have a webhook."""
-    return f"""
-        INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)
-        SELECT user_id, webhook,
-               jsonb_build_object('status', status, 'job_id', id, 'machine_id', machine_id,
-                                  'container_group_id', container_group_id),
-               now(), now()
-        FROM {source} WHERE webhook IS NOT NULL AND {condition}"""
-
-
 def _end_running_attempt(source: str, outcome: str, exit_code: str = "NULL") -> str:
     """UPDATE ending the running attempt of each job `source` returns."""
     return f"""
@@ -293,187 +274,6 @@ def _add_event(source: str, kind: str, message: str, data: str = "NULL") -> str:
         INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
         SELECT id, attempt_id, machine_id, '{kind}', {message}, {data}, now() FROM {source}"""
 
-
-def _claimable(status: Literal["running", "pending"], gate: str = "TRUE") -> str:
-    """The first job of the group in `status` (stalled, when running) that the machine may
-    take, in claim order (highest priority, then oldest), locked. $1 machine, $2 group, $3
-    user or NULL. `gate` is a condition on nothing in the row: when false, the scan never
-    runs and locks nothing. Pending jobs come in this order from jobs_pending_by_group, the
-    only index that has it: no plan can walk another index (`created`) filtering as it goes.
-    The user's scope (true when $3 is NULL) is spelt so that it is never an index condition:
-    planning a group the statistics do not know yet (a new group, a big batch since the last
-    ANALYZE) with the user known, PostgreSQL would otherwise pick jobs_by_user_group and sort
-    every pending job of the group, at every claim."""
-    # lease_expires is a lower bound of the true deadline (see _HEARTBEAT): it finds the
-    # candidates through the index, the heartbeat decides.
-    # A stalled job at its last allowed interruption is failed instead (see
-    # end_stalled_out_of_interruptions), never handed out again.
-    stalled = (
-        "AND j.lease_expires < now()"
-        " AND j.heartbeat < now() - j.heartbeat_interval * interval '2 s'"
-        " AND (j.max_interruptions IS NULL OR j.num_interruptions + 1 < j.max_interruptions)"
-        if status == "running"
-        else ""
-    )
-    return f"""
-        SELECT j.id FROM jobs AS j
-        WHERE {gate} AND j.status = '{status}' AND j.container_group_id = $2 {stalled}
-          AND (j.user_id = $3::text) IS NOT FALSE
-          AND NOT EXISTS (
-              SELECT 1 FROM job_blocks AS b WHERE b.job_id = j.id AND b.machine_id = $1)
-        ORDER BY j.priority DESC, j.created, j.seq
-        LIMIT 1
-        FOR UPDATE OF j SKIP LOCKED"""
-
-
-# A job is stalled when its heartbeat is older than two intervals. lease_expires (indexed,
-# so that a claim finds stalled jobs without walking the running ones) is moved only when
-# less than half an interval of it is left: a heartbeat that leaves it alone touches no
-# indexed column, so PostgreSQL updates the row in place (HOT) instead of writing an entry
-# into every index of `jobs`. It stays at most the true deadline; the claim checks the
-# heartbeat itself.
-_HEARTBEAT = f"""
-UPDATE jobs SET heartbeat = now(), num_heartbeats = num_heartbeats + 1,
-    lease_expires = CASE
-        WHEN lease_expires < now() + heartbeat_interval * interval '500 ms'
-        THEN now() + heartbeat_interval * interval '2 s'
-        ELSE lease_expires END
-WHERE {_HELD}
-RETURNING true"""
-# The holder's beat, answering the progress recorded before it (for a beat that brings one).
-_HEARTBEAT_WITH_PROGRESS = _HEARTBEAT.replace(
-    "RETURNING true", "RETURNING id, attempt_id, progress"
-)
-
-# A stalled job first, else the oldest pending one. The pending scan runs (and locks a row)
-# only when no stalled job was found, so a claim never holds a second job that concurrent
-# claimers would then skip. The attempt id is drawn first so that the job and its attempt
-# row carry it in one statement. $4 the claimed event's message, $5 the lost one's.
-_CLAIM = f"""
-WITH stalled AS ({_claimable("running")}
-), pending AS ({_claimable("pending", gate="NOT EXISTS (SELECT 1 FROM stalled)")}
-), chosen AS (
-    SELECT id FROM stalled UNION ALL SELECT id FROM pending
-), claimed AS (
-    UPDATE jobs AS j
-    SET status = 'running', machine_id = $1, heartbeat = now(),
-        lease_expires = now() + j.heartbeat_interval * interval '2 s',
-        started = coalesce(j.started, now()),
-        attempt_id = nextval(pg_get_serial_sequence('attempts', 'id')),
-        stall_deadline = now() + j.stall_timeout * interval '1 s',
-        num_interruptions = j.num_interruptions + CASE WHEN j.status = 'running' THEN 1 ELSE 0 END
-    FROM chosen WHERE j.id = chosen.id
-    RETURNING {", ".join("j." + field for field in _JOB_FIELDS)}
-), lost_attempt AS (
-    UPDATE attempts SET outcome = 'lost', ended = now()
-    FROM claimed WHERE attempts.job_id = claimed.id AND attempts.outcome = 'running'
-    RETURNING attempts.job_id AS id, attempts.id AS attempt_id, attempts.machine_id
-), new_attempt AS (
-    INSERT INTO attempts (id, job_id, machine_id, started, outcome) OVERRIDING SYSTEM VALUE
-    SELECT attempt_id, id, machine_id, now(), 'running' FROM claimed
-), job_events AS (
-    -- one INSERT, so the lost attempt's event comes before the claim's, in id order
-    INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, created)
-    SELECT id, attempt_id, machine_id, kind, message, now() FROM (
-        SELECT 1 AS position, id, attempt_id, machine_id, 'lost' AS kind, $5 AS message
-        FROM lost_attempt
-        UNION ALL
-        SELECT 2, id, attempt_id, machine_id, 'claimed', $4 FROM claimed
-    ) AS happened
-    ORDER BY position
-), event AS ({_queue_event("claimed")})
-SELECT * FROM claimed"""
-
-# $4 attempt id or NULL, $5 the event's message
-_COMPLETE = f"""
-WITH completed_job AS (
-    UPDATE jobs SET status = 'completed', completed = now() WHERE {_HELD}
-    RETURNING id, user_id, status, machine_id, container_group_id, webhook, attempt_id
-), ended_attempt AS ({_end_running_attempt("completed_job", "completed")}
-), job_event AS ({_add_event("completed_job", "completed", "$5")}
-), event AS ({_queue_event("completed_job")})
-SELECT id FROM completed_job"""
-
-# $4 exit code, $5 error, $6 attempt id or NULL, $7/$8 the event's message when the job
-# failed for good / is pending again, $9 the event's data, $10 fail it now (retry rules)
-_FAIL = f"""
-WITH failed_job AS (
-    UPDATE jobs SET
-        num_failures = num_failures + 1,
-        last_exit_code = $4, last_error = $5,
-        status = CASE WHEN $10::boolean OR num_failures + 1 >= max_failures
-                 THEN 'failed' ELSE 'pending' END,
-        failed = CASE WHEN $10::boolean OR num_failures + 1 >= max_failures
-                 THEN now() ELSE failed END
-    WHERE {_held("$6")}
-    RETURNING {_JOB_COLUMNS}
-), job_event AS ({
-    _add_event(
-        "failed_job", "failed", "CASE WHEN status = 'failed' THEN $7 ELSE $8 END", "$9::jsonb"
-    )
-}), block AS (
-    INSERT INTO job_blocks (job_id, machine_id, blocked_at)
-    SELECT id, machine_id, now() FROM failed_job
-    ON CONFLICT DO NOTHING
-    RETURNING job_id
-), ended_attempt AS ({_end_running_attempt("failed_job", "failed", exit_code="$4::integer")}
-), event AS ({_queue_event("failed_job", "status = 'failed'")})
-SELECT failed_job.*,
-       (SELECT count(*) FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
-        WHERE b.machine_id = $2 AND j.user_id = failed_job.user_id)
-       + (SELECT count(*) FROM block) AS machine_blocked_jobs
-FROM failed_job"""
-
-# A running job at its last allowed interruption.
-_OVER_BUDGET = "max_interruptions IS NOT NULL AND num_interruptions + 1 >= max_interruptions"
-
-# $4 attempt id or NULL, $5 the event's message, $6 the exit code that made the failure
-# report an interruption (retry rules) or NULL, $7 the event's data. At the job's last
-# allowed interruption it fails instead of going back to pending.
-_INTERRUPT = f"""
-WITH interrupted_job AS (
-    UPDATE jobs SET
-        num_interruptions = num_interruptions + 1,
-        status = CASE WHEN {_OVER_BUDGET} THEN 'failed' ELSE 'pending' END,
-        failed = CASE WHEN {_OVER_BUDGET} THEN now() ELSE failed END,
-        last_error = CASE WHEN {_OVER_BUDGET}
-                     THEN {interruption_limit_reason("num_interruptions + 1")}
-                     ELSE last_error END
-    WHERE {_HELD}
-    RETURNING id, user_id, status, attempt_id, machine_id, container_group_id, webhook,
-              last_error
-), ended_attempt AS ({_end_running_attempt("interrupted_job", "interrupted", "$6::integer")}
-), job_event AS ({
-    _add_event(
-        "interrupted_job",
-        "interrupted",
-        f"CASE WHEN status = 'failed' THEN {ended_by_interruptions_sql('$5')} ELSE $5 END",
-        "$7::jsonb",
-    )
-}), event AS ({_queue_event("interrupted_job", "status = 'failed'")})
-SELECT id FROM interrupted_job"""
-
-# Stalled running jobs at their last allowed interruption fail: their attempt is lost (its
-# last heartbeat kept) and a `failed` webhook queued. $1 the event's message.
-_END_STALLED_OUT_OF_INTERRUPTIONS = f"""
-WITH out_of_budget AS (
-    SELECT id FROM jobs
-    WHERE status = 'running' AND max_interruptions IS NOT NULL AND lease_expires < now()
-      AND heartbeat < now() - heartbeat_interval * interval '2 s'
-      AND num_interruptions + 1 >= max_interruptions
-    FOR UPDATE SKIP LOCKED
-), failed_job AS (
-    UPDATE jobs SET status = 'failed', failed = now(),
-        num_interruptions = jobs.num_interruptions + 1,
-        last_error = {interruption_limit_reason("jobs.num_interruptions + 1")}
-    FROM out_of_budget WHERE jobs.id = out_of_budget.id
-    RETURNING {", ".join("jobs." + field for field in _JOB_FIELDS)}
-), lost_attempt AS (
-    UPDATE attempts SET outcome = 'lost', ended = now(), last_heartbeat = failed_job.heartbeat
-    FROM failed_job WHERE attempts.job_id = failed_job.id AND attempts.outcome = 'running'
-), job_event AS ({_add_event("failed_job", "lost", ended_by_interruptions_sql("$1"))}
-), event AS ({_queue_event("failed_job")})
-SELECT * FROM failed_job"""
 
 # $3 the event's message
 _CANCEL = f"""
@@ -563,27 +363,6 @@ def _job_columns(ids: Sequence[str], jobs: Sequence[NewJob]) -> tuple[list[Any],
     )
 
 
-# $1 user, $2 machine, $3 threshold
-_CLAIM_REALLOCATION = """
-WITH tenant_blocks AS (
-    SELECT b.blocked_at, j.container_group_id, j.org_name, j.project_name
-    FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
-    WHERE b.machine_id = $2 AND j.user_id = $1
-), blocked AS (
-    SELECT count(*) AS jobs FROM tenant_blocks
-), marked AS (
-    INSERT INTO machine_reallocations (user_id, machine_id, at)
-    SELECT $1, $2, now() FROM blocked WHERE blocked.jobs >= $3 AND blocked.jobs > 0
-    ON CONFLICT DO NOTHING
-    RETURNING machine_id
-)
-SELECT blocked.jobs, latest.container_group_id, latest.org_name, latest.project_name
-FROM marked, blocked, LATERAL (
-    SELECT container_group_id, org_name, project_name FROM tenant_blocks
-    ORDER BY blocked_at DESC
-    LIMIT 1
-) AS latest"""
-
 # Due webhook events, a fair share of each receiver: a walk over the distinct receivers with
 # pending events (one index probe each), then, per receiver, its soonest due events up to its
 # allowance ($4/$5: receivers and their allowances, else $6); the batch takes every
@@ -638,25 +417,6 @@ _HOLDS_WEBHOOK_LEASE = "id = $1 AND lease_token = $2 AND leased_until IS NOT NUL
 # For the rest of the transaction, statements are planned for their parameters each time,
 # never with the generic plan a prepared statement otherwise settles on after five runs.
 _CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
-
-# A committed generation counted on its attempt (the goodput ledger reads it there). $1 the
-# attempt, $2 its upload seconds or NULL.
-_COUNT_COMMIT = """
-UPDATE attempts SET commits = commits + 1, first_commit = coalesce(first_commit, now()),
-    last_commit = now(), commit_seconds = commit_seconds + coalesce($2::float8, 0),
-    timed_commits = timed_commits + CASE WHEN $2::float8 IS NULL THEN 0 ELSE 1 END
-WHERE id = $1"""
-
-# A worker event that marks a phase of its attempt is kept on the attempt too (the goodput
-# ledger reads it there), whether or not the event itself is kept: `started` (when the
-# command started), `outputs_uploaded` ($9: its seconds, added up). Part of add_worker_event.
-_RECORD_PHASE = """
-    UPDATE attempts SET
-        command_started = CASE WHEN $5 = 'started' THEN coalesce(command_started, now())
-                          ELSE command_started END,
-        upload_seconds = CASE WHEN $5 = 'outputs_uploaded' AND $9::float8 IS NOT NULL
-                         THEN coalesce(upload_seconds, 0) + $9::float8 ELSE upload_seconds END
-    FROM held WHERE attempts.id = $4 AND $5 IN ('started', 'outputs_uploaded')"""
 
 # The facts of the goodput ledger (kelpie.store.goodput) for the attempts of the jobs
 # matching {jobs} (j: jobs) that match {attempts} (a: an attempt), in unix seconds, with the
@@ -1095,11 +855,7 @@ class PostgresStore:
         pool = self._connected()
         if await pool.fetchrow(_CANCEL, job_id, user_id, CANCELED_MESSAGE) is not None:
             return CancelOutcome.CANCELED
-        status = await pool.fetchval(
-            "SELECT status FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
-            job_id,
-            user_id,
-        )
+        status = await pool.fetchval(_JOB_STATUS, job_id, user_id)
         if status is None:
             return CancelOutcome.NOT_FOUND
         # _CANCEL takes every pending or running job, so this one has ended for good
@@ -1126,11 +882,7 @@ class PostgresStore:
 
     async def list_attempts(self, job_id: str, user_id: str | None) -> list[Attempt] | None:
         pool = self._connected()
-        visible = await pool.fetchval(
-            "SELECT true FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
-            job_id,
-            user_id,
-        )
+        visible = await pool.fetchval(_JOB_EXISTS, job_id, user_id)
         if not visible:
             return None
         rows = await pool.fetch(
@@ -1176,11 +928,7 @@ class PostgresStore:
                 return "running"
         elif await pool.fetchval(_HEARTBEAT, job_id, machine_id, user_id, attempt_id):
             return "running"
-        status = await pool.fetchval(
-            "SELECT status FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
-            job_id,
-            user_id,
-        )
+        status = await pool.fetchval(_JOB_STATUS, job_id, user_id)
         if status is None:
             return None
         # still running means another machine holds it now: this one must drop the job
@@ -1291,35 +1039,21 @@ class PostgresStore:
 
     async def end_stalled_jobs(self) -> list[Job]:
         pool = self._connected()
-        if not await pool.fetchval(f"SELECT true FROM jobs WHERE {_STALLED} LIMIT 1"):
+        if not await pool.fetchval(_ANY_STALLED_JOB):
             return []
         stopped: list[Job] = []
         async with self._transaction() as conn:
-            found = await conn.fetch(
-                f"SELECT id, machine_id, stall_timeout FROM jobs WHERE {_STALLED}"
-                " FOR UPDATE SKIP LOCKED"
-            )
+            found = await conn.fetch(_LOCK_STALLED_JOBS)
             for held in found:
                 reason = stalled_reason(held["stall_timeout"])
                 row = await conn.fetchrow(_FAIL_STALLED, held["id"], reason)
                 assert row is not None  # locked since the read
                 job = _decode.job(row)
                 machine_id = held["machine_id"]
+                await conn.execute(_BLOCK_MACHINE, job.id, machine_id)
+                await conn.execute(_FAIL_RUNNING_ATTEMPT, job.id)
                 await conn.execute(
-                    "INSERT INTO job_blocks (job_id, machine_id, blocked_at)"
-                    " VALUES ($1, $2, now()) ON CONFLICT DO NOTHING",
-                    job.id,
-                    machine_id,
-                )
-                await conn.execute(
-                    "UPDATE attempts SET outcome = 'failed', ended = now()"
-                    " WHERE job_id = $1 AND outcome = 'running'",
-                    job.id,
-                )
-                await conn.execute(
-                    "INSERT INTO job_events"
-                    " (job_id, attempt_id, machine_id, kind, message, data, created)"
-                    " VALUES ($1, $2, $3, 'stalled', $4, $5::jsonb, now())",
+                    _ADD_STALLED_EVENT,
                     job.id,
                     job.attempt_id,
                     machine_id,
@@ -1328,9 +1062,7 @@ class PostgresStore:
                 )
                 if job.status == "failed" and job.webhook is not None:
                     await conn.execute(
-                        "INSERT INTO webhook_outbox"
-                        " (user_id, url, payload, next_attempt_at, created)"
-                        " VALUES ($1, $2, $3::jsonb, now(), now())",
+                        _QUEUE_WEBHOOK_EVENT,
                         job.user_id,
                         job.webhook,
                         webhook_payload("failed", job.id, machine_id, job.container_group_id),
@@ -1377,11 +1109,7 @@ class PostgresStore:
         return pending_reason_of(row["machines"], row["blocked"], row["busy"], row["ahead"])
 
     async def _why_not_held(self, job_id: str, user_id: str | None) -> HeldOutcome:
-        exists = await self._connected().fetchval(
-            "SELECT true FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
-            job_id,
-            user_id,
-        )
+        exists = await self._connected().fetchval(_JOB_EXISTS, job_id, user_id)
         return HeldOutcome.NOT_HOLDER if exists else HeldOutcome.NOT_FOUND
 
     # -- goodput -----------------------------------------------------------------------
@@ -1453,21 +1181,11 @@ class PostgresStore:
         size = sum(entry.size for entry in manifest)
         async with self._transaction() as conn:
             # The job's row lock orders commits (and claims) of one job.
-            job = await conn.fetchrow(
-                "SELECT checkpoint_generation, checkpoint_keep, status, machine_id, attempt_id"
-                " FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2) FOR UPDATE",
-                job_id,
-                user_id,
-            )
+            job = await conn.fetchrow(_LOCK_JOB_FOR_COMMIT, job_id, user_id)
             if job is None:
                 return CommitResult(CommitOutcome.NOT_FOUND)
             newest = job["checkpoint_generation"]
-            same = await conn.fetchrow(
-                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints"
-                " WHERE job_id = $1 AND generation = $2",
-                job_id,
-                generation,
-            )
+            same = await conn.fetchrow(_GET_CHECKPOINT, job_id, generation)
             if same is not None:
                 if same["attempt_id"] == attempt_id and (
                     same["manifest"] is None or same["manifest"] == stored
@@ -1486,8 +1204,7 @@ class PostgresStore:
             if newest is not None and generation <= newest:
                 return CommitResult(CommitOutcome.NOT_NEWER, newest=newest)
             created = await conn.fetchval(
-                f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}, upload_seconds)"
-                " VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8) RETURNING created",
+                _ADD_CHECKPOINT,
                 job_id,
                 generation,
                 attempt_id,
@@ -1497,32 +1214,19 @@ class PostgresStore:
                 stored,
                 upload_seconds,
             )
-            await conn.execute(
-                "UPDATE jobs SET checkpoint_generation = $2 WHERE id = $1", job_id, generation
-            )
+            await conn.execute(_SET_CHECKPOINT_GENERATION, job_id, generation)
             await conn.execute(_COUNT_COMMIT, attempt_id, upload_seconds)
-            kept_rows = await conn.fetch(
-                "SELECT generation, manifest FROM checkpoints"
-                " WHERE job_id = $1 AND manifest IS NOT NULL ORDER BY generation DESC",
-                job_id,
-            )
+            kept_rows = await conn.fetch(_KEPT_MANIFESTS, job_id)
             keep = job["checkpoint_keep"]
             dropped = kept_rows[keep:]
             if dropped:
-                await conn.execute(
-                    "UPDATE checkpoints SET manifest = NULL"
-                    " WHERE job_id = $1 AND generation = ANY($2::bigint[])",
-                    job_id,
-                    [row["generation"] for row in dropped],
-                )
+                await conn.execute(_DROP_MANIFESTS, job_id, [row["generation"] for row in dropped])
             expired = expired_objects(
                 (manifest_from_json(row["manifest"]) for row in dropped),
                 (manifest_from_json(row["manifest"]) for row in kept_rows[:keep]),
             )
             await conn.execute(
-                "INSERT INTO job_events"
-                " (job_id, attempt_id, machine_id, kind, message, data, created)"
-                " VALUES ($1, $2, $3, 'checkpoint_committed', $4, $5, now())",
+                _ADD_CHECKPOINT_EVENT,
                 job_id,
                 attempt_id,
                 machine_id,
@@ -1550,11 +1254,7 @@ class PostgresStore:
     ) -> Checkpoint | None:
         if await self.get_job(job_id, user_id) is None:
             return None
-        row = await self._connected().fetchrow(
-            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = $1 AND generation = $2",
-            job_id,
-            generation,
-        )
+        row = await self._connected().fetchrow(_GET_CHECKPOINT, job_id, generation)
         return None if row is None else _decode.checkpoint(row, with_manifest=True)
 
     async def add_worker_event(
@@ -1568,19 +1268,7 @@ class PostgresStore:
         data: Mapping[str, Any] | None,
     ) -> HeldOutcome:
         added = await self._connected().fetchval(
-            f"""
-            WITH held AS (
-                SELECT id, attempt_id, machine_id FROM jobs WHERE {_HELD}
-            ), room AS (
-                SELECT count(*) < $8 AS ok FROM job_events WHERE job_id = $1 AND attempt_id = $4
-            ), added AS (
-                INSERT INTO job_events
-                    (job_id, attempt_id, machine_id, kind, message, data, created)
-                SELECT id, attempt_id, machine_id, $5, $6, $7::jsonb, now()
-                FROM held, room WHERE room.ok
-            ), phase AS ({_RECORD_PHASE}
-            )
-            SELECT true FROM held""",
+            _ADD_WORKER_EVENT,
             job_id,
             machine_id,
             user_id,

@@ -1,1 +1,481 @@
 -- Every SQL statement of the PostgreSQL store, by name (see kelpie/store/queries/__init__.py).
+--
+-- Parameters are asyncpg's $1, $2, ...; every statement is prepared (and its plan cached) by
+-- asyncpg. Times come from the database clock: now() is the start of the transaction.
+--
+-- A job is held by a machine while it is running there: `id = $1 AND status = 'running' AND
+-- machine_id = $2 AND ($3::text IS NULL OR user_id = $3)`, and, when the caller gives its
+-- attempt id, that attempt (`$n::bigint IS NULL OR attempt_id = $n::bigint`). A job whose
+-- state changes queues the webhook event reporting it (its new status and holder) in the
+-- same statement, when it has a webhook.
+--
+-- Every worker-side state change is one statement: the fenced UPDATE ... RETURNING of the
+-- job, with the attempt, block, event and webhook outbox writes as data-modifying CTEs of the
+-- same statement, so they commit or vanish together in one round trip.
+--
+-- A statement ends at its `;`; comments come under its name (or inside it, where they are
+-- sent along), never after it.
+
+
+-- claim --
+-- The job a machine takes ($1 machine, $2 group, $3 user or NULL for any user's job, $4 the
+-- claimed event's message, $5 the lost one's): a stalled job of the group first, else its
+-- first pending one, each the first in claim order (highest priority, then oldest) that the
+-- machine is not blocked from, locked. The pending scan runs (and locks a row) only when no
+-- stalled job was found, so a claim never holds a second job that concurrent claimers would
+-- then skip. The attempt id is drawn first so that the job and its attempt row carry it in
+-- one statement; the attempt the stalled job had is lost.
+--
+-- Pending jobs come in claim order from jobs_pending_by_group, the only index that has it:
+-- no plan can walk another index (`created`) filtering as it goes. The user's scope (true
+-- when $3 is NULL) is spelt so that it is never an index condition: planning a group the
+-- statistics do not know yet (a new group, a big batch since the last ANALYZE) with the user
+-- known, PostgreSQL would otherwise pick jobs_by_user_group and sort every pending job of
+-- the group, at every claim (tests/integration/test_claim_plan.py checks the plans).
+--
+-- lease_expires is a lower bound of the true deadline (see heartbeat): it finds the stalled
+-- candidates through the index, the heartbeat decides. A stalled job at its last allowed
+-- interruption is failed instead (end_stalled_out_of_interruptions), never handed out again.
+WITH stalled AS (
+    SELECT j.id FROM jobs AS j
+    WHERE j.status = 'running' AND j.container_group_id = $2 AND j.lease_expires < now()
+      AND j.heartbeat < now() - j.heartbeat_interval * interval '2 s'
+      AND (j.max_interruptions IS NULL OR j.num_interruptions + 1 < j.max_interruptions)
+      AND (j.user_id = $3::text) IS NOT FALSE
+      AND NOT EXISTS (
+          SELECT 1 FROM job_blocks AS b WHERE b.job_id = j.id AND b.machine_id = $1)
+    ORDER BY j.priority DESC, j.created, j.seq
+    LIMIT 1
+    FOR UPDATE OF j SKIP LOCKED
+), pending AS (
+    -- the gate is a condition on nothing in the row: when false, the scan never runs and
+    -- locks nothing
+    SELECT j.id FROM jobs AS j
+    WHERE NOT EXISTS (SELECT 1 FROM stalled) AND j.status = 'pending'
+      AND j.container_group_id = $2
+      AND (j.user_id = $3::text) IS NOT FALSE
+      AND NOT EXISTS (
+          SELECT 1 FROM job_blocks AS b WHERE b.job_id = j.id AND b.machine_id = $1)
+    ORDER BY j.priority DESC, j.created, j.seq
+    LIMIT 1
+    FOR UPDATE OF j SKIP LOCKED
+), chosen AS (
+    SELECT id FROM stalled UNION ALL SELECT id FROM pending
+), claimed AS (
+    UPDATE jobs AS j
+    SET status = 'running', machine_id = $1, heartbeat = now(),
+        lease_expires = now() + j.heartbeat_interval * interval '2 s',
+        started = coalesce(j.started, now()),
+        attempt_id = nextval(pg_get_serial_sequence('attempts', 'id')),
+        stall_deadline = now() + j.stall_timeout * interval '1 s',
+        num_interruptions = j.num_interruptions + CASE WHEN j.status = 'running' THEN 1 ELSE 0 END
+    FROM chosen WHERE j.id = chosen.id
+    RETURNING j.id, j.user_id, j.status, j.container_group_id, j.created, j.started,
+              j.completed, j.canceled, j.failed, j.heartbeat, j.num_failures,
+              j.num_heartbeats, j.machine_id, j.last_exit_code, j.last_error,
+              j.max_failures, j.heartbeat_interval, j.webhook, j.spec, j.org_name,
+              j.project_name, j.attempt_id, j.checkpoint_generation, j.checkpoint_keep,
+              j.priority, j.name, j.max_interruptions, j.num_interruptions, j.logs_prefix,
+              j.stall_timeout, j.progress, j.progress_updated_at
+), lost_attempt AS (
+    UPDATE attempts SET outcome = 'lost', ended = now()
+    FROM claimed WHERE attempts.job_id = claimed.id AND attempts.outcome = 'running'
+    RETURNING attempts.job_id AS id, attempts.id AS attempt_id, attempts.machine_id
+), new_attempt AS (
+    INSERT INTO attempts (id, job_id, machine_id, started, outcome) OVERRIDING SYSTEM VALUE
+    SELECT attempt_id, id, machine_id, now(), 'running' FROM claimed
+), job_events AS (
+    -- one INSERT, so the lost attempt's event comes before the claim's, in id order
+    INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, created)
+    SELECT id, attempt_id, machine_id, kind, message, now() FROM (
+        SELECT 1 AS position, id, attempt_id, machine_id, 'lost' AS kind, $5 AS message
+        FROM lost_attempt
+        UNION ALL
+        SELECT 2, id, attempt_id, machine_id, 'claimed', $4 FROM claimed
+    ) AS happened
+    ORDER BY position
+), event AS (
+    INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)
+    SELECT user_id, webhook,
+           jsonb_build_object('status', status, 'job_id', id, 'machine_id', machine_id,
+                              'container_group_id', container_group_id),
+           now(), now()
+    FROM claimed WHERE webhook IS NOT NULL
+)
+SELECT * FROM claimed;
+
+-- heartbeat --
+-- The holder's beat ($1 job, $2 machine, $3 user or NULL, $4 attempt id or NULL): true when
+-- it holds the job.
+--
+-- A job is stalled when its heartbeat is older than two intervals. lease_expires (indexed,
+-- so that a claim finds stalled jobs without walking the running ones) is moved only when
+-- less than half an interval of it is left: a heartbeat that leaves it alone touches no
+-- indexed column, so PostgreSQL updates the row in place (HOT) instead of writing an entry
+-- into every index of `jobs`. It stays at most the true deadline; the claim checks the
+-- heartbeat itself.
+UPDATE jobs SET heartbeat = now(), num_heartbeats = num_heartbeats + 1,
+    lease_expires = CASE
+        WHEN lease_expires < now() + heartbeat_interval * interval '500 ms'
+        THEN now() + heartbeat_interval * interval '2 s'
+        ELSE lease_expires END
+WHERE id = $1 AND status = 'running' AND machine_id = $2 AND ($3::text IS NULL OR user_id = $3)
+  AND ($4::bigint IS NULL OR attempt_id = $4::bigint)
+RETURNING true;
+
+-- heartbeat_with_progress --
+-- The holder's beat that brings a progress (as heartbeat, the same row change and HOT
+-- update), answering the progress recorded before it and the attempt, for the caller to
+-- compare.
+UPDATE jobs SET heartbeat = now(), num_heartbeats = num_heartbeats + 1,
+    lease_expires = CASE
+        WHEN lease_expires < now() + heartbeat_interval * interval '500 ms'
+        THEN now() + heartbeat_interval * interval '2 s'
+        ELSE lease_expires END
+WHERE id = $1 AND status = 'running' AND machine_id = $2 AND ($3::text IS NULL OR user_id = $3)
+  AND ($4::bigint IS NULL OR attempt_id = $4::bigint)
+RETURNING id, attempt_id, progress;
+
+-- record_progress --
+-- A changed progress ($1 job, $2 the progress): recorded, with the attempt's new stall
+-- deadline. Runs in the transaction of heartbeat_with_progress.
+UPDATE jobs SET progress = $2::jsonb, progress_updated_at = now(),
+    stall_deadline = now() + stall_timeout * interval '1 s'
+WHERE id = $1;
+
+-- add_progress_event --
+-- The `progress` event of a milestone ($1 job, $2 attempt, $3 machine, $4 message, $5 data).
+INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
+VALUES ($1, $2, $3, 'progress', $4, $5::jsonb, now());
+
+-- complete --
+-- The holder completes the job ($1 job, $2 machine, $3 user or NULL, $4 attempt id or NULL,
+-- $5 the event's message); its attempt ends `completed`. No row: not held.
+WITH completed_job AS (
+    UPDATE jobs SET status = 'completed', completed = now()
+    WHERE id = $1 AND status = 'running' AND machine_id = $2
+      AND ($3::text IS NULL OR user_id = $3) AND ($4::bigint IS NULL OR attempt_id = $4::bigint)
+    RETURNING id, user_id, status, machine_id, container_group_id, webhook, attempt_id
+), ended_attempt AS (
+    UPDATE attempts SET outcome = 'completed', ended = now(), exit_code = NULL
+    FROM completed_job
+    WHERE attempts.job_id = completed_job.id AND attempts.outcome = 'running'
+), job_event AS (
+    INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
+    SELECT id, attempt_id, machine_id, 'completed', $5, NULL, now() FROM completed_job
+), event AS (
+    INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)
+    SELECT user_id, webhook,
+           jsonb_build_object('status', status, 'job_id', id, 'machine_id', machine_id,
+                              'container_group_id', container_group_id),
+           now(), now()
+    FROM completed_job WHERE webhook IS NOT NULL
+)
+SELECT id FROM completed_job;
+
+-- fail --
+-- The holder reports a failure ($1 job, $2 machine, $3 user or NULL, $4 exit code, $5 error,
+-- $6 attempt id or NULL, $7/$8 the event's message when the job failed for good / is pending
+-- again, $9 the event's data, $10 fail it now (retry rules)): pending again until its
+-- max_failures, failed then (webhook queued). The machine is blocked from the job; the row
+-- answered is the job, with how many of its user's jobs the machine is blocked from now.
+WITH failed_job AS (
+    UPDATE jobs SET
+        num_failures = num_failures + 1,
+        last_exit_code = $4, last_error = $5,
+        status = CASE WHEN $10::boolean OR num_failures + 1 >= max_failures
+                 THEN 'failed' ELSE 'pending' END,
+        failed = CASE WHEN $10::boolean OR num_failures + 1 >= max_failures
+                 THEN now() ELSE failed END
+    WHERE id = $1 AND status = 'running' AND machine_id = $2
+      AND ($3::text IS NULL OR user_id = $3) AND ($6::bigint IS NULL OR attempt_id = $6::bigint)
+    RETURNING id, user_id, status, container_group_id, created, started, completed, canceled,
+              failed, heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code,
+              last_error, max_failures, heartbeat_interval, webhook, spec, org_name,
+              project_name, attempt_id, checkpoint_generation, checkpoint_keep, priority,
+              name, max_interruptions, num_interruptions, logs_prefix, stall_timeout,
+              progress, progress_updated_at
+), job_event AS (
+    INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
+    SELECT id, attempt_id, machine_id, 'failed',
+           CASE WHEN status = 'failed' THEN $7 ELSE $8 END, $9::jsonb, now()
+    FROM failed_job
+), block AS (
+    INSERT INTO job_blocks (job_id, machine_id, blocked_at)
+    SELECT id, machine_id, now() FROM failed_job
+    ON CONFLICT DO NOTHING
+    RETURNING job_id
+), ended_attempt AS (
+    UPDATE attempts SET outcome = 'failed', ended = now(), exit_code = $4::integer
+    FROM failed_job WHERE attempts.job_id = failed_job.id AND attempts.outcome = 'running'
+), event AS (
+    INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)
+    SELECT user_id, webhook,
+           jsonb_build_object('status', status, 'job_id', id, 'machine_id', machine_id,
+                              'container_group_id', container_group_id),
+           now(), now()
+    FROM failed_job WHERE webhook IS NOT NULL AND status = 'failed'
+)
+SELECT failed_job.*,
+       (SELECT count(*) FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+        WHERE b.machine_id = $2 AND j.user_id = failed_job.user_id)
+       + (SELECT count(*) FROM block) AS machine_blocked_jobs
+FROM failed_job;
+
+-- interrupt --
+-- The holder hands the job back ($1 job, $2 machine, $3 user or NULL, $4 attempt id or NULL,
+-- $5 the event's message, $6 the exit code that made the failure report an interruption
+-- (retry rules) or NULL, $7 the event's data): pending again, its attempt `interrupted`. At
+-- the job's last allowed interruption (max_interruptions IS NOT NULL AND num_interruptions +
+-- 1 >= max_interruptions) it fails instead, with the reason in last_error and the event
+-- (the same text as kelpie.store._common.interruption_limit_reason and
+-- ended_by_interruptions), and a `failed` webhook queued.
+WITH interrupted_job AS (
+    UPDATE jobs SET
+        num_interruptions = num_interruptions + 1,
+        status = CASE
+            WHEN max_interruptions IS NOT NULL AND num_interruptions + 1 >= max_interruptions
+            THEN 'failed' ELSE 'pending' END,
+        failed = CASE
+            WHEN max_interruptions IS NOT NULL AND num_interruptions + 1 >= max_interruptions
+            THEN now() ELSE failed END,
+        last_error = CASE
+            WHEN max_interruptions IS NOT NULL AND num_interruptions + 1 >= max_interruptions
+            THEN 'interrupted ' || (num_interruptions + 1) || ' times; max_interruptions is '
+                 || max_interruptions
+            ELSE last_error END
+    WHERE id = $1 AND status = 'running' AND machine_id = $2
+      AND ($3::text IS NULL OR user_id = $3) AND ($4::bigint IS NULL OR attempt_id = $4::bigint)
+    RETURNING id, user_id, status, attempt_id, machine_id, container_group_id, webhook,
+              last_error
+), ended_attempt AS (
+    UPDATE attempts SET outcome = 'interrupted', ended = now(), exit_code = $6::integer
+    FROM interrupted_job
+    WHERE attempts.job_id = interrupted_job.id AND attempts.outcome = 'running'
+), job_event AS (
+    INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
+    SELECT id, attempt_id, machine_id, 'interrupted',
+           CASE WHEN status = 'failed' THEN $5 || '; ' || last_error || ', so the job failed'
+                ELSE $5 END,
+           $7::jsonb, now()
+    FROM interrupted_job
+), event AS (
+    INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)
+    SELECT user_id, webhook,
+           jsonb_build_object('status', status, 'job_id', id, 'machine_id', machine_id,
+                              'container_group_id', container_group_id),
+           now(), now()
+    FROM interrupted_job WHERE webhook IS NOT NULL AND status = 'failed'
+)
+SELECT id FROM interrupted_job;
+
+-- end_stalled_out_of_interruptions --
+-- Stalled running jobs at their last allowed interruption fail ($1 the event's message):
+-- their attempt is lost (its last heartbeat kept) and a `failed` webhook queued. The reason
+-- and the event read as in interrupt.
+WITH out_of_budget AS (
+    SELECT id FROM jobs
+    WHERE status = 'running' AND max_interruptions IS NOT NULL AND lease_expires < now()
+      AND heartbeat < now() - heartbeat_interval * interval '2 s'
+      AND num_interruptions + 1 >= max_interruptions
+    FOR UPDATE SKIP LOCKED
+), failed_job AS (
+    UPDATE jobs SET status = 'failed', failed = now(),
+        num_interruptions = jobs.num_interruptions + 1,
+        last_error = 'interrupted ' || (jobs.num_interruptions + 1)
+                     || ' times; max_interruptions is ' || max_interruptions
+    FROM out_of_budget WHERE jobs.id = out_of_budget.id
+    RETURNING jobs.id, jobs.user_id, jobs.status, jobs.container_group_id, jobs.created,
+              jobs.started, jobs.completed, jobs.canceled, jobs.failed, jobs.heartbeat,
+              jobs.num_failures, jobs.num_heartbeats, jobs.machine_id, jobs.last_exit_code,
+              jobs.last_error, jobs.max_failures, jobs.heartbeat_interval, jobs.webhook,
+              jobs.spec, jobs.org_name, jobs.project_name, jobs.attempt_id,
+              jobs.checkpoint_generation, jobs.checkpoint_keep, jobs.priority, jobs.name,
+              jobs.max_interruptions, jobs.num_interruptions, jobs.logs_prefix,
+              jobs.stall_timeout, jobs.progress, jobs.progress_updated_at
+), lost_attempt AS (
+    UPDATE attempts SET outcome = 'lost', ended = now(), last_heartbeat = failed_job.heartbeat
+    FROM failed_job WHERE attempts.job_id = failed_job.id AND attempts.outcome = 'running'
+), job_event AS (
+    INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
+    SELECT id, attempt_id, machine_id, 'lost', $1 || '; ' || last_error || ', so the job failed',
+           NULL, now()
+    FROM failed_job
+), event AS (
+    INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)
+    SELECT user_id, webhook,
+           jsonb_build_object('status', status, 'job_id', id, 'machine_id', machine_id,
+                              'container_group_id', container_group_id),
+           now(), now()
+    FROM failed_job WHERE webhook IS NOT NULL
+)
+SELECT * FROM failed_job;
+
+-- any_stalled_job --
+-- Whether any running job is past its stall deadline (a cheap look before end_stalled_jobs
+-- takes a transaction).
+SELECT true FROM jobs
+WHERE status = 'running' AND stall_deadline IS NOT NULL AND stall_deadline < now()
+LIMIT 1;
+
+-- lock_stalled_jobs --
+-- The running jobs past their stall deadline that no one else has locked, locked for the
+-- rest of the transaction, with their holder and stall timeout.
+SELECT id, machine_id, stall_timeout FROM jobs
+WHERE status = 'running' AND stall_deadline IS NOT NULL AND stall_deadline < now()
+FOR UPDATE SKIP LOCKED;
+
+-- fail_stalled --
+-- A stalled job's holder fails it ($1 job, $2 the last_error): pending again until its
+-- max_failures, failed then; its stall deadline cleared.
+UPDATE jobs SET num_failures = num_failures + 1, last_exit_code = NULL, last_error = $2,
+    stall_deadline = NULL,
+    status = CASE WHEN num_failures + 1 >= max_failures THEN 'failed' ELSE 'pending' END,
+    failed = CASE WHEN num_failures + 1 >= max_failures THEN now() ELSE failed END
+WHERE id = $1 AND status = 'running'
+RETURNING id, user_id, status, container_group_id, created, started, completed, canceled,
+          failed, heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code,
+          last_error, max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+          attempt_id, checkpoint_generation, checkpoint_keep, priority, name,
+          max_interruptions, num_interruptions, logs_prefix, stall_timeout, progress,
+          progress_updated_at;
+
+-- block_machine --
+-- The machine ($2) may not take the job ($1) again.
+INSERT INTO job_blocks (job_id, machine_id, blocked_at)
+VALUES ($1, $2, now())
+ON CONFLICT DO NOTHING;
+
+-- fail_running_attempt --
+-- The job's ($1) running attempt ends `failed`.
+UPDATE attempts SET outcome = 'failed', ended = now()
+WHERE job_id = $1 AND outcome = 'running';
+
+-- add_stalled_event --
+-- The `stalled` event of a job ($1 job, $2 attempt, $3 machine, $4 message, $5 data).
+INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
+VALUES ($1, $2, $3, 'stalled', $4, $5::jsonb, now());
+
+-- queue_webhook_event --
+-- A webhook event to deliver now ($1 user, $2 url, $3 payload).
+INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)
+VALUES ($1, $2, $3::jsonb, now(), now());
+
+-- add_worker_event --
+-- An event the holder reports on its attempt ($1 job, $2 machine, $3 user or NULL, $4
+-- attempt id, $5 kind, $6 message, $7 data, $8 how many events an attempt may keep, $9 the
+-- seconds of an `outputs_uploaded` event or NULL): kept while the attempt has room. A worker
+-- event that marks a phase of its attempt is kept on the attempt too (the goodput ledger
+-- reads it there), whether or not the event itself is kept: `started` (when the command
+-- started), `outputs_uploaded` ($9: its seconds, added up). True when the caller holds the
+-- job.
+WITH held AS (
+    SELECT id, attempt_id, machine_id FROM jobs
+    WHERE id = $1 AND status = 'running' AND machine_id = $2
+      AND ($3::text IS NULL OR user_id = $3) AND ($4::bigint IS NULL OR attempt_id = $4::bigint)
+), room AS (
+    SELECT count(*) < $8 AS ok FROM job_events WHERE job_id = $1 AND attempt_id = $4
+), added AS (
+    INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
+    SELECT id, attempt_id, machine_id, $5, $6, $7::jsonb, now()
+    FROM held, room WHERE room.ok
+), phase AS (
+    UPDATE attempts SET
+        command_started = CASE WHEN $5 = 'started' THEN coalesce(command_started, now())
+                          ELSE command_started END,
+        upload_seconds = CASE WHEN $5 = 'outputs_uploaded' AND $9::float8 IS NOT NULL
+                         THEN coalesce(upload_seconds, 0) + $9::float8 ELSE upload_seconds END
+    FROM held WHERE attempts.id = $4 AND $5 IN ('started', 'outputs_uploaded')
+)
+SELECT true FROM held;
+
+-- job_status --
+-- The status of a job ($1 id) of the user ($2, NULL: anyone's), when there is one.
+SELECT status FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2);
+
+-- job_exists --
+-- True when the job ($1 id) of the user ($2, NULL: anyone's) exists.
+SELECT true FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2);
+
+-- claim_reallocation --
+-- The machine ($2) blocked from at least $3 of its user's ($1) jobs is marked for
+-- reallocation, once: the row (how many jobs, and the group and org/project of the latest
+-- block) only for the call that marked it.
+WITH tenant_blocks AS (
+    SELECT b.blocked_at, j.container_group_id, j.org_name, j.project_name
+    FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+    WHERE b.machine_id = $2 AND j.user_id = $1
+), blocked AS (
+    SELECT count(*) AS jobs FROM tenant_blocks
+), marked AS (
+    INSERT INTO machine_reallocations (user_id, machine_id, at)
+    SELECT $1, $2, now() FROM blocked WHERE blocked.jobs >= $3 AND blocked.jobs > 0
+    ON CONFLICT DO NOTHING
+    RETURNING machine_id
+)
+SELECT blocked.jobs, latest.container_group_id, latest.org_name, latest.project_name
+FROM marked, blocked, LATERAL (
+    SELECT container_group_id, org_name, project_name FROM tenant_blocks
+    ORDER BY blocked_at DESC
+    LIMIT 1
+) AS latest;
+
+-- note_worker --
+-- A machine heard from ($1 user, $2 group, $3 machine, $4 any user, $5 version or NULL, $6
+-- whether it polled for a job).
+INSERT INTO workers (user_id, container_group_id, machine_id, any_user, version, first_seen,
+                     last_poll, last_seen)
+VALUES ($1, $2, $3, $4, $5, now(), CASE WHEN $6::boolean THEN now() END, now())
+ON CONFLICT (container_group_id, machine_id, user_id) DO UPDATE
+SET last_seen = excluded.last_seen, any_user = excluded.any_user,
+    last_poll = coalesce(excluded.last_poll, workers.last_poll),
+    version = coalesce(excluded.version, workers.version);
+
+
+-- lock_job_for_commit --
+-- The job ($1 id, $2 user or NULL) locked: its row lock orders commits (and claims) of one
+-- job. Its newest generation, how many it keeps and who holds it.
+SELECT checkpoint_generation, checkpoint_keep, status, machine_id, attempt_id
+FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)
+FOR UPDATE;
+
+-- get_checkpoint --
+-- One generation ($2) of a job's ($1) checkpoints, with its manifest (NULL once dropped).
+SELECT job_id, generation, attempt_id, machine_id, created, files, bytes, manifest
+FROM checkpoints WHERE job_id = $1 AND generation = $2;
+
+-- add_checkpoint --
+-- A committed generation ($1 job, $2 generation, $3 attempt, $4 machine, $5 files, $6 bytes,
+-- $7 manifest, $8 its upload seconds or NULL); answers its time.
+INSERT INTO checkpoints (job_id, generation, attempt_id, machine_id, created, files, bytes,
+                         manifest, upload_seconds)
+VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8)
+RETURNING created;
+
+-- set_checkpoint_generation --
+-- The job's ($1) newest committed generation ($2).
+UPDATE jobs SET checkpoint_generation = $2 WHERE id = $1;
+
+-- count_commit --
+-- A committed generation counted on its attempt (the goodput ledger reads it there): $1 the
+-- attempt, $2 its upload seconds or NULL.
+UPDATE attempts SET commits = commits + 1, first_commit = coalesce(first_commit, now()),
+    last_commit = now(), commit_seconds = commit_seconds + coalesce($2::float8, 0),
+    timed_commits = timed_commits + CASE WHEN $2::float8 IS NULL THEN 0 ELSE 1 END
+WHERE id = $1;
+
+-- kept_manifests --
+-- The job's ($1) generations that still have their manifest, newest first.
+SELECT generation, manifest FROM checkpoints
+WHERE job_id = $1 AND manifest IS NOT NULL
+ORDER BY generation DESC;
+
+-- drop_manifests --
+-- The manifests of the job's ($1) generations $2 dropped (no longer kept).
+UPDATE checkpoints SET manifest = NULL
+WHERE job_id = $1 AND generation = ANY($2::bigint[]);
+
+-- add_checkpoint_event --
+-- The `checkpoint_committed` event ($1 job, $2 attempt, $3 machine, $4 message, $5 data).
+INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
+VALUES ($1, $2, $3, 'checkpoint_committed', $4, $5, now());
