@@ -165,6 +165,17 @@ _COUNT_COMMIT = _SQL["count_commit"]
 _KEPT_MANIFESTS = _SQL["kept_manifests"]
 _DROP_MANIFESTS = _SQL["drop_manifests"]
 _ADD_CHECKPOINT_EVENT = _SQL["add_checkpoint_event"]
+# submissions, and the user's changes to jobs
+_CREATE_JOBS = _SQL["create_jobs"]
+_TAKE_IDEMPOTENCY_KEY = _SQL["take_idempotency_key"]
+_GET_IDEMPOTENCY_KEY = _SQL["get_idempotency_key"]
+_JOBS_BY_IDS = _SQL["jobs_by_ids"]
+_PURGE_IDEMPOTENCY_KEYS = _SQL["purge_idempotency_keys"]
+_ANNOUNCE_NEW_JOBS = _SQL["announce_new_jobs"]
+_CANCEL = _SQL["cancel"]
+_LOCK_LIVE_JOBS_OF_GROUP = _SQL["lock_live_jobs_of_group"]
+_PURGE_GROUP = _SQL["purge_group"]
+_DELETE_ALL_JOBS = _SQL["delete_all_jobs"]
 
 _JOB_FIELDS = (
     "id",
@@ -259,82 +270,6 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     version    integer PRIMARY KEY,
     applied_at timestamptz NOT NULL
 )"""
-
-
-def _end_running_attempt(source: str, outcome: str, exit_code: str = "NULL") -> str:
-    """UPDATE ending the running attempt of each job `source` returns."""
-    return f"""
-        UPDATE attempts SET outcome = '{outcome}', ended = now(), exit_code = {exit_code}
-        FROM {source} WHERE attempts.job_id = {source}.id AND attempts.outcome = 'running'"""
-
-
-def _add_event(source: str, kind: str, message: str, data: str = "NULL") -> str:
-    """INSERT of a job event for each job `source` returns (with its attempt and machine)."""
-    return f"""
-        INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
-        SELECT id, attempt_id, machine_id, '{kind}', {message}, {data}, now() FROM {source}"""
-
-
-# $3 the event's message
-_CANCEL = f"""
-WITH canceled_job AS (
-    UPDATE jobs SET status = 'canceled', canceled = now()
-    WHERE id = $1 AND status IN ('pending', 'running') AND ($2::text IS NULL OR user_id = $2)
-    RETURNING id, NULL::bigint AS attempt_id, NULL::text AS machine_id
-), ended_attempt AS ({_end_running_attempt("canceled_job", "canceled")}
-), job_event AS ({_add_event("canceled_job", "canceled", "$3")})
-SELECT id FROM canceled_job"""
-
-# $1 user, $2 group, $3 the event's message; the group's pending and running jobs are locked
-# first (see purge_group)
-_PURGE = f"""
-WITH canceled_job AS (
-    UPDATE jobs SET status = 'canceled', canceled = now()
-    WHERE user_id = $1 AND container_group_id = $2 AND status = 'running'
-    RETURNING id, NULL::bigint AS attempt_id, NULL::text AS machine_id
-), ended_attempt AS ({_end_running_attempt("canceled_job", "canceled")}
-), job_event AS ({_add_event("canceled_job", "canceled", "$3")}
-), deleted_job AS (
-    DELETE FROM jobs WHERE user_id = $1 AND container_group_id = $2 AND status = 'pending'
-    RETURNING id
-)
-SELECT (SELECT count(*) FROM canceled_job) + (SELECT count(*) FROM deleted_job)"""
-
-# $1 user, $2.. one array per column: all jobs or none, in order (seq follows `position`);
-# $16/$17/$18 the labels' job ids, keys and values.
-_CREATE_JOBS = f"""
-WITH created_job AS (
-    INSERT INTO jobs (id, user_id, status, container_group_id, created, max_failures,
-                      heartbeat_interval, webhook, spec, org_name, project_name, checkpoint_keep,
-                      name, max_interruptions, priority, logs_prefix, stall_timeout)
-    SELECT id, $1, 'pending', grp, now(), mf, hi, wh, sp::jsonb, org, prj, ck, nm, mi, pr, lp, st
-    FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::text[],
-                $7::text[], $8::text[], $9::text[], $10::int[], $11::text[], $12::int[],
-                $13::int[], $14::text[], $15::int[])
-         WITH ORDINALITY AS t(id, grp, mf, hi, wh, sp, org, prj, ck, nm, mi, pr, lp, st, position)
-    ORDER BY position
-    RETURNING {_JOB_COLUMNS}
-), labels AS (
-    INSERT INTO job_labels (job_id, key, value)
-    SELECT * FROM unnest($16::text[], $17::text[], $18::text[])
-)
-SELECT * FROM created_job"""
-
-# Takes the user's idempotency key for this request, unless it is in use (within its
-# lifetime, $6 seconds): true when taken. $1 user, $2 key, $3 fingerprint, $4 status code,
-# $5 the job ids. A concurrent request with the same key waits here for this one's outcome.
-_TAKE_IDEMPOTENCY_KEY = """
-INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, job_ids, created)
-VALUES ($1, $2, $3, $4, $5, now())
-ON CONFLICT (user_id, key) DO UPDATE
-SET fingerprint = excluded.fingerprint, status_code = excluded.status_code,
-    job_ids = excluded.job_ids, created = excluded.created
-WHERE idempotency_keys.created < now() - $6::float8 * interval '1 s'
-RETURNING true"""
-
-# $1 channel, $2 groups. A transaction that writes nothing but notifications commits
-# without waiting for a WAL flush.
-_ANNOUNCE_NEW_JOBS = "SELECT pg_notify($1, grp) FROM unnest($2::text[]) AS grp"
 
 
 def _job_columns(ids: Sequence[str], jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
@@ -760,17 +695,10 @@ class PostgresStore:
     ) -> Submitted:
         """The answer to a request whose idempotency key another request holds (committed:
         the statement that found it waited for that one's transaction)."""
-        earlier = await conn.fetchrow(
-            "SELECT fingerprint, status_code, job_ids FROM idempotency_keys"
-            " WHERE user_id = $1 AND key = $2",
-            user_id,
-            request.key,
-        )
+        earlier = await conn.fetchrow(_GET_IDEMPOTENCY_KEY, user_id, request.key)
         if earlier is None or earlier["fingerprint"] != request.fingerprint:
             raise IdempotencyConflict(IDEMPOTENCY_KEY_REUSED)
-        rows = await conn.fetch(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ANY($1::text[])", earlier["job_ids"]
-        )
+        rows = await conn.fetch(_JOBS_BY_IDS, earlier["job_ids"])
         found = replayed_jobs(earlier["job_ids"], [_decode.job(row) for row in rows])
         if found is None:
             raise IdempotencyConflict(IDEMPOTENCY_JOBS_GONE)
@@ -778,8 +706,7 @@ class PostgresStore:
 
     async def purge_idempotency_keys(self) -> int:
         status: str = await self._connected().execute(
-            "DELETE FROM idempotency_keys WHERE created < now() - $1::float8 * interval '1 s'",
-            IDEMPOTENCY_KEY_LIFETIME_S,
+            _PURGE_IDEMPOTENCY_KEYS, IDEMPOTENCY_KEY_LIFETIME_S
         )
         return int(status.rsplit(" ", 1)[1])
 
@@ -867,18 +794,12 @@ class PostgresStore:
         async with self._transaction() as conn:
             # Lock the group's live jobs first: claims skip them and workers' reports wait,
             # so no job slips from pending to running (or back) between delete and cancel.
-            await conn.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE user_id = $1"
-                " AND container_group_id = $2 AND status IN ('pending', 'running')"
-                " FOR UPDATE) AS live",
-                user_id,
-                container_group_id,
-            )
-            touched = await conn.fetchval(_PURGE, user_id, container_group_id, PURGED_MESSAGE)
+            await conn.execute(_LOCK_LIVE_JOBS_OF_GROUP, user_id, container_group_id)
+            touched = await conn.fetchval(_PURGE_GROUP, user_id, container_group_id, PURGED_MESSAGE)
         return int(touched)
 
     async def delete_all_jobs(self) -> None:
-        await self._connected().execute("DELETE FROM jobs")
+        await self._connected().execute(_DELETE_ALL_JOBS)
 
     async def list_attempts(self, job_id: str, user_id: str | None) -> list[Attempt] | None:
         pool = self._connected()

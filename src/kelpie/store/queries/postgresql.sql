@@ -479,3 +479,119 @@ WHERE job_id = $1 AND generation = ANY($2::bigint[]);
 -- The `checkpoint_committed` event ($1 job, $2 attempt, $3 machine, $4 message, $5 data).
 INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
 VALUES ($1, $2, $3, 'checkpoint_committed', $4, $5, now());
+
+-- create_jobs --
+-- A batch of jobs of one user ($1), all or none: $2.. one array per column, in order (seq
+-- follows `position`): $2 ids, $3 groups, $4 max_failures, $5 heartbeat intervals, $6
+-- webhooks, $7 specs (JSON text), $8 orgs, $9 projects, $10 checkpoint_keep, $11 names, $12
+-- max_interruptions, $13 priorities, $14 logs prefixes, $15 stall timeouts; $16/$17/$18 the
+-- labels' job ids, keys and values. Answers the jobs created.
+WITH created_job AS (
+    INSERT INTO jobs (id, user_id, status, container_group_id, created, max_failures,
+                      heartbeat_interval, webhook, spec, org_name, project_name, checkpoint_keep,
+                      name, max_interruptions, priority, logs_prefix, stall_timeout)
+    SELECT id, $1, 'pending', grp, now(), mf, hi, wh, sp::jsonb, org, prj, ck, nm, mi, pr, lp, st
+    FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::text[],
+                $7::text[], $8::text[], $9::text[], $10::int[], $11::text[], $12::int[],
+                $13::int[], $14::text[], $15::int[])
+         WITH ORDINALITY AS t(id, grp, mf, hi, wh, sp, org, prj, ck, nm, mi, pr, lp, st, position)
+    ORDER BY position
+    RETURNING id, user_id, status, container_group_id, created, started, completed, canceled,
+              failed, heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code,
+              last_error, max_failures, heartbeat_interval, webhook, spec, org_name,
+              project_name, attempt_id, checkpoint_generation, checkpoint_keep, priority,
+              name, max_interruptions, num_interruptions, logs_prefix, stall_timeout,
+              progress, progress_updated_at
+), labels AS (
+    INSERT INTO job_labels (job_id, key, value)
+    SELECT * FROM unnest($16::text[], $17::text[], $18::text[])
+)
+SELECT * FROM created_job;
+
+-- take_idempotency_key --
+-- Takes the user's idempotency key for this request, unless it is in use (within its
+-- lifetime, $6 seconds): true when taken. $1 user, $2 key, $3 fingerprint, $4 status code,
+-- $5 the job ids. A concurrent request with the same key waits here for this one's outcome.
+INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, job_ids, created)
+VALUES ($1, $2, $3, $4, $5, now())
+ON CONFLICT (user_id, key) DO UPDATE
+SET fingerprint = excluded.fingerprint, status_code = excluded.status_code,
+    job_ids = excluded.job_ids, created = excluded.created
+WHERE idempotency_keys.created < now() - $6::float8 * interval '1 s'
+RETURNING true;
+
+-- get_idempotency_key --
+-- The request that holds the user's ($1) idempotency key ($2): its fingerprint, answer and
+-- jobs.
+SELECT fingerprint, status_code, job_ids FROM idempotency_keys
+WHERE user_id = $1 AND key = $2;
+
+-- jobs_by_ids --
+-- The jobs among the ids $1 that still exist (in no particular order).
+SELECT id, user_id, status, container_group_id, created, started, completed, canceled,
+       failed, heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code,
+       last_error, max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+       attempt_id, checkpoint_generation, checkpoint_keep, priority, name, max_interruptions,
+       num_interruptions, logs_prefix, stall_timeout, progress, progress_updated_at
+FROM jobs WHERE id = ANY($1::text[]);
+
+-- purge_idempotency_keys --
+-- Idempotency keys older than their lifetime ($1 seconds) go.
+DELETE FROM idempotency_keys WHERE created < now() - $1::float8 * interval '1 s';
+
+-- announce_new_jobs --
+-- Wakes the long polls of every API process for these groups ($1 channel, $2 groups). Sent
+-- after the submissions commit, alone in its transaction: a transaction that writes nothing
+-- but notifications commits without waiting for a WAL flush.
+SELECT pg_notify($1, grp) FROM unnest($2::text[]) AS grp;
+
+-- cancel --
+-- The user's ($2, NULL: anyone's) pending or running job ($1) is canceled ($3 the event's
+-- message); a running attempt ends `canceled`. No row: not found, or ended already.
+WITH canceled_job AS (
+    UPDATE jobs SET status = 'canceled', canceled = now()
+    WHERE id = $1 AND status IN ('pending', 'running') AND ($2::text IS NULL OR user_id = $2)
+    RETURNING id, NULL::bigint AS attempt_id, NULL::text AS machine_id
+), ended_attempt AS (
+    UPDATE attempts SET outcome = 'canceled', ended = now(), exit_code = NULL
+    FROM canceled_job
+    WHERE attempts.job_id = canceled_job.id AND attempts.outcome = 'running'
+), job_event AS (
+    INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
+    SELECT id, attempt_id, machine_id, 'canceled', $3, NULL, now() FROM canceled_job
+)
+SELECT id FROM canceled_job;
+
+-- lock_live_jobs_of_group --
+-- The user's ($1) pending and running jobs of the group ($2) locked, first in purge_group's
+-- transaction: claims skip them and workers' reports wait, so no job slips from pending to
+-- running (or back) between delete and cancel.
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs
+    WHERE user_id = $1 AND container_group_id = $2 AND status IN ('pending', 'running')
+    FOR UPDATE
+) AS live;
+
+-- purge_group --
+-- The user's ($1) group ($2) emptied, once its live jobs are locked (lock_live_jobs_of_group):
+-- running jobs canceled ($3 the event's message), pending ones deleted. Answers how many.
+WITH canceled_job AS (
+    UPDATE jobs SET status = 'canceled', canceled = now()
+    WHERE user_id = $1 AND container_group_id = $2 AND status = 'running'
+    RETURNING id, NULL::bigint AS attempt_id, NULL::text AS machine_id
+), ended_attempt AS (
+    UPDATE attempts SET outcome = 'canceled', ended = now(), exit_code = NULL
+    FROM canceled_job
+    WHERE attempts.job_id = canceled_job.id AND attempts.outcome = 'running'
+), job_event AS (
+    INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
+    SELECT id, attempt_id, machine_id, 'canceled', $3, NULL, now() FROM canceled_job
+), deleted_job AS (
+    DELETE FROM jobs WHERE user_id = $1 AND container_group_id = $2 AND status = 'pending'
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM canceled_job) + (SELECT count(*) FROM deleted_job);
+
+-- delete_all_jobs --
+-- Every job goes, and the rows that belong to a job with it (ON DELETE CASCADE).
+DELETE FROM jobs;
