@@ -117,7 +117,7 @@ from kelpie.store.protocol import (
     StoreError,
     StoreUnavailable,
 )
-from kelpie.store.queries import load_queries
+from kelpie.store.queries import QueryFileError, load_queries
 
 logger = logging.getLogger(__name__)
 _decode = RowDecoder(time=lambda value: value, json=lambda value: value)
@@ -133,6 +133,15 @@ _LISTEN_ERRORS: tuple[type[BaseException], ...] = (*UNREACHABLE_ERRORS, asyncpg.
 # Every statement is whole and named in queries/postgresql.sql; a name the file lacks fails
 # here, at import.
 _SQL = load_queries("postgresql")
+
+
+def _with_placeholder(statement: str, placeholder: str) -> str:
+    """A statement the code completes at run time, checked to hold its placeholder once
+    (without it, filling it in would silently drop what it stands for)."""
+    if statement.count(placeholder) != 1:
+        raise QueryFileError(f"a statement must hold {placeholder} once: {statement}")
+    return statement
+
 
 # jobs, worker side
 _CLAIM = _SQL["claim"]
@@ -176,94 +185,24 @@ _CANCEL = _SQL["cancel"]
 _LOCK_LIVE_JOBS_OF_GROUP = _SQL["lock_live_jobs_of_group"]
 _PURGE_GROUP = _SQL["purge_group"]
 _DELETE_ALL_JOBS = _SQL["delete_all_jobs"]
+# reads
+_GET_JOB = _SQL["get_job"]
+# completed at run time: list_jobs puts its filters in place of {filters}
+_LIST_JOBS_NEWEST_FIRST = _with_placeholder(_SQL["list_jobs_newest_first"], "{filters}")
+_LIST_JOBS_OLDEST_FIRST = _with_placeholder(_SQL["list_jobs_oldest_first"], "{filters}")
+_LIST_ATTEMPTS = _SQL["list_attempts"]
+_ATTEMPT_WARNINGS = _SQL["attempt_warnings"]
+_LIST_CHECKPOINTS = _SQL["list_checkpoints"]
+_LIST_JOB_EVENTS = _SQL["list_job_events"]
+_LIST_WORKERS = _SQL["list_workers"]
+_PENDING_REASON = _SQL["pending_reason"]
 
-_JOB_FIELDS = (
-    "id",
-    "user_id",
-    "status",
-    "container_group_id",
-    "created",
-    "started",
-    "completed",
-    "canceled",
-    "failed",
-    "heartbeat",
-    "num_failures",
-    "num_heartbeats",
-    "machine_id",
-    "last_exit_code",
-    "last_error",
-    "max_failures",
-    "heartbeat_interval",
-    "webhook",
-    "spec",
-    "org_name",
-    "project_name",
-    "attempt_id",
-    "checkpoint_generation",
-    "checkpoint_keep",
-    "priority",
-    "name",
-    "max_interruptions",
-    "num_interruptions",
-    "logs_prefix",
-    "stall_timeout",
-    "progress",
-    "progress_updated_at",
-)
-_JOB_COLUMNS = ", ".join(_JOB_FIELDS)
 _USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
 _RULE_COLUMNS = (
     "user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,"
     " created, updated, org_name, project_name"
 )
-_EVENT_COLUMNS = "id, job_id, attempt_id, machine_id, kind, message, data, created"
 
-
-# Machines seen within $3 seconds through $1's keys (NULL: anyone's), in $2 (NULL: all), with
-# the job each holds in its group and how many of its user's jobs it is blocked from.
-_LIST_WORKERS = """
-SELECT w.user_id, w.container_group_id, w.machine_id, w.first_seen, w.last_seen, w.last_poll,
-       w.version,
-       (SELECT j.id FROM jobs AS j
-        WHERE j.status = 'running' AND j.container_group_id = w.container_group_id
-          AND j.machine_id = w.machine_id AND (w.any_user OR j.user_id = w.user_id)
-        LIMIT 1) AS current_job_id,
-       (SELECT count(*) FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
-        WHERE b.machine_id = w.machine_id AND j.user_id = w.user_id)::int AS blocked_jobs
-FROM workers AS w
-WHERE w.last_seen >= now() - $3::float8 * interval '1 s'
-  AND ($1::text IS NULL OR w.user_id = $1) AND ($2::text IS NULL OR w.container_group_id = $2)
-ORDER BY w.container_group_id, w.machine_id, w.user_id
-LIMIT 1000"""
-
-# For a pending job ($1 id, $2 owner, $3 group, $4 seconds): the machines of its group heard
-# from recently that may take it (through its owner's keys or an admin's), how many are
-# blocked from it and how many hold a job; and its owner's pending jobs of the group that
-# come before it in claim order.
-_PENDING_REASON = """
-WITH m AS (
-    SELECT DISTINCT machine_id FROM workers
-    WHERE container_group_id = $3 AND last_seen >= now() - $4::float8 * interval '1 s'
-      AND (user_id = $2 OR any_user)
-), me AS (
-    SELECT priority, created, seq FROM jobs WHERE id = $1
-)
-SELECT (SELECT count(*) FROM m)::int AS machines,
-       (SELECT count(*) FROM m WHERE EXISTS (
-            SELECT 1 FROM job_blocks AS b WHERE b.job_id = $1 AND b.machine_id = m.machine_id
-       ))::int AS blocked,
-       (SELECT count(*) FROM m WHERE EXISTS (
-            SELECT 1 FROM jobs AS j WHERE j.status = 'running' AND j.container_group_id = $3
-              AND j.machine_id = m.machine_id
-       ))::int AS busy,
-       (SELECT count(*) FROM jobs AS j, me
-        WHERE j.status = 'pending' AND j.container_group_id = $3 AND j.user_id = $2
-          AND (j.priority > me.priority
-               OR (j.priority = me.priority
-                   AND (j.created < me.created
-                        OR (j.created = me.created AND j.seq < me.seq)))))::int AS ahead,
-       EXISTS (SELECT 1 FROM me) AS found"""
 
 _SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -734,17 +673,13 @@ class PostgresStore:
                 logger.warning("could not announce new jobs in %s: %s", groups, exc)
 
     async def get_job(self, job_id: str, user_id: str | None) -> Job | None:
-        row = await self._connected().fetchrow(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
-            job_id,
-            user_id,
-        )
+        row = await self._connected().fetchrow(_GET_JOB, job_id, user_id)
         return None if row is None else _decode.job(row)
 
     async def list_jobs(self, query: JobQuery) -> list[Job]:
+        args: list[Any] = [query.page_size, page_offset(query.page, query.page_size)]
         # only the filters given, so that the planner picks the index that fits them
         conditions: list[str] = []
-        args: list[Any] = []
         for column, value in (
             ("user_id", query.user_id),
             ("status", query.status),
@@ -760,13 +695,9 @@ class PostgresStore:
                 f"id IN (SELECT job_id FROM job_labels WHERE key = ${len(args) - 1}"
                 f" AND value = ${len(args)})"
             )
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        order = "ASC" if query.ascending else "DESC"
-        args += [query.page_size, page_offset(query.page, query.page_size)]
-        statement = (
-            f"SELECT {_JOB_COLUMNS} FROM jobs {where}"
-            f" ORDER BY created {order}, seq {order} LIMIT ${len(args) - 1} OFFSET ${len(args)}"
-        )
+        filters = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        listed = _LIST_JOBS_OLDEST_FIRST if query.ascending else _LIST_JOBS_NEWEST_FIRST
+        statement = listed.replace("{filters}", filters)
         if not query.labels:
             rows = await self._connected().fetch(statement, *args)
             return [_decode.job(row) for row in rows]
@@ -806,18 +737,9 @@ class PostgresStore:
         visible = await pool.fetchval(_JOB_EXISTS, job_id, user_id)
         if not visible:
             return None
-        rows = await pool.fetch(
-            "SELECT id, job_id, machine_id, started, ended, outcome, exit_code FROM attempts"
-            " WHERE job_id = $1 ORDER BY id",
-            job_id,
-        )
+        rows = await pool.fetch(_LIST_ATTEMPTS, job_id)
         warnings: dict[int, list[str]] = {}
-        for event in await pool.fetch(
-            "SELECT attempt_id, message FROM job_events WHERE job_id = $1"
-            " AND kind = ANY($2::text[]) AND attempt_id IS NOT NULL ORDER BY id",
-            job_id,
-            list(WARNING_EVENT_KINDS),
-        ):
+        for event in await pool.fetch(_ATTEMPT_WARNINGS, job_id, list(WARNING_EVENT_KINDS)):
             warnings.setdefault(event["attempt_id"], []).append(event["message"])
         return [_decode.attempt(row, warnings.get(row["id"], ())) for row in rows]
 
@@ -1162,12 +1084,7 @@ class PostgresStore:
     async def list_checkpoints(self, job_id: str, user_id: str | None) -> list[Checkpoint] | None:
         if await self.get_job(job_id, user_id) is None:
             return None
-        rows = await self._connected().fetch(
-            "SELECT job_id, generation, attempt_id, machine_id, created, files, bytes,"
-            " CASE WHEN manifest IS NULL THEN NULL ELSE '[]'::jsonb END AS manifest"
-            " FROM checkpoints WHERE job_id = $1 ORDER BY generation",
-            job_id,
-        )
+        rows = await self._connected().fetch(_LIST_CHECKPOINTS, job_id)
         return [_decode.checkpoint(row, with_manifest=False) for row in rows]
 
     async def get_checkpoint(
@@ -1209,13 +1126,7 @@ class PostgresStore:
     ) -> list[JobEvent] | None:
         if await self.get_job(job_id, user_id) is None:
             return None
-        rows = await self._connected().fetch(
-            f"SELECT {_EVENT_COLUMNS} FROM job_events WHERE job_id = $1 AND id > $2"
-            " ORDER BY id LIMIT $3",
-            job_id,
-            after_id,
-            limit,
-        )
+        rows = await self._connected().fetch(_LIST_JOB_EVENTS, job_id, after_id, limit)
         return [_decode.event(row) for row in rows]
 
     async def claim_reallocation(

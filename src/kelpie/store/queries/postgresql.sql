@@ -595,3 +595,116 @@ SELECT (SELECT count(*) FROM canceled_job) + (SELECT count(*) FROM deleted_job);
 -- delete_all_jobs --
 -- Every job goes, and the rows that belong to a job with it (ON DELETE CASCADE).
 DELETE FROM jobs;
+
+-- get_job --
+-- The job ($1 id) of the user ($2, NULL: anyone's).
+SELECT id, user_id, status, container_group_id, created, started, completed, canceled,
+       failed, heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code,
+       last_error, max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+       attempt_id, checkpoint_generation, checkpoint_keep, priority, name, max_interruptions,
+       num_interruptions, logs_prefix, stall_timeout, progress, progress_updated_at
+FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2);
+
+-- list_jobs_newest_first --
+-- A page of jobs, newest first ($1 page size, $2 offset), filtered.
+--
+-- The one statement of this file completed at run time: list_jobs puts the filters the
+-- query gives in place of {filters}, from a fixed set of texts, never from the query's
+-- values (they are parameters): nothing, or `WHERE` and, joined by AND, `<column> = $n` for
+-- each of user_id, status, container_group_id and name given, then for each label
+-- `id IN (SELECT job_id FROM job_labels WHERE key = $n AND value = $n+1)`, numbered from $3
+-- in that order. Only the filters given, so that the planner picks the index that fits
+-- them (jobs_by_user, jobs_by_user_status, jobs_by_user_group, jobs_by_name,
+-- jobs_by_created): `($n IS NULL OR column = $n)` would let a prepared statement's generic
+-- plan settle on one index for every combination.
+SELECT id, user_id, status, container_group_id, created, started, completed, canceled,
+       failed, heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code,
+       last_error, max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+       attempt_id, checkpoint_generation, checkpoint_keep, priority, name, max_interruptions,
+       num_interruptions, logs_prefix, stall_timeout, progress, progress_updated_at
+FROM jobs {filters}
+ORDER BY created DESC, seq DESC
+LIMIT $1 OFFSET $2;
+
+-- list_jobs_oldest_first --
+-- As list_jobs_newest_first (the same {filters}), oldest first.
+SELECT id, user_id, status, container_group_id, created, started, completed, canceled,
+       failed, heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code,
+       last_error, max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+       attempt_id, checkpoint_generation, checkpoint_keep, priority, name, max_interruptions,
+       num_interruptions, logs_prefix, stall_timeout, progress, progress_updated_at
+FROM jobs {filters}
+ORDER BY created ASC, seq ASC
+LIMIT $1 OFFSET $2;
+
+-- list_attempts --
+-- The job's ($1) attempts, oldest first.
+SELECT id, job_id, machine_id, started, ended, outcome, exit_code FROM attempts
+WHERE job_id = $1
+ORDER BY id;
+
+-- attempt_warnings --
+-- The messages of the job's ($1) events of the warning kinds ($2), by attempt, in order.
+SELECT attempt_id, message FROM job_events
+WHERE job_id = $1 AND kind = ANY($2::text[]) AND attempt_id IS NOT NULL
+ORDER BY id;
+
+-- list_checkpoints --
+-- The job's ($1) committed generations, oldest first; `manifest` an empty array while the
+-- generation keeps its manifest, NULL once dropped (the manifests themselves are not read).
+SELECT job_id, generation, attempt_id, machine_id, created, files, bytes,
+       CASE WHEN manifest IS NULL THEN NULL ELSE '[]'::jsonb END AS manifest
+FROM checkpoints WHERE job_id = $1
+ORDER BY generation;
+
+-- list_job_events --
+-- The job's ($1) events after the id $2, oldest first, at most $3.
+SELECT id, job_id, attempt_id, machine_id, kind, message, data, created FROM job_events
+WHERE job_id = $1 AND id > $2
+ORDER BY id
+LIMIT $3;
+
+-- list_workers --
+-- Machines seen within $3 seconds through $1's keys (NULL: anyone's), in $2 (NULL: all), with
+-- the job each holds in its group and how many of its user's jobs it is blocked from.
+SELECT w.user_id, w.container_group_id, w.machine_id, w.first_seen, w.last_seen, w.last_poll,
+       w.version,
+       (SELECT j.id FROM jobs AS j
+        WHERE j.status = 'running' AND j.container_group_id = w.container_group_id
+          AND j.machine_id = w.machine_id AND (w.any_user OR j.user_id = w.user_id)
+        LIMIT 1) AS current_job_id,
+       (SELECT count(*) FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+        WHERE b.machine_id = w.machine_id AND j.user_id = w.user_id)::int AS blocked_jobs
+FROM workers AS w
+WHERE w.last_seen >= now() - $3::float8 * interval '1 s'
+  AND ($1::text IS NULL OR w.user_id = $1) AND ($2::text IS NULL OR w.container_group_id = $2)
+ORDER BY w.container_group_id, w.machine_id, w.user_id
+LIMIT 1000;
+
+-- pending_reason --
+-- For a pending job ($1 id, $2 owner, $3 group, $4 seconds): the machines of its group heard
+-- from recently that may take it (through its owner's keys or an admin's), how many are
+-- blocked from it and how many hold a job; and its owner's pending jobs of the group that
+-- come before it in claim order. `found` false: the job is gone.
+WITH m AS (
+    SELECT DISTINCT machine_id FROM workers
+    WHERE container_group_id = $3 AND last_seen >= now() - $4::float8 * interval '1 s'
+      AND (user_id = $2 OR any_user)
+), me AS (
+    SELECT priority, created, seq FROM jobs WHERE id = $1
+)
+SELECT (SELECT count(*) FROM m)::int AS machines,
+       (SELECT count(*) FROM m WHERE EXISTS (
+            SELECT 1 FROM job_blocks AS b WHERE b.job_id = $1 AND b.machine_id = m.machine_id
+       ))::int AS blocked,
+       (SELECT count(*) FROM m WHERE EXISTS (
+            SELECT 1 FROM jobs AS j WHERE j.status = 'running' AND j.container_group_id = $3
+              AND j.machine_id = m.machine_id
+       ))::int AS busy,
+       (SELECT count(*) FROM jobs AS j, me
+        WHERE j.status = 'pending' AND j.container_group_id = $3 AND j.user_id = $2
+          AND (j.priority > me.priority
+               OR (j.priority = me.priority
+                   AND (j.created < me.created
+                        OR (j.created = me.created AND j.seq < me.seq)))))::int AS ahead,
+       EXISTS (SELECT 1 FROM me) AS found;
