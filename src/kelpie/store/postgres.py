@@ -23,7 +23,6 @@ import asyncpg
 from kelpie.backoff import Backoff
 from kelpie.schemas import JobStatus
 from kelpie.store._common import (
-    API_KEY_COLUMNS,
     CANCELED_MESSAGE,
     IDEMPOTENCY_JOBS_GONE,
     IDEMPOTENCY_KEY_LIFETIME_S,
@@ -196,12 +195,37 @@ _LIST_CHECKPOINTS = _SQL["list_checkpoints"]
 _LIST_JOB_EVENTS = _SQL["list_job_events"]
 _LIST_WORKERS = _SQL["list_workers"]
 _PENDING_REASON = _SQL["pending_reason"]
-
-_USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
-_RULE_COLUMNS = (
-    "user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,"
-    " created, updated, org_name, project_name"
-)
+# users and keys
+_ENSURE_ADMIN_USER = _SQL["ensure_admin_user"]
+_MAKE_ADMIN = _SQL["make_admin"]
+_ADD_BOOTSTRAP_KEY = _SQL["add_bootstrap_key"]
+_REVOKE_OTHER_BOOTSTRAP_KEYS = _SQL["revoke_other_bootstrap_keys"]
+_CREATE_USER = _SQL["create_user"]
+_GET_USER = _SQL["get_user"]
+_ADD_API_KEY = _SQL["add_api_key"]
+_LIST_API_KEYS = _SQL["list_api_keys"]
+_REVOKE_API_KEY = _SQL["revoke_api_key"]
+_PRINCIPAL_FOR_KEY = _SQL["principal_for_key"]
+_DELETE_NON_ADMIN_USERS = _SQL["delete_non_admin_users"]
+# webhook outbox
+_CLAIM_WEBHOOK_EVENTS = _SQL["claim_webhook_events"]
+_WEBHOOK_DELIVERED = _SQL["webhook_delivered"]
+_WEBHOOK_RETRY_LATER = _SQL["webhook_retry_later"]
+_WEBHOOK_GIVE_UP = _SQL["webhook_give_up"]
+_WEBHOOK_POSTPONE = _SQL["webhook_postpone"]
+_POSTPONE_RECEIVER_WEBHOOKS = _SQL["postpone_receiver_webhooks"]
+_PURGE_FINISHED_WEBHOOKS = _SQL["purge_finished_webhooks"]
+_PENDING_WEBHOOK_COUNT = _SQL["pending_webhook_count"]
+# scaling rules and leases
+_CREATE_SCALING_RULE = _SQL["create_scaling_rule"]
+_LIST_SCALING_RULES = _SQL["list_scaling_rules"]
+_GET_SCALING_RULE = _SQL["get_scaling_rule"]
+_UPDATE_SCALING_RULE = _SQL["update_scaling_rule"]
+_SCALING_RULE_EXISTS = _SQL["scaling_rule_exists"]
+_DELETE_SCALING_RULE = _SQL["delete_scaling_rule"]
+_DELETE_ALL_SCALING_RULES = _SQL["delete_all_scaling_rules"]
+_COUNT_ACTIVE_JOBS = _SQL["count_active_jobs"]
+_TRY_LEASE = _SQL["try_lease"]
 
 
 _SCHEMA_MIGRATIONS = """
@@ -235,57 +259,6 @@ def _job_columns(ids: Sequence[str], jobs: Sequence[NewJob]) -> tuple[list[Any],
         [key for _, key, _ in labels],
         [value for _, _, value in labels],
     )
-
-
-# Due webhook events, a fair share of each receiver: a walk over the distinct receivers with
-# pending events (one index probe each), then, per receiver, its soonest due events up to its
-# allowance ($4/$5: receivers and their allowances, else $6); the batch takes every
-# receiver's first event before any one's second. $1 limit, $2 lease seconds, $3 token.
-_CLAIM_WEBHOOK_EVENTS = """
-WITH RECURSIVE receivers AS (
-    (SELECT receiver FROM webhook_outbox
-     WHERE delivered_at IS NULL AND dead_at IS NULL
-     ORDER BY receiver LIMIT 1)
-    UNION ALL
-    SELECT (SELECT o.receiver FROM webhook_outbox AS o
-            WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.receiver > r.receiver
-            ORDER BY o.receiver LIMIT 1)
-    FROM receivers AS r WHERE r.receiver IS NOT NULL
-),
-allowed AS (
-    SELECT r.receiver, coalesce(a.allowance, $6) AS allowance
-    FROM receivers AS r
-    LEFT JOIN unnest($4::text[], $5::int[]) AS a(receiver, allowance) USING (receiver)
-    WHERE r.receiver IS NOT NULL
-),
-picked AS (
-    SELECT d.id, d.next_attempt_at,
-           row_number() OVER (PARTITION BY a.receiver ORDER BY d.next_attempt_at, d.id) AS rank
-    FROM allowed AS a CROSS JOIN LATERAL (
-        SELECT o.id, o.next_attempt_at FROM webhook_outbox AS o
-        WHERE o.receiver = a.receiver AND o.delivered_at IS NULL AND o.dead_at IS NULL
-          AND o.next_attempt_at <= now() AND (o.leased_until IS NULL OR o.leased_until <= now())
-        ORDER BY o.next_attempt_at, o.id
-        LIMIT greatest(a.allowance, 0)
-    ) AS d
-),
-due AS (
-    -- Rechecked once locked, as another claim may have taken an event meanwhile. Spelt so
-    -- that only the primary key fits (not the due index, whose scan a table with stale
-    -- statistics can make look cheap).
-    SELECT o.id FROM webhook_outbox AS o
-    WHERE o.id = ANY(ARRAY(SELECT id FROM picked ORDER BY rank, next_attempt_at, id LIMIT $1))
-      AND coalesce(o.delivered_at, o.dead_at) IS NULL
-      AND (o.leased_until IS NULL OR o.leased_until <= now())
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE webhook_outbox AS o
-SET leased_until = now() + $2::float8 * interval '1 s', lease_token = $3
-WHERE o.id = ANY(ARRAY(SELECT id FROM due))
-RETURNING o.id, o.user_id, o.url, o.payload, o.attempts, o.created, o.lease_token, o.receiver"""
-
-# The attempt's outcome, written only while its claim holds the lease. $1 id, $2 token.
-_HOLDS_WEBHOOK_LEASE = "id = $1 AND lease_token = $2 AND leased_until IS NOT NULL"
 
 
 # For the rest of the transaction, statements are planned for their parameters each time,
@@ -488,39 +461,22 @@ class PostgresStore:
     async def ensure_admin(self, username: str, key_hash: str) -> User:
         async with self._transaction() as conn:
             await conn.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, now(), true, $3, $4)"
-                " ON CONFLICT (username) DO NOTHING",
+                _ENSURE_ADMIN_USER,
                 new_id(),
                 username,
                 new_webhook_secret(),
                 new_webhook_token(),
             )
-            row = await conn.fetchrow(
-                f"UPDATE users SET is_admin = true WHERE username = $1 RETURNING {_USER_COLUMNS}",
-                username,
-            )
+            row = await conn.fetchrow(_MAKE_ADMIN, username)
             assert row is not None  # inserted or already there, inside this transaction
-            await conn.execute(
-                "INSERT INTO api_keys (id, key_hash, user_id, created, bootstrap)"
-                " VALUES ($1, $2, $3, now(), true)"
-                " ON CONFLICT (key_hash) DO UPDATE"
-                " SET user_id = excluded.user_id, revoked = false, bootstrap = true",
-                new_id(),
-                key_hash,
-                row["id"],
-            )
-            await conn.execute(
-                "UPDATE api_keys SET revoked = true"
-                " WHERE bootstrap AND NOT revoked AND key_hash <> $1",
-                key_hash,
-            )
+            await conn.execute(_ADD_BOOTSTRAP_KEY, new_id(), key_hash, row["id"])
+            await conn.execute(_REVOKE_OTHER_BOOTSTRAP_KEYS, key_hash)
         return _decode.user(row)
 
     async def create_user(self, username: str, *, is_admin: bool = False) -> User:
         try:
             row = await self._connected().fetchrow(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, now(), $3, $4, $5)"
-                f" RETURNING {_USER_COLUMNS}",
+                _CREATE_USER,
                 new_id(),
                 username,
                 is_admin,
@@ -533,9 +489,7 @@ class PostgresStore:
         return _decode.user(row)
 
     async def get_user(self, user_id: str) -> User | None:
-        row = await self._connected().fetchrow(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id
-        )
+        row = await self._connected().fetchrow(_GET_USER, user_id)
         return None if row is None else _decode.user(row)
 
     async def add_api_key(
@@ -543,8 +497,7 @@ class PostgresStore:
     ) -> ApiKey:
         try:
             row = await self._connected().fetchrow(
-                "INSERT INTO api_keys (id, key_hash, user_id, org_name, project_name, created)"
-                f" VALUES ($1, $2, $3, $4, $5, now()) RETURNING {API_KEY_COLUMNS}",
+                _ADD_API_KEY,
                 new_id(),
                 key_hash,
                 user_id,
@@ -559,28 +512,15 @@ class PostgresStore:
         return _decode.api_key(row)
 
     async def list_api_keys(self, user_id: str) -> list[ApiKey]:
-        rows = await self._connected().fetch(
-            f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created, id",
-            user_id,
-        )
+        rows = await self._connected().fetch(_LIST_API_KEYS, user_id)
         return [_decode.api_key(row) for row in rows]
 
     async def revoke_api_key(self, user_id: str, key_id: str) -> bool:
-        row = await self._connected().fetchrow(
-            "UPDATE api_keys SET revoked = true WHERE id = $1 AND user_id = $2 RETURNING 1",
-            key_id,
-            user_id,
-        )
+        row = await self._connected().fetchrow(_REVOKE_API_KEY, key_id, user_id)
         return row is not None
 
     async def principal_for_key(self, key_hash: str) -> Principal | None:
-        row = await self._connected().fetchrow(
-            "SELECT k.org_name, k.project_name,"
-            " u.id, u.username, u.created, u.is_admin, u.webhook_secret, u.webhook_token"
-            " FROM api_keys AS k JOIN users AS u ON u.id = k.user_id"
-            " WHERE k.key_hash = $1 AND NOT k.revoked",
-            key_hash,
-        )
+        row = await self._connected().fetchrow(_PRINCIPAL_FOR_KEY, key_hash)
         if row is None:
             return None
         return Principal(
@@ -588,7 +528,7 @@ class PostgresStore:
         )
 
     async def delete_non_admin_users(self) -> None:
-        await self._connected().execute("DELETE FROM users WHERE NOT is_admin")
+        await self._connected().execute(_DELETE_NON_ADMIN_USERS)
 
     # -- jobs, user side ---------------------------------------------------------------
     async def create_jobs(self, user_id: str, jobs: Sequence[NewJob]) -> list[Job]:
@@ -1179,48 +1119,32 @@ class PostgresStore:
         return sorted(events, key=lambda event: event.id)
 
     async def webhook_delivered(self, event: WebhookEvent) -> bool:
-        return await self._record_webhook_outcome("delivered_at = now()", event)
+        return await self._record_webhook_outcome(_WEBHOOK_DELIVERED, event)
 
     async def webhook_retry_later(
         self, event: WebhookEvent, delay_seconds: float, error: str
     ) -> bool:
-        return await self._record_webhook_outcome(
-            "next_attempt_at = now() + $3::float8 * interval '1 s', last_error = $4",
-            event,
-            delay_seconds,
-            error,
-        )
+        return await self._record_webhook_outcome(_WEBHOOK_RETRY_LATER, event, delay_seconds, error)
 
     async def webhook_give_up(self, event: WebhookEvent, error: str) -> bool:
-        return await self._record_webhook_outcome("dead_at = now(), last_error = $3", event, error)
+        return await self._record_webhook_outcome(_WEBHOOK_GIVE_UP, event, error)
 
     async def webhook_postpone(self, event: WebhookEvent, delay_seconds: float) -> bool:
-        status: str = await self._connected().execute(
-            "UPDATE webhook_outbox SET next_attempt_at = now() + $3::float8 * interval '1 s',"
-            f" leased_until = NULL, lease_token = NULL WHERE {_HOLDS_WEBHOOK_LEASE}",
-            event.id,
-            event.lease_token,
-            delay_seconds,
-        )
-        return status == "UPDATE 1"
+        return await self._record_webhook_outcome(_WEBHOOK_POSTPONE, event, delay_seconds)
 
     async def postpone_receiver_webhooks(self, receiver: str, delay_seconds: float) -> int:
         status: str = await self._connected().execute(
-            "UPDATE webhook_outbox SET next_attempt_at = now() + $2::float8 * interval '1 s'"
-            " WHERE receiver = $1 AND delivered_at IS NULL AND dead_at IS NULL"
-            "   AND next_attempt_at < now() + $2::float8 * interval '1 s'"
-            "   AND (leased_until IS NULL OR leased_until <= now())",
-            receiver,
-            delay_seconds,
+            _POSTPONE_RECEIVER_WEBHOOKS, receiver, delay_seconds
         )
         return int(status.rsplit(" ", 1)[1])
 
     async def _record_webhook_outcome(
-        self, assignments: str, event: WebhookEvent, *args: object
+        self, statement: str, event: WebhookEvent, *args: object
     ) -> bool:
+        """Runs one of the statements that end a claim of the event ($1 id, $2 lease token,
+        then `args`): true when the claim still held the lease."""
         status: str = await self._connected().execute(
-            f"UPDATE webhook_outbox SET {assignments}, attempts = attempts + 1,"
-            f" leased_until = NULL, lease_token = NULL WHERE {_HOLDS_WEBHOOK_LEASE}",
+            statement,
             event.id,
             event.lease_token,
             *args,
@@ -1228,25 +1152,18 @@ class PostgresStore:
         return status == "UPDATE 1"
 
     async def purge_finished_webhooks(self, older_than_seconds: float) -> int:
-        status: str = await self._connected().execute(
-            "DELETE FROM webhook_outbox"
-            " WHERE coalesce(delivered_at, dead_at) < now() - $1::float8 * interval '1 s'",
-            older_than_seconds,
-        )
+        status: str = await self._connected().execute(_PURGE_FINISHED_WEBHOOKS, older_than_seconds)
         return int(status.rsplit(" ", 1)[1])
 
     async def pending_webhook_count(self) -> int:
-        count = await self._connected().fetchval(
-            "SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
-        )
+        count = await self._connected().fetchval(_PENDING_WEBHOOK_COUNT)
         return int(count)
 
     # -- scaling rules -----------------------------------------------------------------
     async def create_scaling_rule(self, rule: ScalingRule) -> ScalingRule:
         try:
             row = await self._connected().fetchrow(
-                f"INSERT INTO scaling_rules ({_RULE_COLUMNS})"
-                f" VALUES ($1, $2, $3, $4, $5, now(), now(), $6, $7) RETURNING {_RULE_COLUMNS}",
+                _CREATE_SCALING_RULE,
                 rule.user_id,
                 rule.container_group_id,
                 rule.min_replicas,
@@ -1261,23 +1178,13 @@ class PostgresStore:
         return _decode.rule(row)
 
     async def list_scaling_rules(self, user_id: str | None) -> list[ScalingRule]:
-        rows = await self._connected().fetch(
-            f"SELECT {_RULE_COLUMNS} FROM scaling_rules WHERE ($1::text IS NULL OR user_id = $1)"
-            " ORDER BY created, user_id, container_group_id",
-            user_id,
-        )
+        rows = await self._connected().fetch(_LIST_SCALING_RULES, user_id)
         return [_decode.rule(row) for row in rows]
 
     async def get_scaling_rule(
         self, user_id: str | None, container_group_id: str
     ) -> ScalingRule | None:
-        row = await self._connected().fetchrow(
-            f"SELECT {_RULE_COLUMNS} FROM scaling_rules"
-            " WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1)"
-            " ORDER BY created, user_id LIMIT 1",
-            user_id,
-            container_group_id,
-        )
+        row = await self._connected().fetchrow(_GET_SCALING_RULE, user_id, container_group_id)
         return None if row is None else _decode.rule(row)
 
     async def update_scaling_rule(
@@ -1287,49 +1194,30 @@ class PostgresStore:
         # The bound is checked in the UPDATE's WHERE clause: a concurrent update of the row
         # makes PostgreSQL evaluate it again on the row that update left.
         rows = await pool.fetch(
-            "UPDATE scaling_rules SET"
-            " min_replicas = coalesce($3, min_replicas),"
-            " max_replicas = coalesce($4, max_replicas),"
-            " idle_threshold_seconds = coalesce($5, idle_threshold_seconds),"
-            " updated = now()"
-            " WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1)"
-            "   AND coalesce($3, min_replicas) <= coalesce($4, max_replicas)"
-            f" RETURNING {_RULE_COLUMNS}",
+            _UPDATE_SCALING_RULE,
             user_id,
             container_group_id,
             patch.min_replicas,
             patch.max_replicas,
             patch.idle_threshold_seconds,
         )
-        if not rows and await pool.fetchval(
-            "SELECT true FROM scaling_rules"
-            " WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1)",
-            user_id,
-            container_group_id,
-        ):
+        if not rows and await pool.fetchval(_SCALING_RULE_EXISTS, user_id, container_group_id):
             raise InvalidChange("min_replicas must not be greater than max_replicas")
         rules = sorted((_decode.rule(row) for row in rows), key=lambda r: (r.created, r.user_id))
         return rules[0] if rules else None
 
     async def delete_scaling_rule(self, user_id: str | None, container_group_id: str) -> bool:
-        rows = await self._connected().fetch(
-            "DELETE FROM scaling_rules"
-            " WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1) RETURNING 1",
-            user_id,
-            container_group_id,
-        )
+        rows = await self._connected().fetch(_DELETE_SCALING_RULE, user_id, container_group_id)
         return bool(rows)
 
     async def delete_all_scaling_rules(self) -> None:
-        await self._connected().execute("DELETE FROM scaling_rules")
+        await self._connected().execute(_DELETE_ALL_SCALING_RULES)
 
     async def count_active_jobs(
         self, user_id: str, container_group_id: str, idle_threshold_seconds: int
     ) -> int:
         count = await self._connected().fetchval(
-            "SELECT count(*) FROM jobs WHERE user_id = $1 AND container_group_id = $2"
-            " AND (status IN ('pending', 'running')"
-            "  OR coalesce(completed, failed, canceled) >= now() - $3::float8 * interval '1 s')",
+            _COUNT_ACTIVE_JOBS,
             user_id,
             container_group_id,
             idle_threshold_seconds,
@@ -1338,12 +1226,7 @@ class PostgresStore:
 
     async def try_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
         row = await self._connected().fetchrow(
-            "INSERT INTO leases (name, holder, expires_at)"
-            " VALUES ($1, $2, now() + $3::float8 * interval '1 s')"
-            " ON CONFLICT (name) DO UPDATE"
-            " SET holder = excluded.holder, expires_at = excluded.expires_at"
-            " WHERE leases.expires_at <= now() OR leases.holder = excluded.holder"
-            " RETURNING holder",
+            _TRY_LEASE,
             name,
             holder,
             ttl_seconds,

@@ -708,3 +708,232 @@ SELECT (SELECT count(*) FROM m)::int AS machines,
                    AND (j.created < me.created
                         OR (j.created = me.created AND j.seq < me.seq)))))::int AS ahead,
        EXISTS (SELECT 1 FROM me) AS found;
+
+-- ensure_admin_user --
+-- The admin's user row ($1 id, $2 username, $3 webhook secret, $4 webhook token), unless the
+-- username is taken (ensure_admin then makes that user an admin).
+INSERT INTO users (id, username, created, is_admin, webhook_secret, webhook_token)
+VALUES ($1, $2, now(), true, $3, $4)
+ON CONFLICT (username) DO NOTHING;
+
+-- make_admin --
+-- The user named $1 becomes an admin; answers the user.
+UPDATE users SET is_admin = true WHERE username = $1
+RETURNING id, username, created, is_admin, webhook_secret, webhook_token;
+
+-- add_bootstrap_key --
+-- The admin's key from the configuration ($1 id, $2 key hash, $3 user): added, or given back
+-- to that user and unrevoked when it exists.
+INSERT INTO api_keys (id, key_hash, user_id, created, bootstrap)
+VALUES ($1, $2, $3, now(), true)
+ON CONFLICT (key_hash) DO UPDATE
+SET user_id = excluded.user_id, revoked = false, bootstrap = true;
+
+-- revoke_other_bootstrap_keys --
+-- The keys an earlier configuration gave (every bootstrap key but $1's hash) are revoked.
+UPDATE api_keys SET revoked = true
+WHERE bootstrap AND NOT revoked AND key_hash <> $1;
+
+-- create_user --
+-- A user ($1 id, $2 username, $3 admin, $4 webhook secret, $5 webhook token).
+INSERT INTO users (id, username, created, is_admin, webhook_secret, webhook_token)
+VALUES ($1, $2, now(), $3, $4, $5)
+RETURNING id, username, created, is_admin, webhook_secret, webhook_token;
+
+-- get_user --
+-- The user $1.
+SELECT id, username, created, is_admin, webhook_secret, webhook_token FROM users
+WHERE id = $1;
+
+-- add_api_key --
+-- An API key of the user $3 ($1 id, $2 key hash, $4/$5 the org and project it is scoped to,
+-- or NULL).
+INSERT INTO api_keys (id, key_hash, user_id, org_name, project_name, created)
+VALUES ($1, $2, $3, $4, $5, now())
+RETURNING id, user_id, created, org_name, project_name, revoked, bootstrap;
+
+-- list_api_keys --
+-- The user's ($1) API keys, oldest first.
+SELECT id, user_id, created, org_name, project_name, revoked, bootstrap FROM api_keys
+WHERE user_id = $1
+ORDER BY created, id;
+
+-- revoke_api_key --
+-- The user's ($2) key $1 is revoked; a row when it is the user's.
+UPDATE api_keys SET revoked = true WHERE id = $1 AND user_id = $2 RETURNING 1;
+
+-- principal_for_key --
+-- Who a key that is not revoked ($1 its hash) speaks for: its user, and the org and project
+-- it is scoped to.
+SELECT k.org_name, k.project_name,
+       u.id, u.username, u.created, u.is_admin, u.webhook_secret, u.webhook_token
+FROM api_keys AS k JOIN users AS u ON u.id = k.user_id
+WHERE k.key_hash = $1 AND NOT k.revoked;
+
+-- delete_non_admin_users --
+-- Every user but the admins goes.
+DELETE FROM users WHERE NOT is_admin;
+
+-- claim_webhook_events --
+-- Due webhook events, a fair share of each receiver: a walk over the distinct receivers with
+-- pending events (one index probe each), then, per receiver, its soonest due events up to its
+-- allowance ($4/$5: receivers and their allowances, else $6); the batch takes every
+-- receiver's first event before any one's second. $1 limit, $2 lease seconds, $3 token.
+WITH RECURSIVE receivers AS (
+    (SELECT receiver FROM webhook_outbox
+     WHERE delivered_at IS NULL AND dead_at IS NULL
+     ORDER BY receiver LIMIT 1)
+    UNION ALL
+    SELECT (SELECT o.receiver FROM webhook_outbox AS o
+            WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.receiver > r.receiver
+            ORDER BY o.receiver LIMIT 1)
+    FROM receivers AS r WHERE r.receiver IS NOT NULL
+),
+allowed AS (
+    SELECT r.receiver, coalesce(a.allowance, $6) AS allowance
+    FROM receivers AS r
+    LEFT JOIN unnest($4::text[], $5::int[]) AS a(receiver, allowance) USING (receiver)
+    WHERE r.receiver IS NOT NULL
+),
+picked AS (
+    SELECT d.id, d.next_attempt_at,
+           row_number() OVER (PARTITION BY a.receiver ORDER BY d.next_attempt_at, d.id) AS rank
+    FROM allowed AS a CROSS JOIN LATERAL (
+        SELECT o.id, o.next_attempt_at FROM webhook_outbox AS o
+        WHERE o.receiver = a.receiver AND o.delivered_at IS NULL AND o.dead_at IS NULL
+          AND o.next_attempt_at <= now() AND (o.leased_until IS NULL OR o.leased_until <= now())
+        ORDER BY o.next_attempt_at, o.id
+        LIMIT greatest(a.allowance, 0)
+    ) AS d
+),
+due AS (
+    -- Rechecked once locked, as another claim may have taken an event meanwhile. Spelt so
+    -- that only the primary key fits (not the due index, whose scan a table with stale
+    -- statistics can make look cheap).
+    SELECT o.id FROM webhook_outbox AS o
+    WHERE o.id = ANY(ARRAY(SELECT id FROM picked ORDER BY rank, next_attempt_at, id LIMIT $1))
+      AND coalesce(o.delivered_at, o.dead_at) IS NULL
+      AND (o.leased_until IS NULL OR o.leased_until <= now())
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE webhook_outbox AS o
+SET leased_until = now() + $2::float8 * interval '1 s', lease_token = $3
+WHERE o.id = ANY(ARRAY(SELECT id FROM due))
+RETURNING o.id, o.user_id, o.url, o.payload, o.attempts, o.created, o.lease_token, o.receiver;
+
+-- webhook_delivered --
+-- The event ($1 id) was delivered, written only while its claim ($2 lease token) holds the
+-- lease: a row changed when it does.
+UPDATE webhook_outbox SET delivered_at = now(), attempts = attempts + 1,
+    leased_until = NULL, lease_token = NULL
+WHERE id = $1 AND lease_token = $2 AND leased_until IS NOT NULL;
+
+-- webhook_retry_later --
+-- The event's delivery failed ($1 id, $2 lease token as in webhook_delivered): tried again
+-- in $3 seconds, $4 the error.
+UPDATE webhook_outbox SET next_attempt_at = now() + $3::float8 * interval '1 s',
+    last_error = $4, attempts = attempts + 1, leased_until = NULL, lease_token = NULL
+WHERE id = $1 AND lease_token = $2 AND leased_until IS NOT NULL;
+
+-- webhook_give_up --
+-- The event is given up ($1 id, $2 lease token as in webhook_delivered, $3 the error).
+UPDATE webhook_outbox SET dead_at = now(), last_error = $3, attempts = attempts + 1,
+    leased_until = NULL, lease_token = NULL
+WHERE id = $1 AND lease_token = $2 AND leased_until IS NOT NULL;
+
+-- webhook_postpone --
+-- The event is tried again in $3 seconds without counting an attempt ($1 id, $2 lease token
+-- as in webhook_delivered).
+UPDATE webhook_outbox SET next_attempt_at = now() + $3::float8 * interval '1 s',
+    leased_until = NULL, lease_token = NULL
+WHERE id = $1 AND lease_token = $2 AND leased_until IS NOT NULL;
+
+-- postpone_receiver_webhooks --
+-- The receiver's ($1) pending events that nobody holds are due in $2 seconds at the
+-- earliest.
+UPDATE webhook_outbox SET next_attempt_at = now() + $2::float8 * interval '1 s'
+WHERE receiver = $1 AND delivered_at IS NULL AND dead_at IS NULL
+  AND next_attempt_at < now() + $2::float8 * interval '1 s'
+  AND (leased_until IS NULL OR leased_until <= now());
+
+-- purge_finished_webhooks --
+-- Events delivered or given up more than $1 seconds ago go.
+DELETE FROM webhook_outbox
+WHERE coalesce(delivered_at, dead_at) < now() - $1::float8 * interval '1 s';
+
+-- pending_webhook_count --
+-- How many events are neither delivered nor given up.
+SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL;
+
+-- create_scaling_rule --
+-- A scaling rule ($1 user, $2 group, $3 min replicas, $4 max replicas, $5 idle threshold
+-- seconds, $6 org, $7 project).
+INSERT INTO scaling_rules (user_id, container_group_id, min_replicas, max_replicas,
+                           idle_threshold_seconds, created, updated, org_name, project_name)
+VALUES ($1, $2, $3, $4, $5, now(), now(), $6, $7)
+RETURNING user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,
+          created, updated, org_name, project_name;
+
+-- list_scaling_rules --
+-- The user's ($1, NULL: everyone's) scaling rules, oldest first.
+SELECT user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,
+       created, updated, org_name, project_name
+FROM scaling_rules WHERE ($1::text IS NULL OR user_id = $1)
+ORDER BY created, user_id, container_group_id;
+
+-- get_scaling_rule --
+-- The user's ($1, NULL: anyone's, then the oldest) scaling rule of the group $2.
+SELECT user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,
+       created, updated, org_name, project_name
+FROM scaling_rules
+WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1)
+ORDER BY created, user_id
+LIMIT 1;
+
+-- update_scaling_rule --
+-- The user's ($1, NULL: anyone's) scaling rule of the group $2 changed: $3 min replicas, $4
+-- max replicas, $5 idle threshold seconds, each NULL to keep it. The bound is checked in the
+-- WHERE clause: a concurrent update of the row makes PostgreSQL evaluate it again on the row
+-- that update left. No row: no such rule, or the bound does not hold.
+UPDATE scaling_rules SET
+    min_replicas = coalesce($3, min_replicas),
+    max_replicas = coalesce($4, max_replicas),
+    idle_threshold_seconds = coalesce($5, idle_threshold_seconds),
+    updated = now()
+WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1)
+  AND coalesce($3, min_replicas) <= coalesce($4, max_replicas)
+RETURNING user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,
+          created, updated, org_name, project_name;
+
+-- scaling_rule_exists --
+-- True when the user ($1, NULL: anyone) has a scaling rule for the group $2.
+SELECT true FROM scaling_rules
+WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1);
+
+-- delete_scaling_rule --
+-- The user's ($1, NULL: anyone's) scaling rules of the group $2 go; a row for each.
+DELETE FROM scaling_rules
+WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1)
+RETURNING 1;
+
+-- delete_all_scaling_rules --
+-- Every scaling rule goes.
+DELETE FROM scaling_rules;
+
+-- count_active_jobs --
+-- How many of the user's ($1) jobs of the group ($2) are pending or running, or ended within
+-- the last $3 seconds.
+SELECT count(*) FROM jobs
+WHERE user_id = $1 AND container_group_id = $2
+  AND (status IN ('pending', 'running')
+       OR coalesce(completed, failed, canceled) >= now() - $3::float8 * interval '1 s');
+
+-- try_lease --
+-- The lease $1 taken or renewed by $2 for $3 seconds, when free, expired or already theirs:
+-- a row when it is.
+INSERT INTO leases (name, holder, expires_at)
+VALUES ($1, $2, now() + $3::float8 * interval '1 s')
+ON CONFLICT (name) DO UPDATE
+SET holder = excluded.holder, expires_at = excluded.expires_at
+WHERE leases.expires_at <= now() OR leases.holder = excluded.holder
+RETURNING holder;
