@@ -1,4 +1,5 @@
-"""PostgreSQL store: asyncpg, a connection pool, plain SQL.
+"""PostgreSQL store: asyncpg, a connection pool, plain SQL (every statement whole and named in
+queries/postgresql.sql).
 
 Every worker-side state change is one statement: the fenced `UPDATE … RETURNING` of the job,
 with the attempt, block and webhook outbox writes as data-modifying CTEs of the same
@@ -61,9 +62,6 @@ from kelpie.store._common import (
 )
 from kelpie.store._connection_pool import UNREACHABLE_ERRORS, ConnectionPool
 from kelpie.store.goodput import (
-    ATTEMPT_ROWS,
-    LEDGER,
-    REPORT_SUMS,
     GroupLedger,
     JobLedger,
     attempt_ledger,
@@ -226,13 +224,31 @@ _DELETE_SCALING_RULE = _SQL["delete_scaling_rule"]
 _DELETE_ALL_SCALING_RULES = _SQL["delete_all_scaling_rules"]
 _COUNT_ACTIVE_JOBS = _SQL["count_active_jobs"]
 _TRY_LEASE = _SQL["try_lease"]
-
-
-_SCHEMA_MIGRATIONS = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    integer PRIMARY KEY,
-    applied_at timestamptz NOT NULL
-)"""
+# goodput
+_JOB_GOODPUT = _SQL["job_goodput"]
+_GROUP_GOODPUT = _SQL["group_goodput"]
+_CUSTOM_PLAN = _SQL["custom_plan"]
+# operator views: the dashboard and /metrics (read-only)
+_METRICS = _SQL["metrics"]
+_GROUP_COUNTS = _SQL["group_counts"]
+_GROUP_COUNTS_OF_USER = _SQL["group_counts_of_user"]
+_GROUP_COUNTS_OF_GROUP = _SQL["group_counts_of_group"]
+_GROUP_COUNTS_OF_USER_IN_GROUP = _SQL["group_counts_of_user_in_group"]
+_BLOCKED_MACHINES = _SQL["blocked_machines"]
+_BLOCKED_MACHINES_OF_USER = _SQL["blocked_machines_of_user"]
+_GROUP_ACTIVITY = _SQL["group_activity"]
+_GROUP_ACTIVITY_OF_USER = _SQL["group_activity_of_user"]
+# the store's own upkeep: migrations, liveness
+_PING = _SQL["ping"]
+_LOCK_MIGRATIONS = _SQL["lock_migrations"]
+_CREATE_SCHEMA_MIGRATIONS = _SQL["create_schema_migrations"]
+_APPLIED_MIGRATIONS = _SQL["applied_migrations"]
+_NOTE_MIGRATION = _SQL["note_migration"]
+_LOCK_API_LIVENESS = _SQL["lock_api_liveness"]
+_NEWEST_HEARTBEAT = _SQL["newest_heartbeat"]
+_SECONDS_SINCE = _SQL["seconds_since"]
+_EXTEND_LEASES_AFTER_OUTAGE = _SQL["extend_leases_after_outage"]
+_NOTE_API_ALIVE = _SQL["note_api_alive"]
 
 
 def _job_columns(ids: Sequence[str], jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
@@ -259,50 +275,6 @@ def _job_columns(ids: Sequence[str], jobs: Sequence[NewJob]) -> tuple[list[Any],
         [key for _, key, _ in labels],
         [value for _, _, value in labels],
     )
-
-
-# For the rest of the transaction, statements are planned for their parameters each time,
-# never with the generic plan a prepared statement otherwise settles on after five runs.
-_CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
-
-# The facts of the goodput ledger (kelpie.store.goodput) for the attempts of the jobs
-# matching {jobs} (j: jobs) that match {attempts} (a: an attempt), in unix seconds, with the
-# {identity} columns ATTEMPT_ROWS needs, or none (a group report). Times are read once
-# (MATERIALIZED: inlined, PostgreSQL would convert them again at every use) with date_part,
-# whose float costs a fraction of extract's numeric.
-_GOODPUT = """
-WITH facts AS MATERIALIZED (
-    SELECT {identity} a.outcome, date_part('epoch', a.started) AS started,
-           date_part('epoch', coalesce(a.last_heartbeat, a.ended, now())) AS finish,
-           date_part('epoch', a.command_started) AS command_started,
-           coalesce(a.upload_seconds, 0) AS upload_seconds,
-           date_part('epoch', a.next_started) AS next_started, a.commits,
-           date_part('epoch', a.first_commit) AS first_commit,
-           date_part('epoch', a.last_commit) AS last_commit, a.commit_seconds, a.timed_commits
-    FROM attempts AS a JOIN jobs AS j ON j.id = a.job_id
-    WHERE {jobs} AND {attempts}
-), {ledger}"""
-_LEDGER = LEDGER.format(greatest="greatest", least="least")
-# $1 job, $2 user or NULL
-_JOB_GOODPUT = (
-    _GOODPUT.format(
-        identity="a.id, a.machine_id, date_part('epoch', a.ended) AS ended,",
-        jobs="j.id = $1 AND ($2::text IS NULL OR j.user_id = $2)",
-        attempts="TRUE",
-        ledger=_LEDGER,
-    )
-    + ATTEMPT_ROWS
-)
-# $1 group, $2 user or NULL, $3/$4 the window: attempts that started within [$3, $4)
-_GROUP_GOODPUT = (
-    _GOODPUT.format(
-        identity="",
-        jobs="j.container_group_id = $1 AND ($2::text IS NULL OR j.user_id = $2)",
-        attempts="a.started >= to_timestamp($3::float8) AND a.started < to_timestamp($4::float8)",
-        ledger=_LEDGER,
-    )
-    + REPORT_SUMS
-)
 
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -357,7 +329,7 @@ class PostgresStore:
         self._new_job_listeners.clear()
 
     async def ping(self) -> None:
-        await self._connected().fetchval("SELECT 1")
+        await self._connected().fetchval(_PING)
 
     async def _connect(self) -> asyncpg.Connection[asyncpg.Record]:
         conn = await asyncpg.connect(
@@ -387,9 +359,9 @@ class PostgresStore:
         newest_known = max((m.version for m in migrations), default=0)
         async with self._transaction() as conn:
             # several processes may start at once against a fresh database
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            await conn.execute(_SCHEMA_MIGRATIONS)
-            applied = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            await conn.execute(_LOCK_MIGRATIONS, _MIGRATION_LOCK)
+            await conn.execute(_CREATE_SCHEMA_MIGRATIONS)
+            applied = {row[0] for row in await conn.fetch(_APPLIED_MIGRATIONS)}
             if applied and max(applied) > newest_known:
                 raise StoreError(
                     f"database schema version {max(applied)} is newer than this kelpie"
@@ -399,10 +371,7 @@ class PostgresStore:
                 if migration.version in applied:
                     continue
                 await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, now())",
-                    migration.version,
-                )
+                await conn.execute(_NOTE_MIGRATION, migration.version)
                 logger.info("applied migration %s", migration.name)
 
     async def listen_for_new_jobs(self, on_new_jobs: Callable[[str], None]) -> None:
@@ -919,34 +888,17 @@ class PostgresStore:
     async def note_api_alive(self) -> float:
         async with self._transaction() as conn:
             # The row lock makes processes that come back together credit one outage once.
-            last_seen = await conn.fetchval(
-                "SELECT last_seen FROM api_liveness WHERE id = 1 FOR UPDATE"
-            )
+            last_seen = await conn.fetchval(_LOCK_API_LIVENESS)
             if last_seen is None:
                 # First start on this database (or after an upgrade): the last sign of life
                 # is the newest heartbeat heard.
-                last_seen = await conn.fetchval(
-                    "SELECT coalesce(max(heartbeat), now()) FROM jobs WHERE status = 'running'"
-                )
-            gap: float = await conn.fetchval(
-                "SELECT extract(epoch FROM now() - $1::timestamptz)::float8", last_seen
-            )
+                last_seen = await conn.fetchval(_NEWEST_HEARTBEAT)
+            gap: float = await conn.fetchval(_SECONDS_SINCE, last_seen)
             if gap > OUTAGE_GAP_SECONDS:
                 # Nobody could hear heartbeats since `last_seen`: a job whose lease was still
                 # good then gets a full lease from now, to beat again.
-                await conn.execute(
-                    "UPDATE jobs SET lease_expires = greatest(lease_expires,"
-                    " now() + heartbeat_interval * interval '2 s' + $2::float8 * interval '1 s')"
-                    " WHERE status = 'running'"
-                    " AND heartbeat >= $1::timestamptz - heartbeat_interval * interval '2 s'",
-                    last_seen,
-                    OUTAGE_GRACE_SECONDS,
-                )
-            await conn.execute(
-                "INSERT INTO api_liveness (id, last_seen) VALUES (1, now())"
-                " ON CONFLICT (id) DO UPDATE"
-                " SET last_seen = greatest(api_liveness.last_seen, excluded.last_seen)"
-            )
+                await conn.execute(_EXTEND_LEASES_AFTER_OUTAGE, last_seen, OUTAGE_GRACE_SECONDS)
+            await conn.execute(_NOTE_API_ALIVE)
         return gap if gap > OUTAGE_GAP_SECONDS else 0.0
 
     # -- checkpoints and events --------------------------------------------------------
@@ -1241,21 +1193,26 @@ class PostgresStore:
     async def group_counts(
         self, user_id: str | None, container_group_id: str | None = None
     ) -> list[GroupCounts]:
-        where, args = _group_filters(user_id, container_group_id)
-        rows = await self._connected().fetch(
-            "SELECT container_group_id, status, count(*) FROM jobs"
-            f" WHERE {where} GROUP BY container_group_id, status ORDER BY container_group_id",
-            *args,
-        )
+        # only the filters given, so that the planner picks the index that fits them
+        pool = self._connected()
+        if user_id is None and container_group_id is None:
+            rows = await pool.fetch(_GROUP_COUNTS)
+        elif user_id is None:
+            rows = await pool.fetch(_GROUP_COUNTS_OF_GROUP, container_group_id)
+        elif container_group_id is None:
+            rows = await pool.fetch(_GROUP_COUNTS_OF_USER, user_id)
+        else:
+            rows = await pool.fetch(_GROUP_COUNTS_OF_USER_IN_GROUP, user_id, container_group_id)
         return group_counts(tuple(row) for row in rows)
 
     async def blocked_machines(
         self, user_id: str | None, container_group_id: str, limit: int = 100
     ) -> list[BlockedMachine]:
-        where, args = _group_filters(user_id, container_group_id, table="j")
-        rows = await self._connected().fetch(
-            _BLOCKED_MACHINES.format(where=where, limit=f"${len(args) + 1}"), *args, limit
-        )
+        pool = self._connected()
+        if user_id is None:
+            rows = await pool.fetch(_BLOCKED_MACHINES, container_group_id, limit)
+        else:
+            rows = await pool.fetch(_BLOCKED_MACHINES_OF_USER, user_id, container_group_id, limit)
         return [BlockedMachine(row[0], int(row[1]), row[2], bool(row[3])) for row in rows]
 
     async def group_activity(
@@ -1266,96 +1223,14 @@ class PostgresStore:
         bucket_seconds: float,
         buckets: int,
     ) -> list[ActivityBucket]:
-        where, args = _group_filters(user_id, container_group_id)
-        n = len(args)
-        rows = await self._connected().fetch(
-            _GROUP_ACTIVITY.format(
-                where=where,
-                since=f"${n + 1}::timestamptz",
-                until=f"${n + 2}::timestamptz",
-                width=f"${n + 3}::float8",
-            ),
-            *args,
-            since,
-            since + timedelta(seconds=bucket_seconds * buckets),
-            bucket_seconds,
-        )
+        window = (since, since + timedelta(seconds=bucket_seconds * buckets), bucket_seconds)
+        pool = self._connected()
+        if user_id is None:
+            rows = await pool.fetch(_GROUP_ACTIVITY, container_group_id, *window)
+        else:
+            rows = await pool.fetch(_GROUP_ACTIVITY_OF_USER, user_id, container_group_id, *window)
         tallies = activity_tallies((tuple(row) for row in rows), since, bucket_seconds, buckets)
         return activity_series(tallies)
-
-
-# -- operator views: the dashboard and /metrics (read-only) ---------------------------------
-
-# Every figure /metrics reads, in one statement so that they come from one snapshot. Jobs are
-# counted from the jobs_by_group_status index alone.
-_METRICS = """
-SELECT 'jobs' AS kind, container_group_id AS name, status AS detail, count(*) AS n,
-       NULL::timestamptz AS at
-  FROM jobs GROUP BY container_group_id, status
-UNION ALL
-SELECT 'attempts', outcome, NULL, count(*), NULL FROM attempts GROUP BY outcome
-UNION ALL
-SELECT 'reallocations', NULL, NULL, count(*), NULL FROM machine_reallocations
-UNION ALL
-SELECT 'blocked_machines', NULL, NULL, count(DISTINCT machine_id), NULL FROM job_blocks
-UNION ALL
-SELECT 'webhook_backlog', NULL, NULL, count(*), min(created) FROM webhook_outbox
- WHERE delivered_at IS NULL AND dead_at IS NULL"""
-
-_BLOCKED_MACHINES = """
-SELECT b.machine_id, count(*) AS jobs, max(b.blocked_at) AS last_blocked,
-       bool_or(EXISTS (SELECT 1 FROM machine_reallocations AS r
-                  WHERE r.machine_id = b.machine_id AND r.user_id = j.user_id))
-  FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
- WHERE {where}
- GROUP BY b.machine_id
- ORDER BY last_blocked DESC, b.machine_id
- LIMIT {limit}"""
-
-# Counts behind a group's activity chart (see kelpie.store.overview.activity_series): the
-# group's jobs and attempts that overlap the window [since, until), alive before it, and
-# created, started and ended in each bucket of `width` seconds.
-_GROUP_ACTIVITY = """
-WITH g AS (
-    SELECT id, created, coalesce(completed, failed, canceled) AS ended FROM jobs
-     WHERE {where} AND created < {until}
-       AND (coalesce(completed, failed, canceled) IS NULL
-            OR coalesce(completed, failed, canceled) >= {since})
-), a AS (
-    SELECT attempts.started, attempts.ended, attempts.outcome
-      FROM attempts JOIN g ON g.id = attempts.job_id
-     WHERE attempts.started < {until} AND (attempts.ended IS NULL OR attempts.ended >= {since})
-)
-SELECT 'alive' AS kind, -1 AS bucket, count(*) AS n FROM g WHERE created < {since}
-UNION ALL
-SELECT 'created', floor(extract(epoch FROM created - {since}) / {width})::int AS bucket, count(*)
-  FROM g WHERE created >= {since} GROUP BY bucket
-UNION ALL
-SELECT 'ended', floor(extract(epoch FROM ended - {since}) / {width})::int AS bucket, count(*)
-  FROM g WHERE ended < {until} GROUP BY bucket
-UNION ALL
-SELECT 'held', -1, count(*) FROM a WHERE started < {since}
-UNION ALL
-SELECT 'started', floor(extract(epoch FROM started - {since}) / {width})::int AS bucket,
-       count(*)
-  FROM a WHERE started >= {since} GROUP BY bucket
-UNION ALL
-SELECT 'ended:' || outcome, floor(extract(epoch FROM ended - {since}) / {width})::int AS bucket,
-       count(*)
-  FROM a WHERE ended < {until} GROUP BY outcome, bucket"""
-
-
-def _group_filters(
-    user_id: str | None, container_group_id: str | None, table: str = "jobs"
-) -> tuple[str, list[Any]]:
-    """Only the filters given, so that the planner picks the index that fits them; the
-    values are the statement's first parameters."""
-    conditions, args = ["TRUE"], []
-    for column, value in (("user_id", user_id), ("container_group_id", container_group_id)):
-        if value is not None:
-            args.append(value)
-            conditions.append(f"{table}.{column} = ${len(args)}")
-    return " AND ".join(conditions), args
 
 
 def _as_datetime(value: object) -> datetime:

@@ -937,3 +937,298 @@ ON CONFLICT (name) DO UPDATE
 SET holder = excluded.holder, expires_at = excluded.expires_at
 WHERE leases.expires_at <= now() OR leases.holder = excluded.holder
 RETURNING holder;
+
+-- job_goodput --
+-- The goodput ledger (kelpie.store.goodput) of the job $1 of the user $2 (NULL: anyone's):
+-- one row per attempt, oldest first. The facts of each attempt are read in unix seconds,
+-- once (MATERIALIZED: inlined, PostgreSQL would convert them again at every use) with
+-- date_part, whose float costs a fraction of extract's numeric; `spans` and `ledger` are
+-- kelpie.store.goodput.LEDGER (the same SQL in both dialects), the final SELECT its
+-- ATTEMPT_ROWS.
+WITH facts AS MATERIALIZED (
+    SELECT a.id, a.machine_id, date_part('epoch', a.ended) AS ended,
+           a.outcome, date_part('epoch', a.started) AS started,
+           date_part('epoch', coalesce(a.last_heartbeat, a.ended, now())) AS finish,
+           date_part('epoch', a.command_started) AS command_started,
+           coalesce(a.upload_seconds, 0) AS upload_seconds,
+           date_part('epoch', a.next_started) AS next_started, a.commits,
+           date_part('epoch', a.first_commit) AS first_commit,
+           date_part('epoch', a.last_commit) AS last_commit, a.commit_seconds, a.timed_commits
+    FROM attempts AS a JOIN jobs AS j ON j.id = a.job_id
+    WHERE j.id = $1 AND ($2::text IS NULL OR j.user_id = $2)
+), spans AS (
+    SELECT f.*,
+           greatest(f.started, least(coalesce(f.command_started, f.started), f.finish))
+               AS run_from
+    FROM facts AS f
+), ledger AS (
+    SELECT s.*,
+           s.run_from - s.started AS downloading_s,
+           least(s.upload_seconds, s.finish - s.run_from) AS uploading_s,
+           s.finish - s.run_from - least(s.upload_seconds, s.finish - s.run_from)
+               AS running_s,
+           CASE WHEN s.outcome IN ('interrupted', 'lost', 'failed')
+                THEN greatest(0, s.finish
+                                 - greatest(s.run_from, coalesce(s.last_commit, s.run_from)))
+           END AS work_lost_s,
+           CASE WHEN s.outcome IN ('interrupted', 'lost') AND s.next_started IS NOT NULL
+                THEN greatest(0, s.next_started - s.finish)
+           END AS detection_delay_s
+    FROM spans AS s
+)
+SELECT id, machine_id, outcome, started, ended, finish, downloading_s, running_s, uploading_s,
+       commits, last_commit, work_lost_s, detection_delay_s
+FROM ledger ORDER BY id;
+
+-- group_goodput --
+-- The sums behind the goodput report of the group $1 for the user $2 (NULL: everyone's),
+-- over the attempts that started within [$3, $4) (unix seconds): one row. The facts and
+-- the ledger as in job_goodput; the final SELECT is kelpie.store.goodput.REPORT_SUMS. Run
+-- with custom_plan first: the plan a prepared statement settles on after five runs, made
+-- for any group, is several times slower.
+WITH facts AS MATERIALIZED (
+    SELECT a.outcome, date_part('epoch', a.started) AS started,
+           date_part('epoch', coalesce(a.last_heartbeat, a.ended, now())) AS finish,
+           date_part('epoch', a.command_started) AS command_started,
+           coalesce(a.upload_seconds, 0) AS upload_seconds,
+           date_part('epoch', a.next_started) AS next_started, a.commits,
+           date_part('epoch', a.first_commit) AS first_commit,
+           date_part('epoch', a.last_commit) AS last_commit, a.commit_seconds, a.timed_commits
+    FROM attempts AS a JOIN jobs AS j ON j.id = a.job_id
+    WHERE j.container_group_id = $1 AND ($2::text IS NULL OR j.user_id = $2)
+      AND a.started >= to_timestamp($3::float8) AND a.started < to_timestamp($4::float8)
+), spans AS (
+    SELECT f.*,
+           greatest(f.started, least(coalesce(f.command_started, f.started), f.finish))
+               AS run_from
+    FROM facts AS f
+), ledger AS (
+    SELECT s.*,
+           s.run_from - s.started AS downloading_s,
+           least(s.upload_seconds, s.finish - s.run_from) AS uploading_s,
+           s.finish - s.run_from - least(s.upload_seconds, s.finish - s.run_from)
+               AS running_s,
+           CASE WHEN s.outcome IN ('interrupted', 'lost', 'failed')
+                THEN greatest(0, s.finish
+                                 - greatest(s.run_from, coalesce(s.last_commit, s.run_from)))
+           END AS work_lost_s,
+           CASE WHEN s.outcome IN ('interrupted', 'lost') AND s.next_started IS NOT NULL
+                THEN greatest(0, s.next_started - s.finish)
+           END AS detection_delay_s
+    FROM spans AS s
+)
+SELECT count(*) AS attempts,
+       coalesce(sum(CASE WHEN outcome IN ('interrupted', 'lost') THEN 1 ELSE 0 END), 0)
+           AS interruptions,
+       coalesce(sum(CASE WHEN outcome = 'failed' THEN 1 ELSE 0 END), 0) AS failures,
+       coalesce(sum(downloading_s), 0) AS downloading_s,
+       coalesce(sum(running_s), 0) AS running_s,
+       coalesce(sum(uploading_s), 0) AS uploading_s,
+       coalesce(sum(CASE WHEN outcome IN ('interrupted', 'lost') THEN work_lost_s ELSE 0 END),
+                0) AS work_lost_s,
+       coalesce(sum(detection_delay_s), 0) AS detection_delay_s,
+       count(detection_delay_s) AS detections,
+       coalesce(sum(commits), 0) AS checkpoints,
+       coalesce(sum(CASE WHEN commits >= 2 THEN last_commit - first_commit ELSE 0 END), 0)
+           AS interval_sum,
+       coalesce(sum(CASE WHEN commits >= 2 THEN commits - 1 ELSE 0 END), 0) AS intervals,
+       coalesce(sum(commit_seconds), 0) AS cost_sum,
+       coalesce(sum(timed_commits), 0) AS costs
+FROM ledger;
+
+-- custom_plan --
+-- For the rest of the transaction, statements are planned for their parameters each time,
+-- never with the generic plan a prepared statement otherwise settles on after five runs.
+SET LOCAL plan_cache_mode = force_custom_plan;
+
+-- metrics --
+-- Every figure /metrics reads, in one statement so that they come from one snapshot. Jobs
+-- are counted from the jobs_by_group_status index alone.
+SELECT 'jobs' AS kind, container_group_id AS name, status AS detail, count(*) AS n,
+       NULL::timestamptz AS at
+FROM jobs GROUP BY container_group_id, status
+UNION ALL
+SELECT 'attempts', outcome, NULL, count(*), NULL FROM attempts GROUP BY outcome
+UNION ALL
+SELECT 'reallocations', NULL, NULL, count(*), NULL FROM machine_reallocations
+UNION ALL
+SELECT 'blocked_machines', NULL, NULL, count(DISTINCT machine_id), NULL FROM job_blocks
+UNION ALL
+SELECT 'webhook_backlog', NULL, NULL, count(*), min(created) FROM webhook_outbox
+WHERE delivered_at IS NULL AND dead_at IS NULL;
+
+-- group_counts --
+-- How many jobs each group has in each status, every user's.
+--
+-- group_counts and the three statements after it are one question with and without the
+-- user's and the group's filters: a statement for each, so that the planner picks the index
+-- that fits the filters given.
+SELECT container_group_id, status, count(*) FROM jobs
+GROUP BY container_group_id, status
+ORDER BY container_group_id;
+
+-- group_counts_of_user --
+-- As group_counts, the user's ($1) jobs.
+SELECT container_group_id, status, count(*) FROM jobs
+WHERE jobs.user_id = $1
+GROUP BY container_group_id, status
+ORDER BY container_group_id;
+
+-- group_counts_of_group --
+-- As group_counts, the group's ($1) jobs, every user's.
+SELECT container_group_id, status, count(*) FROM jobs
+WHERE jobs.container_group_id = $1
+GROUP BY container_group_id, status
+ORDER BY container_group_id;
+
+-- group_counts_of_user_in_group --
+-- As group_counts, the user's ($1) jobs of the group ($2).
+SELECT container_group_id, status, count(*) FROM jobs
+WHERE jobs.user_id = $1 AND jobs.container_group_id = $2
+GROUP BY container_group_id, status
+ORDER BY container_group_id;
+
+-- blocked_machines --
+-- The machines blocked from jobs of the group $1 (every user's), at most $2, the latest
+-- blocked first: how many jobs, when last, and whether marked for reallocation.
+SELECT b.machine_id, count(*) AS jobs, max(b.blocked_at) AS last_blocked,
+       bool_or(EXISTS (SELECT 1 FROM machine_reallocations AS r
+                       WHERE r.machine_id = b.machine_id AND r.user_id = j.user_id))
+FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+WHERE j.container_group_id = $1
+GROUP BY b.machine_id
+ORDER BY last_blocked DESC, b.machine_id
+LIMIT $2;
+
+-- blocked_machines_of_user --
+-- As blocked_machines, for the user's ($1) jobs of the group ($2), at most $3 (a statement
+-- of its own, so that the planner picks the index that fits the user's filter).
+SELECT b.machine_id, count(*) AS jobs, max(b.blocked_at) AS last_blocked,
+       bool_or(EXISTS (SELECT 1 FROM machine_reallocations AS r
+                       WHERE r.machine_id = b.machine_id AND r.user_id = j.user_id))
+FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+WHERE j.user_id = $1 AND j.container_group_id = $2
+GROUP BY b.machine_id
+ORDER BY last_blocked DESC, b.machine_id
+LIMIT $3;
+
+-- group_activity --
+-- Counts behind a group's activity chart (see kelpie.store.overview.activity_series): the
+-- jobs of the group $1 (every user's) and their attempts that overlap the window [$2, $3),
+-- alive before it, and created, started and ended in each bucket of $4 seconds.
+WITH g AS (
+    SELECT id, created, coalesce(completed, failed, canceled) AS ended FROM jobs
+    WHERE jobs.container_group_id = $1 AND created < $3::timestamptz
+      AND (coalesce(completed, failed, canceled) IS NULL
+           OR coalesce(completed, failed, canceled) >= $2::timestamptz)
+), a AS (
+    SELECT attempts.started, attempts.ended, attempts.outcome
+    FROM attempts JOIN g ON g.id = attempts.job_id
+    WHERE attempts.started < $3::timestamptz AND (attempts.ended IS NULL OR attempts.ended >= $2::timestamptz)
+)
+SELECT 'alive' AS kind, -1 AS bucket, count(*) AS n FROM g WHERE created < $2::timestamptz
+UNION ALL
+SELECT 'created', floor(extract(epoch FROM created - $2::timestamptz) / $4::float8)::int AS bucket,
+       count(*)
+FROM g WHERE created >= $2::timestamptz GROUP BY bucket
+UNION ALL
+SELECT 'ended', floor(extract(epoch FROM ended - $2::timestamptz) / $4::float8)::int AS bucket,
+       count(*)
+FROM g WHERE ended < $3::timestamptz GROUP BY bucket
+UNION ALL
+SELECT 'held', -1, count(*) FROM a WHERE started < $2::timestamptz
+UNION ALL
+SELECT 'started', floor(extract(epoch FROM started - $2::timestamptz) / $4::float8)::int AS bucket,
+       count(*)
+FROM a WHERE started >= $2::timestamptz GROUP BY bucket
+UNION ALL
+SELECT 'ended:' || outcome,
+       floor(extract(epoch FROM ended - $2::timestamptz) / $4::float8)::int AS bucket, count(*)
+FROM a WHERE ended < $3::timestamptz GROUP BY outcome, bucket;
+
+-- group_activity_of_user --
+-- As group_activity, for the user's ($1) jobs of the group ($2), the window [$3, $4) and
+-- buckets of $5 seconds (a statement of its own, so that the planner picks the index that
+-- fits the user's filter).
+WITH g AS (
+    SELECT id, created, coalesce(completed, failed, canceled) AS ended FROM jobs
+    WHERE jobs.user_id = $1 AND jobs.container_group_id = $2 AND created < $4::timestamptz
+      AND (coalesce(completed, failed, canceled) IS NULL
+           OR coalesce(completed, failed, canceled) >= $3::timestamptz)
+), a AS (
+    SELECT attempts.started, attempts.ended, attempts.outcome
+    FROM attempts JOIN g ON g.id = attempts.job_id
+    WHERE attempts.started < $4::timestamptz AND (attempts.ended IS NULL OR attempts.ended >= $3::timestamptz)
+)
+SELECT 'alive' AS kind, -1 AS bucket, count(*) AS n FROM g WHERE created < $3::timestamptz
+UNION ALL
+SELECT 'created', floor(extract(epoch FROM created - $3::timestamptz) / $5::float8)::int AS bucket,
+       count(*)
+FROM g WHERE created >= $3::timestamptz GROUP BY bucket
+UNION ALL
+SELECT 'ended', floor(extract(epoch FROM ended - $3::timestamptz) / $5::float8)::int AS bucket,
+       count(*)
+FROM g WHERE ended < $4::timestamptz GROUP BY bucket
+UNION ALL
+SELECT 'held', -1, count(*) FROM a WHERE started < $3::timestamptz
+UNION ALL
+SELECT 'started', floor(extract(epoch FROM started - $3::timestamptz) / $5::float8)::int AS bucket,
+       count(*)
+FROM a WHERE started >= $3::timestamptz GROUP BY bucket
+UNION ALL
+SELECT 'ended:' || outcome,
+       floor(extract(epoch FROM ended - $3::timestamptz) / $5::float8)::int AS bucket, count(*)
+FROM a WHERE ended < $4::timestamptz GROUP BY outcome, bucket;
+
+-- ping --
+-- The database answers.
+SELECT 1;
+
+-- lock_migrations --
+-- Serializes the migrations of one database across processes, to the end of the
+-- transaction ($1 the lock's key): several processes may start at once against a fresh
+-- database.
+SELECT pg_advisory_xact_lock($1);
+
+-- create_schema_migrations --
+-- The table of the migrations applied, on a fresh database.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL
+);
+
+-- applied_migrations --
+-- The versions of the migrations applied.
+SELECT version FROM schema_migrations;
+
+-- note_migration --
+-- The migration $1 is applied.
+INSERT INTO schema_migrations (version, applied_at) VALUES ($1, now());
+
+-- lock_api_liveness --
+-- When an API process was last alive, the row locked: processes that come back together
+-- credit one outage once.
+SELECT last_seen FROM api_liveness WHERE id = 1 FOR UPDATE;
+
+-- newest_heartbeat --
+-- The newest heartbeat of a running job (now when none): the last sign of life on a first
+-- start on this database (or after an upgrade).
+SELECT coalesce(max(heartbeat), now()) FROM jobs WHERE status = 'running';
+
+-- seconds_since --
+-- How many seconds ago $1 was.
+SELECT extract(epoch FROM now() - $1::timestamptz)::float8;
+
+-- extend_leases_after_outage --
+-- Nobody could hear heartbeats since $1: a running job whose lease was still good then gets a
+-- full lease from now, and $2 seconds of grace, to beat again.
+UPDATE jobs SET lease_expires = greatest(lease_expires,
+    now() + heartbeat_interval * interval '2 s' + $2::float8 * interval '1 s')
+WHERE status = 'running'
+  AND heartbeat >= $1::timestamptz - heartbeat_interval * interval '2 s';
+
+-- note_api_alive --
+-- An API process is alive now.
+INSERT INTO api_liveness (id, last_seen) VALUES (1, now())
+ON CONFLICT (id) DO UPDATE
+SET last_seen = greatest(api_liveness.last_seen, excluded.last_seen);
