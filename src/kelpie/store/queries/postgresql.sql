@@ -14,7 +14,8 @@
 -- same statement, so they commit or vanish together in one round trip.
 --
 -- A statement ends at its `;`; comments come under its name (or inside it, where they are
--- sent along), never after it.
+-- sent along), never after it. Every statement is sent as written, but list_jobs_newest_first
+-- and list_jobs_oldest_first, whose {filters} the code fills in.
 
 
 -- claim --
@@ -608,15 +609,15 @@ FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2);
 -- list_jobs_newest_first --
 -- A page of jobs, newest first ($1 page size, $2 offset), filtered.
 --
--- The one statement of this file completed at run time: list_jobs puts the filters the
--- query gives in place of {filters}, from a fixed set of texts, never from the query's
--- values (they are parameters): nothing, or `WHERE` and, joined by AND, `<column> = $n` for
--- each of user_id, status, container_group_id and name given, then for each label
--- `id IN (SELECT job_id FROM job_labels WHERE key = $n AND value = $n+1)`, numbered from $3
--- in that order. Only the filters given, so that the planner picks the index that fits
--- them (jobs_by_user, jobs_by_user_status, jobs_by_user_group, jobs_by_name,
--- jobs_by_created): `($n IS NULL OR column = $n)` would let a prepared statement's generic
--- plan settle on one index for every combination.
+-- With list_jobs_oldest_first, the only statements of this file completed at run time:
+-- list_jobs puts the filters the query gives in place of {filters}, from a fixed set of
+-- texts, never from the query's values (they are parameters): nothing, or `WHERE` and,
+-- joined by AND, `<column> = $n` for each of user_id, status, container_group_id and name
+-- given, then for each label `id IN (SELECT job_id FROM job_labels WHERE key = $n AND
+-- value = $n+1)`, numbered from $3 in that order. Only the filters given, so that the
+-- planner picks the index that fits them (jobs_by_user, jobs_by_user_status,
+-- jobs_by_user_group, jobs_by_name, jobs_by_created): `($n IS NULL OR column = $n)` would
+-- let a prepared statement's generic plan settle on one index for every combination.
 SELECT id, user_id, status, container_group_id, created, started, completed, canceled,
        failed, heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code,
        last_error, max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
@@ -1124,7 +1125,8 @@ WITH g AS (
 ), a AS (
     SELECT attempts.started, attempts.ended, attempts.outcome
     FROM attempts JOIN g ON g.id = attempts.job_id
-    WHERE attempts.started < $3::timestamptz AND (attempts.ended IS NULL OR attempts.ended >= $2::timestamptz)
+    WHERE attempts.started < $3::timestamptz
+      AND (attempts.ended IS NULL OR attempts.ended >= $2::timestamptz)
 )
 SELECT 'alive' AS kind, -1 AS bucket, count(*) AS n FROM g WHERE created < $2::timestamptz
 UNION ALL
@@ -1158,7 +1160,8 @@ WITH g AS (
 ), a AS (
     SELECT attempts.started, attempts.ended, attempts.outcome
     FROM attempts JOIN g ON g.id = attempts.job_id
-    WHERE attempts.started < $4::timestamptz AND (attempts.ended IS NULL OR attempts.ended >= $3::timestamptz)
+    WHERE attempts.started < $4::timestamptz
+      AND (attempts.ended IS NULL OR attempts.ended >= $3::timestamptz)
 )
 SELECT 'alive' AS kind, -1 AS bucket, count(*) AS n FROM g WHERE created < $3::timestamptz
 UNION ALL
