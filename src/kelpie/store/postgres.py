@@ -1,4 +1,5 @@
-"""PostgreSQL store: asyncpg, a connection pool, plain SQL.
+"""PostgreSQL store: asyncpg, a connection pool, plain SQL (every statement whole and named in
+queries/postgresql.sql).
 
 Every worker-side state change is one statement: the fenced `UPDATE … RETURNING` of the job,
 with the attempt, block and webhook outbox writes as data-modifying CTEs of the same
@@ -16,13 +17,12 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 
 from kelpie.backoff import Backoff
 from kelpie.store._common import (
-    API_KEY_COLUMNS,
     CANCELED_MESSAGE,
     IDEMPOTENCY_JOBS_GONE,
     IDEMPOTENCY_KEY_LIFETIME_S,
@@ -39,12 +39,10 @@ from kelpie.store._common import (
     checkpoint_message,
     claimed_message,
     completed_message,
-    ended_by_interruptions_sql,
     expired_objects,
     failure_message,
     interrupted_message,
     interruption_event_data,
-    interruption_limit_reason,
     label_rows,
     lost_message,
     manifest_from_json,
@@ -63,9 +61,6 @@ from kelpie.store._common import (
 )
 from kelpie.store._connection_pool import UNREACHABLE_ERRORS, ConnectionPool
 from kelpie.store.goodput import (
-    ATTEMPT_ROWS,
-    LEDGER,
-    REPORT_SUMS,
     GroupLedger,
     JobLedger,
     attempt_ledger,
@@ -119,6 +114,7 @@ from kelpie.store.protocol import (
     StoreError,
     StoreUnavailable,
 )
+from kelpie.store.queries import QueryFileError, load_queries
 
 logger = logging.getLogger(__name__)
 _decode = RowDecoder(time=lambda value: value, json=lambda value: value)
@@ -131,410 +127,128 @@ _LISTEN_RETRY = Backoff(base=0.5, cap=30.0, floor=0.25)
 CONNECT_TIMEOUT_S = 10.0
 _LISTEN_ERRORS: tuple[type[BaseException], ...] = (*UNREACHABLE_ERRORS, asyncpg.PostgresError)
 
-_JOB_FIELDS = (
-    "id",
-    "user_id",
-    "status",
-    "container_group_id",
-    "created",
-    "started",
-    "completed",
-    "canceled",
-    "failed",
-    "heartbeat",
-    "num_failures",
-    "num_heartbeats",
-    "machine_id",
-    "last_exit_code",
-    "last_error",
-    "max_failures",
-    "heartbeat_interval",
-    "webhook",
-    "spec",
-    "org_name",
-    "project_name",
-    "attempt_id",
-    "checkpoint_generation",
-    "checkpoint_keep",
-    "priority",
-    "name",
-    "max_interruptions",
-    "num_interruptions",
-    "logs_prefix",
-    "stall_timeout",
-    "progress",
-    "progress_updated_at",
-)
-_JOB_COLUMNS = ", ".join(_JOB_FIELDS)
-_USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
-_RULE_COLUMNS = (
-    "user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,"
-    " created, updated, org_name, project_name"
-)
-_CHECKPOINT_COLUMNS = "job_id, generation, attempt_id, machine_id, created, files, bytes, manifest"
-_EVENT_COLUMNS = "id, job_id, attempt_id, machine_id, kind, message, data, created"
+# Every statement is whole and named in queries/postgresql.sql; a name the file lacks fails
+# here, at import.
+_SQL = load_queries("postgresql")
 
 
-def _held(attempt: str) -> str:
-    """The caller holds the job: $1 job id, $2 machine id, $3 user id or NULL for any user,
-    `attempt` the parameter of the attempt id (NULL: fenced by machine only)."""
-    return (
-        "id = $1 AND status = 'running' AND machine_id = $2"
-        " AND ($3::text IS NULL OR user_id = $3)"
-        f" AND ({attempt}::bigint IS NULL OR attempt_id = {attempt}::bigint)"
-    )
+def _with_placeholder(statement: str, placeholder: str) -> str:
+    """A statement the code completes at run time, checked to hold its placeholder once
+    (without it, filling it in would silently drop what it stands for)."""
+    if statement.count(placeholder) != 1:
+        raise QueryFileError(f"a statement must hold {placeholder} once: {statement}")
+    return statement
 
 
-_HELD = _held("$4")
-
-# A changed progress: recorded, with the attempt's new stall deadline.
-_RECORD_PROGRESS = """
-UPDATE jobs SET progress = $2::jsonb, progress_updated_at = now(),
-    stall_deadline = now() + stall_timeout * interval '1 s'
-WHERE id = $1"""
-_ADD_PROGRESS_EVENT = """
-INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
-VALUES ($1, $2, $3, 'progress', $4, $5::jsonb, now())"""
-
-_STALLED = "status = 'running' AND stall_deadline IS NOT NULL AND stall_deadline < now()"
-# A stalled job's holder fails it ($2 the last_error).
-_FAIL_STALLED = f"""
-UPDATE jobs SET num_failures = num_failures + 1, last_exit_code = NULL, last_error = $2,
-    stall_deadline = NULL,
-    status = CASE WHEN num_failures + 1 >= max_failures THEN 'failed' ELSE 'pending' END,
-    failed = CASE WHEN num_failures + 1 >= max_failures THEN now() ELSE failed END
-WHERE id = $1 AND status = 'running'
-RETURNING {_JOB_COLUMNS}"""
-
-# A machine heard from ($1 user, $2 group, $3 machine, $4 any user, $5 version, $6 polled).
-_NOTE_WORKER = """
-INSERT INTO workers (user_id, container_group_id, machine_id, any_user, version, first_seen,
-                     last_poll, last_seen)
-VALUES ($1, $2, $3, $4, $5, now(), CASE WHEN $6::boolean THEN now() END, now())
-ON CONFLICT (container_group_id, machine_id, user_id) DO UPDATE
-SET last_seen = excluded.last_seen, any_user = excluded.any_user,
-    last_poll = coalesce(excluded.last_poll, workers.last_poll),
-    version = coalesce(excluded.version, workers.version)"""
-
-# Machines seen within $3 seconds through $1's keys (NULL: anyone's), in $2 (NULL: all), with
-# the job each holds in its group and how many of its user's jobs it is blocked from.
-_LIST_WORKERS = """
-SELECT w.user_id, w.container_group_id, w.machine_id, w.first_seen, w.last_seen, w.last_poll,
-       w.version,
-       (SELECT j.id FROM jobs AS j
-        WHERE j.status = 'running' AND j.container_group_id = w.container_group_id
-          AND j.machine_id = w.machine_id AND (w.any_user OR j.user_id = w.user_id)
-        LIMIT 1) AS current_job_id,
-       (SELECT count(*) FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
-        WHERE b.machine_id = w.machine_id AND j.user_id = w.user_id)::int AS blocked_jobs
-FROM workers AS w
-WHERE w.last_seen >= now() - $3::float8 * interval '1 s'
-  AND ($1::text IS NULL OR w.user_id = $1) AND ($2::text IS NULL OR w.container_group_id = $2)
-ORDER BY w.container_group_id, w.machine_id, w.user_id
-LIMIT 1000"""
-
-# For a pending job ($1 id, $2 owner, $3 group, $4 seconds): the machines of its group heard
-# from recently that may take it (through its owner's keys or an admin's), how many are
-# blocked from it and how many hold a job; and its owner's pending jobs of the group that
-# come before it in claim order.
-_PENDING_REASON = """
-WITH m AS (
-    SELECT DISTINCT machine_id FROM workers
-    WHERE container_group_id = $3 AND last_seen >= now() - $4::float8 * interval '1 s'
-      AND (user_id = $2 OR any_user)
-), me AS (
-    SELECT priority, created, seq FROM jobs WHERE id = $1
-)
-SELECT (SELECT count(*) FROM m)::int AS machines,
-       (SELECT count(*) FROM m WHERE EXISTS (
-            SELECT 1 FROM job_blocks AS b WHERE b.job_id = $1 AND b.machine_id = m.machine_id
-       ))::int AS blocked,
-       (SELECT count(*) FROM m WHERE EXISTS (
-            SELECT 1 FROM jobs AS j WHERE j.status = 'running' AND j.container_group_id = $3
-              AND j.machine_id = m.machine_id
-       ))::int AS busy,
-       (SELECT count(*) FROM jobs AS j, me
-        WHERE j.status = 'pending' AND j.container_group_id = $3 AND j.user_id = $2
-          AND (j.priority > me.priority
-               OR (j.priority = me.priority
-                   AND (j.created < me.created
-                        OR (j.created = me.created AND j.seq < me.seq)))))::int AS ahead,
-       EXISTS (SELECT 1 FROM me) AS found"""
-
-_SCHEMA_MIGRATIONS = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    integer PRIMARY KEY,
-    applied_at timestamptz NOT NULL
-)"""
-
-
-def _queue_event(source: str, condition: str = "TRUE") -> str:
-    """INSERT of the webhook event reporting each job `source` returns (its new status,
-    its holder), for jobs that have a webhook."""
-    return f"""
-        INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)
-        SELECT user_id, webhook,
-               jsonb_build_object('status', status, 'job_id', id, 'machine_id', machine_id,
-                                  'container_group_id', container_group_id),
-               now(), now()
-        FROM {source} WHERE webhook IS NOT NULL AND {condition}"""
-
-
-def _end_running_attempt(source: str, outcome: str, exit_code: str = "NULL") -> str:
-    """UPDATE ending the running attempt of each job `source` returns."""
-    return f"""
-        UPDATE attempts SET outcome = '{outcome}', ended = now(), exit_code = {exit_code}
-        FROM {source} WHERE attempts.job_id = {source}.id AND attempts.outcome = 'running'"""
-
-
-def _add_event(source: str, kind: str, message: str, data: str = "NULL") -> str:
-    """INSERT of a job event for each job `source` returns (with its attempt and machine)."""
-    return f"""
-        INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
-        SELECT id, attempt_id, machine_id, '{kind}', {message}, {data}, now() FROM {source}"""
-
-
-def _claimable(status: Literal["running", "pending"], gate: str = "TRUE") -> str:
-    """The first job of the group in `status` (stalled, when running) that the machine may
-    take, in claim order (highest priority, then oldest), locked. $1 machine, $2 group, $3
-    user or NULL. `gate` is a condition on nothing in the row: when false, the scan never
-    runs and locks nothing. Pending jobs come in this order from jobs_pending_by_group, the
-    only index that has it: no plan can walk another index (`created`) filtering as it goes.
-    The user's scope (true when $3 is NULL) is spelt so that it is never an index condition:
-    planning a group the statistics do not know yet (a new group, a big batch since the last
-    ANALYZE) with the user known, PostgreSQL would otherwise pick jobs_by_user_group and sort
-    every pending job of the group, at every claim."""
-    # lease_expires is a lower bound of the true deadline (see _HEARTBEAT): it finds the
-    # candidates through the index, the heartbeat decides.
-    # A stalled job at its last allowed interruption is failed instead (see
-    # end_stalled_out_of_interruptions), never handed out again.
-    stalled = (
-        "AND j.lease_expires < now()"
-        " AND j.heartbeat < now() - j.heartbeat_interval * interval '2 s'"
-        " AND (j.max_interruptions IS NULL OR j.num_interruptions + 1 < j.max_interruptions)"
-        if status == "running"
-        else ""
-    )
-    return f"""
-        SELECT j.id FROM jobs AS j
-        WHERE {gate} AND j.status = '{status}' AND j.container_group_id = $2 {stalled}
-          AND (j.user_id = $3::text) IS NOT FALSE
-          AND NOT EXISTS (
-              SELECT 1 FROM job_blocks AS b WHERE b.job_id = j.id AND b.machine_id = $1)
-        ORDER BY j.priority DESC, j.created, j.seq
-        LIMIT 1
-        FOR UPDATE OF j SKIP LOCKED"""
-
-
-# A job is stalled when its heartbeat is older than two intervals. lease_expires (indexed,
-# so that a claim finds stalled jobs without walking the running ones) is moved only when
-# less than half an interval of it is left: a heartbeat that leaves it alone touches no
-# indexed column, so PostgreSQL updates the row in place (HOT) instead of writing an entry
-# into every index of `jobs`. It stays at most the true deadline; the claim checks the
-# heartbeat itself.
-_HEARTBEAT = f"""
-UPDATE jobs SET heartbeat = now(), num_heartbeats = num_heartbeats + 1,
-    lease_expires = CASE
-        WHEN lease_expires < now() + heartbeat_interval * interval '500 ms'
-        THEN now() + heartbeat_interval * interval '2 s'
-        ELSE lease_expires END
-WHERE {_HELD}
-RETURNING true"""
-# The holder's beat, answering the progress recorded before it (for a beat that brings one).
-_HEARTBEAT_WITH_PROGRESS = _HEARTBEAT.replace(
-    "RETURNING true", "RETURNING id, attempt_id, progress"
-)
-
-# A stalled job first, else the oldest pending one. The pending scan runs (and locks a row)
-# only when no stalled job was found, so a claim never holds a second job that concurrent
-# claimers would then skip. The attempt id is drawn first so that the job and its attempt
-# row carry it in one statement. $4 the claimed event's message, $5 the lost one's.
-_CLAIM = f"""
-WITH stalled AS ({_claimable("running")}
-), pending AS ({_claimable("pending", gate="NOT EXISTS (SELECT 1 FROM stalled)")}
-), chosen AS (
-    SELECT id FROM stalled UNION ALL SELECT id FROM pending
-), claimed AS (
-    UPDATE jobs AS j
-    SET status = 'running', machine_id = $1, heartbeat = now(),
-        lease_expires = now() + j.heartbeat_interval * interval '2 s',
-        started = coalesce(j.started, now()),
-        attempt_id = nextval(pg_get_serial_sequence('attempts', 'id')),
-        stall_deadline = now() + j.stall_timeout * interval '1 s',
-        num_interruptions = j.num_interruptions + CASE WHEN j.status = 'running' THEN 1 ELSE 0 END
-    FROM chosen WHERE j.id = chosen.id
-    RETURNING {", ".join("j." + field for field in _JOB_FIELDS)}
-), lost_attempt AS (
-    UPDATE attempts SET outcome = 'lost', ended = now()
-    FROM claimed WHERE attempts.job_id = claimed.id AND attempts.outcome = 'running'
-    RETURNING attempts.job_id AS id, attempts.id AS attempt_id, attempts.machine_id
-), new_attempt AS (
-    INSERT INTO attempts (id, job_id, machine_id, started, outcome) OVERRIDING SYSTEM VALUE
-    SELECT attempt_id, id, machine_id, now(), 'running' FROM claimed
-), job_events AS (
-    -- one INSERT, so the lost attempt's event comes before the claim's, in id order
-    INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, created)
-    SELECT id, attempt_id, machine_id, kind, message, now() FROM (
-        SELECT 1 AS position, id, attempt_id, machine_id, 'lost' AS kind, $5 AS message
-        FROM lost_attempt
-        UNION ALL
-        SELECT 2, id, attempt_id, machine_id, 'claimed', $4 FROM claimed
-    ) AS happened
-    ORDER BY position
-), event AS ({_queue_event("claimed")})
-SELECT * FROM claimed"""
-
-# $4 attempt id or NULL, $5 the event's message
-_COMPLETE = f"""
-WITH completed_job AS (
-    UPDATE jobs SET status = 'completed', completed = now() WHERE {_HELD}
-    RETURNING id, user_id, status, machine_id, container_group_id, webhook, attempt_id
-), ended_attempt AS ({_end_running_attempt("completed_job", "completed")}
-), job_event AS ({_add_event("completed_job", "completed", "$5")}
-), event AS ({_queue_event("completed_job")})
-SELECT id FROM completed_job"""
-
-# $4 exit code, $5 error, $6 attempt id or NULL, $7/$8 the event's message when the job
-# failed for good / is pending again, $9 the event's data, $10 fail it now (retry rules)
-_FAIL = f"""
-WITH failed_job AS (
-    UPDATE jobs SET
-        num_failures = num_failures + 1,
-        last_exit_code = $4, last_error = $5,
-        status = CASE WHEN $10::boolean OR num_failures + 1 >= max_failures
-                 THEN 'failed' ELSE 'pending' END,
-        failed = CASE WHEN $10::boolean OR num_failures + 1 >= max_failures
-                 THEN now() ELSE failed END
-    WHERE {_held("$6")}
-    RETURNING {_JOB_COLUMNS}
-), job_event AS ({
-    _add_event(
-        "failed_job", "failed", "CASE WHEN status = 'failed' THEN $7 ELSE $8 END", "$9::jsonb"
-    )
-}), block AS (
-    INSERT INTO job_blocks (job_id, machine_id, blocked_at)
-    SELECT id, machine_id, now() FROM failed_job
-    ON CONFLICT DO NOTHING
-    RETURNING job_id
-), ended_attempt AS ({_end_running_attempt("failed_job", "failed", exit_code="$4::integer")}
-), event AS ({_queue_event("failed_job", "status = 'failed'")})
-SELECT failed_job.*,
-       (SELECT count(*) FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
-        WHERE b.machine_id = $2 AND j.user_id = failed_job.user_id)
-       + (SELECT count(*) FROM block) AS machine_blocked_jobs
-FROM failed_job"""
-
-# A running job at its last allowed interruption.
-_OVER_BUDGET = "max_interruptions IS NOT NULL AND num_interruptions + 1 >= max_interruptions"
-
-# $4 attempt id or NULL, $5 the event's message, $6 the exit code that made the failure
-# report an interruption (retry rules) or NULL, $7 the event's data. At the job's last
-# allowed interruption it fails instead of going back to pending.
-_INTERRUPT = f"""
-WITH interrupted_job AS (
-    UPDATE jobs SET
-        num_interruptions = num_interruptions + 1,
-        status = CASE WHEN {_OVER_BUDGET} THEN 'failed' ELSE 'pending' END,
-        failed = CASE WHEN {_OVER_BUDGET} THEN now() ELSE failed END,
-        last_error = CASE WHEN {_OVER_BUDGET}
-                     THEN {interruption_limit_reason("num_interruptions + 1")}
-                     ELSE last_error END
-    WHERE {_HELD}
-    RETURNING id, user_id, status, attempt_id, machine_id, container_group_id, webhook,
-              last_error
-), ended_attempt AS ({_end_running_attempt("interrupted_job", "interrupted", "$6::integer")}
-), job_event AS ({
-    _add_event(
-        "interrupted_job",
-        "interrupted",
-        f"CASE WHEN status = 'failed' THEN {ended_by_interruptions_sql('$5')} ELSE $5 END",
-        "$7::jsonb",
-    )
-}), event AS ({_queue_event("interrupted_job", "status = 'failed'")})
-SELECT id FROM interrupted_job"""
-
-# Stalled running jobs at their last allowed interruption fail: their attempt is lost (its
-# last heartbeat kept) and a `failed` webhook queued. $1 the event's message.
-_END_STALLED_OUT_OF_INTERRUPTIONS = f"""
-WITH out_of_budget AS (
-    SELECT id FROM jobs
-    WHERE status = 'running' AND max_interruptions IS NOT NULL AND lease_expires < now()
-      AND heartbeat < now() - heartbeat_interval * interval '2 s'
-      AND num_interruptions + 1 >= max_interruptions
-    FOR UPDATE SKIP LOCKED
-), failed_job AS (
-    UPDATE jobs SET status = 'failed', failed = now(),
-        num_interruptions = jobs.num_interruptions + 1,
-        last_error = {interruption_limit_reason("jobs.num_interruptions + 1")}
-    FROM out_of_budget WHERE jobs.id = out_of_budget.id
-    RETURNING {", ".join("jobs." + field for field in _JOB_FIELDS)}
-), lost_attempt AS (
-    UPDATE attempts SET outcome = 'lost', ended = now(), last_heartbeat = failed_job.heartbeat
-    FROM failed_job WHERE attempts.job_id = failed_job.id AND attempts.outcome = 'running'
-), job_event AS ({_add_event("failed_job", "lost", ended_by_interruptions_sql("$1"))}
-), event AS ({_queue_event("failed_job")})
-SELECT * FROM failed_job"""
-
-# $3 the event's message
-_CANCEL = f"""
-WITH canceled_job AS (
-    UPDATE jobs SET status = 'canceled', canceled = now()
-    WHERE id = $1 AND status IN ('pending', 'running') AND ($2::text IS NULL OR user_id = $2)
-    RETURNING id, NULL::bigint AS attempt_id, NULL::text AS machine_id
-), ended_attempt AS ({_end_running_attempt("canceled_job", "canceled")}
-), job_event AS ({_add_event("canceled_job", "canceled", "$3")})
-SELECT id FROM canceled_job"""
-
-# $1 user, $2 group, $3 the event's message; the group's pending and running jobs are locked
-# first (see purge_group)
-_PURGE = f"""
-WITH canceled_job AS (
-    UPDATE jobs SET status = 'canceled', canceled = now()
-    WHERE user_id = $1 AND container_group_id = $2 AND status = 'running'
-    RETURNING id, NULL::bigint AS attempt_id, NULL::text AS machine_id
-), ended_attempt AS ({_end_running_attempt("canceled_job", "canceled")}
-), job_event AS ({_add_event("canceled_job", "canceled", "$3")}
-), deleted_job AS (
-    DELETE FROM jobs WHERE user_id = $1 AND container_group_id = $2 AND status = 'pending'
-    RETURNING id
-)
-SELECT (SELECT count(*) FROM canceled_job) + (SELECT count(*) FROM deleted_job)"""
-
-# $1 user, $2.. one array per column: all jobs or none, in order (seq follows `position`);
-# $16/$17/$18 the labels' job ids, keys and values.
-_CREATE_JOBS = f"""
-WITH created_job AS (
-    INSERT INTO jobs (id, user_id, status, container_group_id, created, max_failures,
-                      heartbeat_interval, webhook, spec, org_name, project_name, checkpoint_keep,
-                      name, max_interruptions, priority, logs_prefix, stall_timeout)
-    SELECT id, $1, 'pending', grp, now(), mf, hi, wh, sp::jsonb, org, prj, ck, nm, mi, pr, lp, st
-    FROM unnest($2::text[], $3::text[], $4::int[], $5::int[], $6::text[],
-                $7::text[], $8::text[], $9::text[], $10::int[], $11::text[], $12::int[],
-                $13::int[], $14::text[], $15::int[])
-         WITH ORDINALITY AS t(id, grp, mf, hi, wh, sp, org, prj, ck, nm, mi, pr, lp, st, position)
-    ORDER BY position
-    RETURNING {_JOB_COLUMNS}
-), labels AS (
-    INSERT INTO job_labels (job_id, key, value)
-    SELECT * FROM unnest($16::text[], $17::text[], $18::text[])
-)
-SELECT * FROM created_job"""
-
-# Takes the user's idempotency key for this request, unless it is in use (within its
-# lifetime, $6 seconds): true when taken. $1 user, $2 key, $3 fingerprint, $4 status code,
-# $5 the job ids. A concurrent request with the same key waits here for this one's outcome.
-_TAKE_IDEMPOTENCY_KEY = """
-INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, job_ids, created)
-VALUES ($1, $2, $3, $4, $5, now())
-ON CONFLICT (user_id, key) DO UPDATE
-SET fingerprint = excluded.fingerprint, status_code = excluded.status_code,
-    job_ids = excluded.job_ids, created = excluded.created
-WHERE idempotency_keys.created < now() - $6::float8 * interval '1 s'
-RETURNING true"""
-
-# $1 channel, $2 groups. A transaction that writes nothing but notifications commits
-# without waiting for a WAL flush.
-_ANNOUNCE_NEW_JOBS = "SELECT pg_notify($1, grp) FROM unnest($2::text[]) AS grp"
+# jobs, worker side
+_CLAIM = _SQL["claim"]
+_HEARTBEAT = _SQL["heartbeat"]
+_HEARTBEAT_WITH_PROGRESS = _SQL["heartbeat_with_progress"]
+_RECORD_PROGRESS = _SQL["record_progress"]
+_ADD_PROGRESS_EVENT = _SQL["add_progress_event"]
+_COMPLETE = _SQL["complete"]
+_FAIL = _SQL["fail"]
+_INTERRUPT = _SQL["interrupt"]
+_END_STALLED_OUT_OF_INTERRUPTIONS = _SQL["end_stalled_out_of_interruptions"]
+_ANY_STALLED_JOB = _SQL["any_stalled_job"]
+_LOCK_STALLED_JOBS = _SQL["lock_stalled_jobs"]
+_FAIL_STALLED = _SQL["fail_stalled"]
+_BLOCK_MACHINE = _SQL["block_machine"]
+_FAIL_RUNNING_ATTEMPT = _SQL["fail_running_attempt"]
+_ADD_STALLED_EVENT = _SQL["add_stalled_event"]
+_QUEUE_WEBHOOK_EVENT = _SQL["queue_webhook_event"]
+_ADD_WORKER_EVENT = _SQL["add_worker_event"]
+_JOB_STATUS = _SQL["job_status"]
+_JOB_EXISTS = _SQL["job_exists"]
+_CLAIM_REALLOCATION = _SQL["claim_reallocation"]
+_NOTE_WORKER = _SQL["note_worker"]
+# checkpoints
+_LOCK_JOB_FOR_COMMIT = _SQL["lock_job_for_commit"]
+_GET_CHECKPOINT = _SQL["get_checkpoint"]
+_ADD_CHECKPOINT = _SQL["add_checkpoint"]
+_SET_CHECKPOINT_GENERATION = _SQL["set_checkpoint_generation"]
+_COUNT_COMMIT = _SQL["count_commit"]
+_KEPT_MANIFESTS = _SQL["kept_manifests"]
+_DROP_MANIFESTS = _SQL["drop_manifests"]
+_ADD_CHECKPOINT_EVENT = _SQL["add_checkpoint_event"]
+# submissions, and the user's changes to jobs
+_CREATE_JOBS = _SQL["create_jobs"]
+_TAKE_IDEMPOTENCY_KEY = _SQL["take_idempotency_key"]
+_GET_IDEMPOTENCY_KEY = _SQL["get_idempotency_key"]
+_JOBS_BY_IDS = _SQL["jobs_by_ids"]
+_PURGE_IDEMPOTENCY_KEYS = _SQL["purge_idempotency_keys"]
+_ANNOUNCE_NEW_JOBS = _SQL["announce_new_jobs"]
+_CANCEL = _SQL["cancel"]
+_LOCK_LIVE_JOBS_OF_GROUP = _SQL["lock_live_jobs_of_group"]
+_PURGE_GROUP = _SQL["purge_group"]
+_DELETE_ALL_JOBS = _SQL["delete_all_jobs"]
+# reads
+_GET_JOB = _SQL["get_job"]
+# completed at run time: list_jobs puts its filters in place of {filters}
+_LIST_JOBS_NEWEST_FIRST = _with_placeholder(_SQL["list_jobs_newest_first"], "{filters}")
+_LIST_JOBS_OLDEST_FIRST = _with_placeholder(_SQL["list_jobs_oldest_first"], "{filters}")
+_LIST_ATTEMPTS = _SQL["list_attempts"]
+_ATTEMPT_WARNINGS = _SQL["attempt_warnings"]
+_LIST_CHECKPOINTS = _SQL["list_checkpoints"]
+_LIST_JOB_EVENTS = _SQL["list_job_events"]
+_LIST_WORKERS = _SQL["list_workers"]
+_PENDING_REASON = _SQL["pending_reason"]
+# users and keys
+_ENSURE_ADMIN_USER = _SQL["ensure_admin_user"]
+_MAKE_ADMIN = _SQL["make_admin"]
+_ADD_BOOTSTRAP_KEY = _SQL["add_bootstrap_key"]
+_REVOKE_OTHER_BOOTSTRAP_KEYS = _SQL["revoke_other_bootstrap_keys"]
+_CREATE_USER = _SQL["create_user"]
+_GET_USER = _SQL["get_user"]
+_ADD_API_KEY = _SQL["add_api_key"]
+_LIST_API_KEYS = _SQL["list_api_keys"]
+_REVOKE_API_KEY = _SQL["revoke_api_key"]
+_PRINCIPAL_FOR_KEY = _SQL["principal_for_key"]
+_DELETE_NON_ADMIN_USERS = _SQL["delete_non_admin_users"]
+# webhook outbox
+_CLAIM_WEBHOOK_EVENTS = _SQL["claim_webhook_events"]
+_WEBHOOK_DELIVERED = _SQL["webhook_delivered"]
+_WEBHOOK_RETRY_LATER = _SQL["webhook_retry_later"]
+_WEBHOOK_GIVE_UP = _SQL["webhook_give_up"]
+_WEBHOOK_POSTPONE = _SQL["webhook_postpone"]
+_POSTPONE_RECEIVER_WEBHOOKS = _SQL["postpone_receiver_webhooks"]
+_PURGE_FINISHED_WEBHOOKS = _SQL["purge_finished_webhooks"]
+_PENDING_WEBHOOK_COUNT = _SQL["pending_webhook_count"]
+# scaling rules and leases
+_CREATE_SCALING_RULE = _SQL["create_scaling_rule"]
+_LIST_SCALING_RULES = _SQL["list_scaling_rules"]
+_GET_SCALING_RULE = _SQL["get_scaling_rule"]
+_UPDATE_SCALING_RULE = _SQL["update_scaling_rule"]
+_SCALING_RULE_EXISTS = _SQL["scaling_rule_exists"]
+_DELETE_SCALING_RULE = _SQL["delete_scaling_rule"]
+_DELETE_ALL_SCALING_RULES = _SQL["delete_all_scaling_rules"]
+_COUNT_ACTIVE_JOBS = _SQL["count_active_jobs"]
+_TRY_LEASE = _SQL["try_lease"]
+# goodput
+_JOB_GOODPUT = _SQL["job_goodput"]
+_GROUP_GOODPUT = _SQL["group_goodput"]
+_CUSTOM_PLAN = _SQL["custom_plan"]
+# operator views: the dashboard and /metrics (read-only)
+_METRICS = _SQL["metrics"]
+_GROUP_COUNTS = _SQL["group_counts"]
+_GROUP_COUNTS_OF_USER = _SQL["group_counts_of_user"]
+_GROUP_COUNTS_OF_GROUP = _SQL["group_counts_of_group"]
+_GROUP_COUNTS_OF_USER_IN_GROUP = _SQL["group_counts_of_user_in_group"]
+_BLOCKED_MACHINES = _SQL["blocked_machines"]
+_BLOCKED_MACHINES_OF_USER = _SQL["blocked_machines_of_user"]
+_GROUP_ACTIVITY = _SQL["group_activity"]
+_GROUP_ACTIVITY_OF_USER = _SQL["group_activity_of_user"]
+# the store's own upkeep: migrations, liveness
+_PING = _SQL["ping"]
+_LOCK_MIGRATIONS = _SQL["lock_migrations"]
+_CREATE_SCHEMA_MIGRATIONS = _SQL["create_schema_migrations"]
+_APPLIED_MIGRATIONS = _SQL["applied_migrations"]
+_NOTE_MIGRATION = _SQL["note_migration"]
+_LOCK_API_LIVENESS = _SQL["lock_api_liveness"]
+_NEWEST_HEARTBEAT = _SQL["newest_heartbeat"]
+_SECONDS_SINCE = _SQL["seconds_since"]
+_EXTEND_LEASES_AFTER_OUTAGE = _SQL["extend_leases_after_outage"]
+_NOTE_API_ALIVE = _SQL["note_api_alive"]
 
 
 def _job_columns(ids: Sequence[str], jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
@@ -561,141 +275,6 @@ def _job_columns(ids: Sequence[str], jobs: Sequence[NewJob]) -> tuple[list[Any],
         [key for _, key, _ in labels],
         [value for _, _, value in labels],
     )
-
-
-# $1 user, $2 machine, $3 threshold
-_CLAIM_REALLOCATION = """
-WITH tenant_blocks AS (
-    SELECT b.blocked_at, j.container_group_id, j.org_name, j.project_name
-    FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
-    WHERE b.machine_id = $2 AND j.user_id = $1
-), blocked AS (
-    SELECT count(*) AS jobs FROM tenant_blocks
-), marked AS (
-    INSERT INTO machine_reallocations (user_id, machine_id, at)
-    SELECT $1, $2, now() FROM blocked WHERE blocked.jobs >= $3 AND blocked.jobs > 0
-    ON CONFLICT DO NOTHING
-    RETURNING machine_id
-)
-SELECT blocked.jobs, latest.container_group_id, latest.org_name, latest.project_name
-FROM marked, blocked, LATERAL (
-    SELECT container_group_id, org_name, project_name FROM tenant_blocks
-    ORDER BY blocked_at DESC
-    LIMIT 1
-) AS latest"""
-
-# Due webhook events, a fair share of each receiver: a walk over the distinct receivers with
-# pending events (one index probe each), then, per receiver, its soonest due events up to its
-# allowance ($4/$5: receivers and their allowances, else $6); the batch takes every
-# receiver's first event before any one's second. $1 limit, $2 lease seconds, $3 token.
-_CLAIM_WEBHOOK_EVENTS = """
-WITH RECURSIVE receivers AS (
-    (SELECT receiver FROM webhook_outbox
-     WHERE delivered_at IS NULL AND dead_at IS NULL
-     ORDER BY receiver LIMIT 1)
-    UNION ALL
-    SELECT (SELECT o.receiver FROM webhook_outbox AS o
-            WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.receiver > r.receiver
-            ORDER BY o.receiver LIMIT 1)
-    FROM receivers AS r WHERE r.receiver IS NOT NULL
-),
-allowed AS (
-    SELECT r.receiver, coalesce(a.allowance, $6) AS allowance
-    FROM receivers AS r
-    LEFT JOIN unnest($4::text[], $5::int[]) AS a(receiver, allowance) USING (receiver)
-    WHERE r.receiver IS NOT NULL
-),
-picked AS (
-    SELECT d.id, d.next_attempt_at,
-           row_number() OVER (PARTITION BY a.receiver ORDER BY d.next_attempt_at, d.id) AS rank
-    FROM allowed AS a CROSS JOIN LATERAL (
-        SELECT o.id, o.next_attempt_at FROM webhook_outbox AS o
-        WHERE o.receiver = a.receiver AND o.delivered_at IS NULL AND o.dead_at IS NULL
-          AND o.next_attempt_at <= now() AND (o.leased_until IS NULL OR o.leased_until <= now())
-        ORDER BY o.next_attempt_at, o.id
-        LIMIT greatest(a.allowance, 0)
-    ) AS d
-),
-due AS (
-    -- Rechecked once locked, as another claim may have taken an event meanwhile. Spelt so
-    -- that only the primary key fits (not the due index, whose scan a table with stale
-    -- statistics can make look cheap).
-    SELECT o.id FROM webhook_outbox AS o
-    WHERE o.id = ANY(ARRAY(SELECT id FROM picked ORDER BY rank, next_attempt_at, id LIMIT $1))
-      AND coalesce(o.delivered_at, o.dead_at) IS NULL
-      AND (o.leased_until IS NULL OR o.leased_until <= now())
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE webhook_outbox AS o
-SET leased_until = now() + $2::float8 * interval '1 s', lease_token = $3
-WHERE o.id = ANY(ARRAY(SELECT id FROM due))
-RETURNING o.id, o.user_id, o.url, o.payload, o.attempts, o.created, o.lease_token, o.receiver"""
-
-# The attempt's outcome, written only while its claim holds the lease. $1 id, $2 token.
-_HOLDS_WEBHOOK_LEASE = "id = $1 AND lease_token = $2 AND leased_until IS NOT NULL"
-
-
-# For the rest of the transaction, statements are planned for their parameters each time,
-# never with the generic plan a prepared statement otherwise settles on after five runs.
-_CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
-
-# A committed generation counted on its attempt (the goodput ledger reads it there). $1 the
-# attempt, $2 its upload seconds or NULL.
-_COUNT_COMMIT = """
-UPDATE attempts SET commits = commits + 1, first_commit = coalesce(first_commit, now()),
-    last_commit = now(), commit_seconds = commit_seconds + coalesce($2::float8, 0),
-    timed_commits = timed_commits + CASE WHEN $2::float8 IS NULL THEN 0 ELSE 1 END
-WHERE id = $1"""
-
-# A worker event that marks a phase of its attempt is kept on the attempt too (the goodput
-# ledger reads it there), whether or not the event itself is kept: `started` (when the
-# command started), `outputs_uploaded` ($9: its seconds, added up). Part of add_worker_event.
-_RECORD_PHASE = """
-    UPDATE attempts SET
-        command_started = CASE WHEN $5 = 'started' THEN coalesce(command_started, now())
-                          ELSE command_started END,
-        upload_seconds = CASE WHEN $5 = 'outputs_uploaded' AND $9::float8 IS NOT NULL
-                         THEN coalesce(upload_seconds, 0) + $9::float8 ELSE upload_seconds END
-    FROM held WHERE attempts.id = $4 AND $5 IN ('started', 'outputs_uploaded')"""
-
-# The facts of the goodput ledger (kelpie.store.goodput) for the attempts of the jobs
-# matching {jobs} (j: jobs) that match {attempts} (a: an attempt), in unix seconds, with the
-# {identity} columns ATTEMPT_ROWS needs, or none (a group report). Times are read once
-# (MATERIALIZED: inlined, PostgreSQL would convert them again at every use) with date_part,
-# whose float costs a fraction of extract's numeric.
-_GOODPUT = """
-WITH facts AS MATERIALIZED (
-    SELECT {identity} a.outcome, date_part('epoch', a.started) AS started,
-           date_part('epoch', coalesce(a.last_heartbeat, a.ended, now())) AS finish,
-           date_part('epoch', a.command_started) AS command_started,
-           coalesce(a.upload_seconds, 0) AS upload_seconds,
-           date_part('epoch', a.next_started) AS next_started, a.commits,
-           date_part('epoch', a.first_commit) AS first_commit,
-           date_part('epoch', a.last_commit) AS last_commit, a.commit_seconds, a.timed_commits
-    FROM attempts AS a JOIN jobs AS j ON j.id = a.job_id
-    WHERE {jobs} AND {attempts}
-), {ledger}"""
-_LEDGER = LEDGER.format(greatest="greatest", least="least")
-# $1 job, $2 user or NULL
-_JOB_GOODPUT = (
-    _GOODPUT.format(
-        identity="a.id, a.machine_id, date_part('epoch', a.ended) AS ended,",
-        jobs="j.id = $1 AND ($2::text IS NULL OR j.user_id = $2)",
-        attempts="TRUE",
-        ledger=_LEDGER,
-    )
-    + ATTEMPT_ROWS
-)
-# $1 group, $2 user or NULL, $3/$4 the window: attempts that started within [$3, $4)
-_GROUP_GOODPUT = (
-    _GOODPUT.format(
-        identity="",
-        jobs="j.container_group_id = $1 AND ($2::text IS NULL OR j.user_id = $2)",
-        attempts="a.started >= to_timestamp($3::float8) AND a.started < to_timestamp($4::float8)",
-        ledger=_LEDGER,
-    )
-    + REPORT_SUMS
-)
 
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -750,7 +329,7 @@ class PostgresStore:
         self._new_job_listeners.clear()
 
     async def ping(self) -> None:
-        await self._connected().fetchval("SELECT 1")
+        await self._connected().fetchval(_PING)
 
     async def _connect(self) -> asyncpg.Connection[asyncpg.Record]:
         conn = await asyncpg.connect(
@@ -780,9 +359,9 @@ class PostgresStore:
         newest_known = max((m.version for m in migrations), default=0)
         async with self._transaction() as conn:
             # several processes may start at once against a fresh database
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            await conn.execute(_SCHEMA_MIGRATIONS)
-            applied = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            await conn.execute(_LOCK_MIGRATIONS, _MIGRATION_LOCK)
+            await conn.execute(_CREATE_SCHEMA_MIGRATIONS)
+            applied = {row[0] for row in await conn.fetch(_APPLIED_MIGRATIONS)}
             if applied and max(applied) > newest_known:
                 raise StoreError(
                     f"database schema version {max(applied)} is newer than this kelpie"
@@ -792,10 +371,7 @@ class PostgresStore:
                 if migration.version in applied:
                     continue
                 await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, now())",
-                    migration.version,
-                )
+                await conn.execute(_NOTE_MIGRATION, migration.version)
                 logger.info("applied migration %s", migration.name)
 
     async def listen_for_new_jobs(self, on_new_jobs: Callable[[str], None]) -> None:
@@ -854,39 +430,22 @@ class PostgresStore:
     async def ensure_admin(self, username: str, key_hash: str) -> User:
         async with self._transaction() as conn:
             await conn.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, now(), true, $3, $4)"
-                " ON CONFLICT (username) DO NOTHING",
+                _ENSURE_ADMIN_USER,
                 new_id(),
                 username,
                 new_webhook_secret(),
                 new_webhook_token(),
             )
-            row = await conn.fetchrow(
-                f"UPDATE users SET is_admin = true WHERE username = $1 RETURNING {_USER_COLUMNS}",
-                username,
-            )
+            row = await conn.fetchrow(_MAKE_ADMIN, username)
             assert row is not None  # inserted or already there, inside this transaction
-            await conn.execute(
-                "INSERT INTO api_keys (id, key_hash, user_id, created, bootstrap)"
-                " VALUES ($1, $2, $3, now(), true)"
-                " ON CONFLICT (key_hash) DO UPDATE"
-                " SET user_id = excluded.user_id, revoked = false, bootstrap = true",
-                new_id(),
-                key_hash,
-                row["id"],
-            )
-            await conn.execute(
-                "UPDATE api_keys SET revoked = true"
-                " WHERE bootstrap AND NOT revoked AND key_hash <> $1",
-                key_hash,
-            )
+            await conn.execute(_ADD_BOOTSTRAP_KEY, new_id(), key_hash, row["id"])
+            await conn.execute(_REVOKE_OTHER_BOOTSTRAP_KEYS, key_hash)
         return _decode.user(row)
 
     async def create_user(self, username: str, *, is_admin: bool = False) -> User:
         try:
             row = await self._connected().fetchrow(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, now(), $3, $4, $5)"
-                f" RETURNING {_USER_COLUMNS}",
+                _CREATE_USER,
                 new_id(),
                 username,
                 is_admin,
@@ -899,9 +458,7 @@ class PostgresStore:
         return _decode.user(row)
 
     async def get_user(self, user_id: str) -> User | None:
-        row = await self._connected().fetchrow(
-            f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id
-        )
+        row = await self._connected().fetchrow(_GET_USER, user_id)
         return None if row is None else _decode.user(row)
 
     async def add_api_key(
@@ -909,8 +466,7 @@ class PostgresStore:
     ) -> ApiKey:
         try:
             row = await self._connected().fetchrow(
-                "INSERT INTO api_keys (id, key_hash, user_id, org_name, project_name, created)"
-                f" VALUES ($1, $2, $3, $4, $5, now()) RETURNING {API_KEY_COLUMNS}",
+                _ADD_API_KEY,
                 new_id(),
                 key_hash,
                 user_id,
@@ -925,28 +481,15 @@ class PostgresStore:
         return _decode.api_key(row)
 
     async def list_api_keys(self, user_id: str) -> list[ApiKey]:
-        rows = await self._connected().fetch(
-            f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created, id",
-            user_id,
-        )
+        rows = await self._connected().fetch(_LIST_API_KEYS, user_id)
         return [_decode.api_key(row) for row in rows]
 
     async def revoke_api_key(self, user_id: str, key_id: str) -> bool:
-        row = await self._connected().fetchrow(
-            "UPDATE api_keys SET revoked = true WHERE id = $1 AND user_id = $2 RETURNING 1",
-            key_id,
-            user_id,
-        )
+        row = await self._connected().fetchrow(_REVOKE_API_KEY, key_id, user_id)
         return row is not None
 
     async def principal_for_key(self, key_hash: str) -> Principal | None:
-        row = await self._connected().fetchrow(
-            "SELECT k.org_name, k.project_name,"
-            " u.id, u.username, u.created, u.is_admin, u.webhook_secret, u.webhook_token"
-            " FROM api_keys AS k JOIN users AS u ON u.id = k.user_id"
-            " WHERE k.key_hash = $1 AND NOT k.revoked",
-            key_hash,
-        )
+        row = await self._connected().fetchrow(_PRINCIPAL_FOR_KEY, key_hash)
         if row is None:
             return None
         return Principal(
@@ -954,7 +497,7 @@ class PostgresStore:
         )
 
     async def delete_non_admin_users(self) -> None:
-        await self._connected().execute("DELETE FROM users WHERE NOT is_admin")
+        await self._connected().execute(_DELETE_NON_ADMIN_USERS)
 
     # -- jobs, user side ---------------------------------------------------------------
     async def create_jobs(self, user_id: str, jobs: Sequence[NewJob]) -> list[Job]:
@@ -1000,17 +543,10 @@ class PostgresStore:
     ) -> Submitted:
         """The answer to a request whose idempotency key another request holds (committed:
         the statement that found it waited for that one's transaction)."""
-        earlier = await conn.fetchrow(
-            "SELECT fingerprint, status_code, job_ids FROM idempotency_keys"
-            " WHERE user_id = $1 AND key = $2",
-            user_id,
-            request.key,
-        )
+        earlier = await conn.fetchrow(_GET_IDEMPOTENCY_KEY, user_id, request.key)
         if earlier is None or earlier["fingerprint"] != request.fingerprint:
             raise IdempotencyConflict(IDEMPOTENCY_KEY_REUSED)
-        rows = await conn.fetch(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ANY($1::text[])", earlier["job_ids"]
-        )
+        rows = await conn.fetch(_JOBS_BY_IDS, earlier["job_ids"])
         found = replayed_jobs(earlier["job_ids"], [_decode.job(row) for row in rows])
         if found is None:
             raise IdempotencyConflict(IDEMPOTENCY_JOBS_GONE)
@@ -1018,8 +554,7 @@ class PostgresStore:
 
     async def purge_idempotency_keys(self) -> int:
         status: str = await self._connected().execute(
-            "DELETE FROM idempotency_keys WHERE created < now() - $1::float8 * interval '1 s'",
-            IDEMPOTENCY_KEY_LIFETIME_S,
+            _PURGE_IDEMPOTENCY_KEYS, IDEMPOTENCY_KEY_LIFETIME_S
         )
         return int(status.rsplit(" ", 1)[1])
 
@@ -1047,17 +582,13 @@ class PostgresStore:
                 logger.warning("could not announce new jobs in %s: %s", groups, exc)
 
     async def get_job(self, job_id: str, user_id: str | None) -> Job | None:
-        row = await self._connected().fetchrow(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
-            job_id,
-            user_id,
-        )
+        row = await self._connected().fetchrow(_GET_JOB, job_id, user_id)
         return None if row is None else _decode.job(row)
 
     async def list_jobs(self, query: JobQuery) -> list[Job]:
+        args: list[Any] = [query.page_size, page_offset(query.page, query.page_size)]
         # only the filters given, so that the planner picks the index that fits them
         conditions: list[str] = []
-        args: list[Any] = []
         for column, value in (
             ("user_id", query.user_id),
             ("status", query.status),
@@ -1073,13 +604,9 @@ class PostgresStore:
                 f"id IN (SELECT job_id FROM job_labels WHERE key = ${len(args) - 1}"
                 f" AND value = ${len(args)})"
             )
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        order = "ASC" if query.ascending else "DESC"
-        args += [query.page_size, page_offset(query.page, query.page_size)]
-        statement = (
-            f"SELECT {_JOB_COLUMNS} FROM jobs {where}"
-            f" ORDER BY created {order}, seq {order} LIMIT ${len(args) - 1} OFFSET ${len(args)}"
-        )
+        filters = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        listed = _LIST_JOBS_OLDEST_FIRST if query.ascending else _LIST_JOBS_NEWEST_FIRST
+        statement = listed.replace("{filters}", filters)
         if not query.labels:
             rows = await self._connected().fetch(statement, *args)
             return [_decode.job(row) for row in rows]
@@ -1095,11 +622,7 @@ class PostgresStore:
         pool = self._connected()
         if await pool.fetchrow(_CANCEL, job_id, user_id, CANCELED_MESSAGE) is not None:
             return CancelOutcome.CANCELED
-        status = await pool.fetchval(
-            "SELECT status FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
-            job_id,
-            user_id,
-        )
+        status = await pool.fetchval(_JOB_STATUS, job_id, user_id)
         if status is None:
             return CancelOutcome.NOT_FOUND
         # _CANCEL takes every pending or running job, so this one has ended for good
@@ -1111,40 +634,21 @@ class PostgresStore:
         async with self._transaction() as conn:
             # Lock the group's live jobs first: claims skip them and workers' reports wait,
             # so no job slips from pending to running (or back) between delete and cancel.
-            await conn.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE user_id = $1"
-                " AND container_group_id = $2 AND status IN ('pending', 'running')"
-                " FOR UPDATE) AS live",
-                user_id,
-                container_group_id,
-            )
-            touched = await conn.fetchval(_PURGE, user_id, container_group_id, PURGED_MESSAGE)
+            await conn.execute(_LOCK_LIVE_JOBS_OF_GROUP, user_id, container_group_id)
+            touched = await conn.fetchval(_PURGE_GROUP, user_id, container_group_id, PURGED_MESSAGE)
         return int(touched)
 
     async def delete_all_jobs(self) -> None:
-        await self._connected().execute("DELETE FROM jobs")
+        await self._connected().execute(_DELETE_ALL_JOBS)
 
     async def list_attempts(self, job_id: str, user_id: str | None) -> list[Attempt] | None:
         pool = self._connected()
-        visible = await pool.fetchval(
-            "SELECT true FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
-            job_id,
-            user_id,
-        )
+        visible = await pool.fetchval(_JOB_EXISTS, job_id, user_id)
         if not visible:
             return None
-        rows = await pool.fetch(
-            "SELECT id, job_id, machine_id, started, ended, outcome, exit_code FROM attempts"
-            " WHERE job_id = $1 ORDER BY id",
-            job_id,
-        )
+        rows = await pool.fetch(_LIST_ATTEMPTS, job_id)
         warnings: dict[int, list[str]] = {}
-        for event in await pool.fetch(
-            "SELECT attempt_id, message FROM job_events WHERE job_id = $1"
-            " AND kind = ANY($2::text[]) AND attempt_id IS NOT NULL ORDER BY id",
-            job_id,
-            list(WARNING_EVENT_KINDS),
-        ):
+        for event in await pool.fetch(_ATTEMPT_WARNINGS, job_id, list(WARNING_EVENT_KINDS)):
             warnings.setdefault(event["attempt_id"], []).append(event["message"])
         return [_decode.attempt(row, warnings.get(row["id"], ())) for row in rows]
 
@@ -1176,11 +680,7 @@ class PostgresStore:
                 return "running"
         elif await pool.fetchval(_HEARTBEAT, job_id, machine_id, user_id, attempt_id):
             return "running"
-        status = await pool.fetchval(
-            "SELECT status FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
-            job_id,
-            user_id,
-        )
+        status = await pool.fetchval(_JOB_STATUS, job_id, user_id)
         if status is None:
             return None
         # still running means another machine holds it now: this one must drop the job
@@ -1291,35 +791,21 @@ class PostgresStore:
 
     async def end_stalled_jobs(self) -> list[Job]:
         pool = self._connected()
-        if not await pool.fetchval(f"SELECT true FROM jobs WHERE {_STALLED} LIMIT 1"):
+        if not await pool.fetchval(_ANY_STALLED_JOB):
             return []
         stopped: list[Job] = []
         async with self._transaction() as conn:
-            found = await conn.fetch(
-                f"SELECT id, machine_id, stall_timeout FROM jobs WHERE {_STALLED}"
-                " FOR UPDATE SKIP LOCKED"
-            )
+            found = await conn.fetch(_LOCK_STALLED_JOBS)
             for held in found:
                 reason = stalled_reason(held["stall_timeout"])
                 row = await conn.fetchrow(_FAIL_STALLED, held["id"], reason)
                 assert row is not None  # locked since the read
                 job = _decode.job(row)
                 machine_id = held["machine_id"]
+                await conn.execute(_BLOCK_MACHINE, job.id, machine_id)
+                await conn.execute(_FAIL_RUNNING_ATTEMPT, job.id)
                 await conn.execute(
-                    "INSERT INTO job_blocks (job_id, machine_id, blocked_at)"
-                    " VALUES ($1, $2, now()) ON CONFLICT DO NOTHING",
-                    job.id,
-                    machine_id,
-                )
-                await conn.execute(
-                    "UPDATE attempts SET outcome = 'failed', ended = now()"
-                    " WHERE job_id = $1 AND outcome = 'running'",
-                    job.id,
-                )
-                await conn.execute(
-                    "INSERT INTO job_events"
-                    " (job_id, attempt_id, machine_id, kind, message, data, created)"
-                    " VALUES ($1, $2, $3, 'stalled', $4, $5::jsonb, now())",
+                    _ADD_STALLED_EVENT,
                     job.id,
                     job.attempt_id,
                     machine_id,
@@ -1328,9 +814,7 @@ class PostgresStore:
                 )
                 if job.status == "failed" and job.webhook is not None:
                     await conn.execute(
-                        "INSERT INTO webhook_outbox"
-                        " (user_id, url, payload, next_attempt_at, created)"
-                        " VALUES ($1, $2, $3::jsonb, now(), now())",
+                        _QUEUE_WEBHOOK_EVENT,
                         job.user_id,
                         job.webhook,
                         webhook_payload("failed", job.id, machine_id, job.container_group_id),
@@ -1377,11 +861,7 @@ class PostgresStore:
         return pending_reason_of(row["machines"], row["blocked"], row["busy"], row["ahead"])
 
     async def _why_not_held(self, job_id: str, user_id: str | None) -> HeldOutcome:
-        exists = await self._connected().fetchval(
-            "SELECT true FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2)",
-            job_id,
-            user_id,
-        )
+        exists = await self._connected().fetchval(_JOB_EXISTS, job_id, user_id)
         return HeldOutcome.NOT_HOLDER if exists else HeldOutcome.NOT_FOUND
 
     # -- goodput -----------------------------------------------------------------------
@@ -1408,34 +888,17 @@ class PostgresStore:
     async def note_api_alive(self) -> float:
         async with self._transaction() as conn:
             # The row lock makes processes that come back together credit one outage once.
-            last_seen = await conn.fetchval(
-                "SELECT last_seen FROM api_liveness WHERE id = 1 FOR UPDATE"
-            )
+            last_seen = await conn.fetchval(_LOCK_API_LIVENESS)
             if last_seen is None:
                 # First start on this database (or after an upgrade): the last sign of life
                 # is the newest heartbeat heard.
-                last_seen = await conn.fetchval(
-                    "SELECT coalesce(max(heartbeat), now()) FROM jobs WHERE status = 'running'"
-                )
-            gap: float = await conn.fetchval(
-                "SELECT extract(epoch FROM now() - $1::timestamptz)::float8", last_seen
-            )
+                last_seen = await conn.fetchval(_NEWEST_HEARTBEAT)
+            gap: float = await conn.fetchval(_SECONDS_SINCE, last_seen)
             if gap > OUTAGE_GAP_SECONDS:
                 # Nobody could hear heartbeats since `last_seen`: a job whose lease was still
                 # good then gets a full lease from now, to beat again.
-                await conn.execute(
-                    "UPDATE jobs SET lease_expires = greatest(lease_expires,"
-                    " now() + heartbeat_interval * interval '2 s' + $2::float8 * interval '1 s')"
-                    " WHERE status = 'running'"
-                    " AND heartbeat >= $1::timestamptz - heartbeat_interval * interval '2 s'",
-                    last_seen,
-                    OUTAGE_GRACE_SECONDS,
-                )
-            await conn.execute(
-                "INSERT INTO api_liveness (id, last_seen) VALUES (1, now())"
-                " ON CONFLICT (id) DO UPDATE"
-                " SET last_seen = greatest(api_liveness.last_seen, excluded.last_seen)"
-            )
+                await conn.execute(_EXTEND_LEASES_AFTER_OUTAGE, last_seen, OUTAGE_GRACE_SECONDS)
+            await conn.execute(_NOTE_API_ALIVE)
         return gap if gap > OUTAGE_GAP_SECONDS else 0.0
 
     # -- checkpoints and events --------------------------------------------------------
@@ -1453,21 +916,11 @@ class PostgresStore:
         size = sum(entry.size for entry in manifest)
         async with self._transaction() as conn:
             # The job's row lock orders commits (and claims) of one job.
-            job = await conn.fetchrow(
-                "SELECT checkpoint_generation, checkpoint_keep, status, machine_id, attempt_id"
-                " FROM jobs WHERE id = $1 AND ($2::text IS NULL OR user_id = $2) FOR UPDATE",
-                job_id,
-                user_id,
-            )
+            job = await conn.fetchrow(_LOCK_JOB_FOR_COMMIT, job_id, user_id)
             if job is None:
                 return CommitResult(CommitOutcome.NOT_FOUND)
             newest = job["checkpoint_generation"]
-            same = await conn.fetchrow(
-                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints"
-                " WHERE job_id = $1 AND generation = $2",
-                job_id,
-                generation,
-            )
+            same = await conn.fetchrow(_GET_CHECKPOINT, job_id, generation)
             if same is not None:
                 if same["attempt_id"] == attempt_id and (
                     same["manifest"] is None or same["manifest"] == stored
@@ -1486,8 +939,7 @@ class PostgresStore:
             if newest is not None and generation <= newest:
                 return CommitResult(CommitOutcome.NOT_NEWER, newest=newest)
             created = await conn.fetchval(
-                f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}, upload_seconds)"
-                " VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8) RETURNING created",
+                _ADD_CHECKPOINT,
                 job_id,
                 generation,
                 attempt_id,
@@ -1497,32 +949,19 @@ class PostgresStore:
                 stored,
                 upload_seconds,
             )
-            await conn.execute(
-                "UPDATE jobs SET checkpoint_generation = $2 WHERE id = $1", job_id, generation
-            )
+            await conn.execute(_SET_CHECKPOINT_GENERATION, job_id, generation)
             await conn.execute(_COUNT_COMMIT, attempt_id, upload_seconds)
-            kept_rows = await conn.fetch(
-                "SELECT generation, manifest FROM checkpoints"
-                " WHERE job_id = $1 AND manifest IS NOT NULL ORDER BY generation DESC",
-                job_id,
-            )
+            kept_rows = await conn.fetch(_KEPT_MANIFESTS, job_id)
             keep = job["checkpoint_keep"]
             dropped = kept_rows[keep:]
             if dropped:
-                await conn.execute(
-                    "UPDATE checkpoints SET manifest = NULL"
-                    " WHERE job_id = $1 AND generation = ANY($2::bigint[])",
-                    job_id,
-                    [row["generation"] for row in dropped],
-                )
+                await conn.execute(_DROP_MANIFESTS, job_id, [row["generation"] for row in dropped])
             expired = expired_objects(
                 (manifest_from_json(row["manifest"]) for row in dropped),
                 (manifest_from_json(row["manifest"]) for row in kept_rows[:keep]),
             )
             await conn.execute(
-                "INSERT INTO job_events"
-                " (job_id, attempt_id, machine_id, kind, message, data, created)"
-                " VALUES ($1, $2, $3, 'checkpoint_committed', $4, $5, now())",
+                _ADD_CHECKPOINT_EVENT,
                 job_id,
                 attempt_id,
                 machine_id,
@@ -1537,12 +976,7 @@ class PostgresStore:
     async def list_checkpoints(self, job_id: str, user_id: str | None) -> list[Checkpoint] | None:
         if await self.get_job(job_id, user_id) is None:
             return None
-        rows = await self._connected().fetch(
-            "SELECT job_id, generation, attempt_id, machine_id, created, files, bytes,"
-            " CASE WHEN manifest IS NULL THEN NULL ELSE '[]'::jsonb END AS manifest"
-            " FROM checkpoints WHERE job_id = $1 ORDER BY generation",
-            job_id,
-        )
+        rows = await self._connected().fetch(_LIST_CHECKPOINTS, job_id)
         return [_decode.checkpoint(row, with_manifest=False) for row in rows]
 
     async def get_checkpoint(
@@ -1550,11 +984,7 @@ class PostgresStore:
     ) -> Checkpoint | None:
         if await self.get_job(job_id, user_id) is None:
             return None
-        row = await self._connected().fetchrow(
-            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = $1 AND generation = $2",
-            job_id,
-            generation,
-        )
+        row = await self._connected().fetchrow(_GET_CHECKPOINT, job_id, generation)
         return None if row is None else _decode.checkpoint(row, with_manifest=True)
 
     async def add_worker_event(
@@ -1568,19 +998,7 @@ class PostgresStore:
         data: Mapping[str, Any] | None,
     ) -> HeldOutcome:
         added = await self._connected().fetchval(
-            f"""
-            WITH held AS (
-                SELECT id, attempt_id, machine_id FROM jobs WHERE {_HELD}
-            ), room AS (
-                SELECT count(*) < $8 AS ok FROM job_events WHERE job_id = $1 AND attempt_id = $4
-            ), added AS (
-                INSERT INTO job_events
-                    (job_id, attempt_id, machine_id, kind, message, data, created)
-                SELECT id, attempt_id, machine_id, $5, $6, $7::jsonb, now()
-                FROM held, room WHERE room.ok
-            ), phase AS ({_RECORD_PHASE}
-            )
-            SELECT true FROM held""",
+            _ADD_WORKER_EVENT,
             job_id,
             machine_id,
             user_id,
@@ -1600,13 +1018,7 @@ class PostgresStore:
     ) -> list[JobEvent] | None:
         if await self.get_job(job_id, user_id) is None:
             return None
-        rows = await self._connected().fetch(
-            f"SELECT {_EVENT_COLUMNS} FROM job_events WHERE job_id = $1 AND id > $2"
-            " ORDER BY id LIMIT $3",
-            job_id,
-            after_id,
-            limit,
-        )
+        rows = await self._connected().fetch(_LIST_JOB_EVENTS, job_id, after_id, limit)
         return [_decode.event(row) for row in rows]
 
     async def claim_reallocation(
@@ -1659,48 +1071,32 @@ class PostgresStore:
         return sorted(events, key=lambda event: event.id)
 
     async def webhook_delivered(self, event: WebhookEvent) -> bool:
-        return await self._record_webhook_outcome("delivered_at = now()", event)
+        return await self._record_webhook_outcome(_WEBHOOK_DELIVERED, event)
 
     async def webhook_retry_later(
         self, event: WebhookEvent, delay_seconds: float, error: str
     ) -> bool:
-        return await self._record_webhook_outcome(
-            "next_attempt_at = now() + $3::float8 * interval '1 s', last_error = $4",
-            event,
-            delay_seconds,
-            error,
-        )
+        return await self._record_webhook_outcome(_WEBHOOK_RETRY_LATER, event, delay_seconds, error)
 
     async def webhook_give_up(self, event: WebhookEvent, error: str) -> bool:
-        return await self._record_webhook_outcome("dead_at = now(), last_error = $3", event, error)
+        return await self._record_webhook_outcome(_WEBHOOK_GIVE_UP, event, error)
 
     async def webhook_postpone(self, event: WebhookEvent, delay_seconds: float) -> bool:
-        status: str = await self._connected().execute(
-            "UPDATE webhook_outbox SET next_attempt_at = now() + $3::float8 * interval '1 s',"
-            f" leased_until = NULL, lease_token = NULL WHERE {_HOLDS_WEBHOOK_LEASE}",
-            event.id,
-            event.lease_token,
-            delay_seconds,
-        )
-        return status == "UPDATE 1"
+        return await self._record_webhook_outcome(_WEBHOOK_POSTPONE, event, delay_seconds)
 
     async def postpone_receiver_webhooks(self, receiver: str, delay_seconds: float) -> int:
         status: str = await self._connected().execute(
-            "UPDATE webhook_outbox SET next_attempt_at = now() + $2::float8 * interval '1 s'"
-            " WHERE receiver = $1 AND delivered_at IS NULL AND dead_at IS NULL"
-            "   AND next_attempt_at < now() + $2::float8 * interval '1 s'"
-            "   AND (leased_until IS NULL OR leased_until <= now())",
-            receiver,
-            delay_seconds,
+            _POSTPONE_RECEIVER_WEBHOOKS, receiver, delay_seconds
         )
         return int(status.rsplit(" ", 1)[1])
 
     async def _record_webhook_outcome(
-        self, assignments: str, event: WebhookEvent, *args: object
+        self, statement: str, event: WebhookEvent, *args: object
     ) -> bool:
+        """Runs one of the statements that end a claim of the event ($1 id, $2 lease token,
+        then `args`): true when the claim still held the lease."""
         status: str = await self._connected().execute(
-            f"UPDATE webhook_outbox SET {assignments}, attempts = attempts + 1,"
-            f" leased_until = NULL, lease_token = NULL WHERE {_HOLDS_WEBHOOK_LEASE}",
+            statement,
             event.id,
             event.lease_token,
             *args,
@@ -1708,25 +1104,18 @@ class PostgresStore:
         return status == "UPDATE 1"
 
     async def purge_finished_webhooks(self, older_than_seconds: float) -> int:
-        status: str = await self._connected().execute(
-            "DELETE FROM webhook_outbox"
-            " WHERE coalesce(delivered_at, dead_at) < now() - $1::float8 * interval '1 s'",
-            older_than_seconds,
-        )
+        status: str = await self._connected().execute(_PURGE_FINISHED_WEBHOOKS, older_than_seconds)
         return int(status.rsplit(" ", 1)[1])
 
     async def pending_webhook_count(self) -> int:
-        count = await self._connected().fetchval(
-            "SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
-        )
+        count = await self._connected().fetchval(_PENDING_WEBHOOK_COUNT)
         return int(count)
 
     # -- scaling rules -----------------------------------------------------------------
     async def create_scaling_rule(self, rule: ScalingRule) -> ScalingRule:
         try:
             row = await self._connected().fetchrow(
-                f"INSERT INTO scaling_rules ({_RULE_COLUMNS})"
-                f" VALUES ($1, $2, $3, $4, $5, now(), now(), $6, $7) RETURNING {_RULE_COLUMNS}",
+                _CREATE_SCALING_RULE,
                 rule.user_id,
                 rule.container_group_id,
                 rule.min_replicas,
@@ -1741,23 +1130,13 @@ class PostgresStore:
         return _decode.rule(row)
 
     async def list_scaling_rules(self, user_id: str | None) -> list[ScalingRule]:
-        rows = await self._connected().fetch(
-            f"SELECT {_RULE_COLUMNS} FROM scaling_rules WHERE ($1::text IS NULL OR user_id = $1)"
-            " ORDER BY created, user_id, container_group_id",
-            user_id,
-        )
+        rows = await self._connected().fetch(_LIST_SCALING_RULES, user_id)
         return [_decode.rule(row) for row in rows]
 
     async def get_scaling_rule(
         self, user_id: str | None, container_group_id: str
     ) -> ScalingRule | None:
-        row = await self._connected().fetchrow(
-            f"SELECT {_RULE_COLUMNS} FROM scaling_rules"
-            " WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1)"
-            " ORDER BY created, user_id LIMIT 1",
-            user_id,
-            container_group_id,
-        )
+        row = await self._connected().fetchrow(_GET_SCALING_RULE, user_id, container_group_id)
         return None if row is None else _decode.rule(row)
 
     async def update_scaling_rule(
@@ -1767,49 +1146,30 @@ class PostgresStore:
         # The bound is checked in the UPDATE's WHERE clause: a concurrent update of the row
         # makes PostgreSQL evaluate it again on the row that update left.
         rows = await pool.fetch(
-            "UPDATE scaling_rules SET"
-            " min_replicas = coalesce($3, min_replicas),"
-            " max_replicas = coalesce($4, max_replicas),"
-            " idle_threshold_seconds = coalesce($5, idle_threshold_seconds),"
-            " updated = now()"
-            " WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1)"
-            "   AND coalesce($3, min_replicas) <= coalesce($4, max_replicas)"
-            f" RETURNING {_RULE_COLUMNS}",
+            _UPDATE_SCALING_RULE,
             user_id,
             container_group_id,
             patch.min_replicas,
             patch.max_replicas,
             patch.idle_threshold_seconds,
         )
-        if not rows and await pool.fetchval(
-            "SELECT true FROM scaling_rules"
-            " WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1)",
-            user_id,
-            container_group_id,
-        ):
+        if not rows and await pool.fetchval(_SCALING_RULE_EXISTS, user_id, container_group_id):
             raise InvalidChange("min_replicas must not be greater than max_replicas")
         rules = sorted((_decode.rule(row) for row in rows), key=lambda r: (r.created, r.user_id))
         return rules[0] if rules else None
 
     async def delete_scaling_rule(self, user_id: str | None, container_group_id: str) -> bool:
-        rows = await self._connected().fetch(
-            "DELETE FROM scaling_rules"
-            " WHERE container_group_id = $2 AND ($1::text IS NULL OR user_id = $1) RETURNING 1",
-            user_id,
-            container_group_id,
-        )
+        rows = await self._connected().fetch(_DELETE_SCALING_RULE, user_id, container_group_id)
         return bool(rows)
 
     async def delete_all_scaling_rules(self) -> None:
-        await self._connected().execute("DELETE FROM scaling_rules")
+        await self._connected().execute(_DELETE_ALL_SCALING_RULES)
 
     async def count_active_jobs(
         self, user_id: str, container_group_id: str, idle_threshold_seconds: int
     ) -> int:
         count = await self._connected().fetchval(
-            "SELECT count(*) FROM jobs WHERE user_id = $1 AND container_group_id = $2"
-            " AND (status IN ('pending', 'running')"
-            "  OR coalesce(completed, failed, canceled) >= now() - $3::float8 * interval '1 s')",
+            _COUNT_ACTIVE_JOBS,
             user_id,
             container_group_id,
             idle_threshold_seconds,
@@ -1818,12 +1178,7 @@ class PostgresStore:
 
     async def try_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
         row = await self._connected().fetchrow(
-            "INSERT INTO leases (name, holder, expires_at)"
-            " VALUES ($1, $2, now() + $3::float8 * interval '1 s')"
-            " ON CONFLICT (name) DO UPDATE"
-            " SET holder = excluded.holder, expires_at = excluded.expires_at"
-            " WHERE leases.expires_at <= now() OR leases.holder = excluded.holder"
-            " RETURNING holder",
+            _TRY_LEASE,
             name,
             holder,
             ttl_seconds,
@@ -1838,21 +1193,26 @@ class PostgresStore:
     async def group_counts(
         self, user_id: str | None, container_group_id: str | None = None
     ) -> list[GroupCounts]:
-        where, args = _group_filters(user_id, container_group_id)
-        rows = await self._connected().fetch(
-            "SELECT container_group_id, status, count(*) FROM jobs"
-            f" WHERE {where} GROUP BY container_group_id, status ORDER BY container_group_id",
-            *args,
-        )
+        # only the filters given, so that the planner picks the index that fits them
+        pool = self._connected()
+        if user_id is None and container_group_id is None:
+            rows = await pool.fetch(_GROUP_COUNTS)
+        elif user_id is None:
+            rows = await pool.fetch(_GROUP_COUNTS_OF_GROUP, container_group_id)
+        elif container_group_id is None:
+            rows = await pool.fetch(_GROUP_COUNTS_OF_USER, user_id)
+        else:
+            rows = await pool.fetch(_GROUP_COUNTS_OF_USER_IN_GROUP, user_id, container_group_id)
         return group_counts(tuple(row) for row in rows)
 
     async def blocked_machines(
         self, user_id: str | None, container_group_id: str, limit: int = 100
     ) -> list[BlockedMachine]:
-        where, args = _group_filters(user_id, container_group_id, table="j")
-        rows = await self._connected().fetch(
-            _BLOCKED_MACHINES.format(where=where, limit=f"${len(args) + 1}"), *args, limit
-        )
+        pool = self._connected()
+        if user_id is None:
+            rows = await pool.fetch(_BLOCKED_MACHINES, container_group_id, limit)
+        else:
+            rows = await pool.fetch(_BLOCKED_MACHINES_OF_USER, user_id, container_group_id, limit)
         return [BlockedMachine(row[0], int(row[1]), row[2], bool(row[3])) for row in rows]
 
     async def group_activity(
@@ -1863,96 +1223,14 @@ class PostgresStore:
         bucket_seconds: float,
         buckets: int,
     ) -> list[ActivityBucket]:
-        where, args = _group_filters(user_id, container_group_id)
-        n = len(args)
-        rows = await self._connected().fetch(
-            _GROUP_ACTIVITY.format(
-                where=where,
-                since=f"${n + 1}::timestamptz",
-                until=f"${n + 2}::timestamptz",
-                width=f"${n + 3}::float8",
-            ),
-            *args,
-            since,
-            since + timedelta(seconds=bucket_seconds * buckets),
-            bucket_seconds,
-        )
+        window = (since, since + timedelta(seconds=bucket_seconds * buckets), bucket_seconds)
+        pool = self._connected()
+        if user_id is None:
+            rows = await pool.fetch(_GROUP_ACTIVITY, container_group_id, *window)
+        else:
+            rows = await pool.fetch(_GROUP_ACTIVITY_OF_USER, user_id, container_group_id, *window)
         tallies = activity_tallies((tuple(row) for row in rows), since, bucket_seconds, buckets)
         return activity_series(tallies)
-
-
-# -- operator views: the dashboard and /metrics (read-only) ---------------------------------
-
-# Every figure /metrics reads, in one statement so that they come from one snapshot. Jobs are
-# counted from the jobs_by_group_status index alone.
-_METRICS = """
-SELECT 'jobs' AS kind, container_group_id AS name, status AS detail, count(*) AS n,
-       NULL::timestamptz AS at
-  FROM jobs GROUP BY container_group_id, status
-UNION ALL
-SELECT 'attempts', outcome, NULL, count(*), NULL FROM attempts GROUP BY outcome
-UNION ALL
-SELECT 'reallocations', NULL, NULL, count(*), NULL FROM machine_reallocations
-UNION ALL
-SELECT 'blocked_machines', NULL, NULL, count(DISTINCT machine_id), NULL FROM job_blocks
-UNION ALL
-SELECT 'webhook_backlog', NULL, NULL, count(*), min(created) FROM webhook_outbox
- WHERE delivered_at IS NULL AND dead_at IS NULL"""
-
-_BLOCKED_MACHINES = """
-SELECT b.machine_id, count(*) AS jobs, max(b.blocked_at) AS last_blocked,
-       bool_or(EXISTS (SELECT 1 FROM machine_reallocations AS r
-                  WHERE r.machine_id = b.machine_id AND r.user_id = j.user_id))
-  FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
- WHERE {where}
- GROUP BY b.machine_id
- ORDER BY last_blocked DESC, b.machine_id
- LIMIT {limit}"""
-
-# Counts behind a group's activity chart (see kelpie.store.overview.activity_series): the
-# group's jobs and attempts that overlap the window [since, until), alive before it, and
-# created, started and ended in each bucket of `width` seconds.
-_GROUP_ACTIVITY = """
-WITH g AS (
-    SELECT id, created, coalesce(completed, failed, canceled) AS ended FROM jobs
-     WHERE {where} AND created < {until}
-       AND (coalesce(completed, failed, canceled) IS NULL
-            OR coalesce(completed, failed, canceled) >= {since})
-), a AS (
-    SELECT attempts.started, attempts.ended, attempts.outcome
-      FROM attempts JOIN g ON g.id = attempts.job_id
-     WHERE attempts.started < {until} AND (attempts.ended IS NULL OR attempts.ended >= {since})
-)
-SELECT 'alive' AS kind, -1 AS bucket, count(*) AS n FROM g WHERE created < {since}
-UNION ALL
-SELECT 'created', floor(extract(epoch FROM created - {since}) / {width})::int AS bucket, count(*)
-  FROM g WHERE created >= {since} GROUP BY bucket
-UNION ALL
-SELECT 'ended', floor(extract(epoch FROM ended - {since}) / {width})::int AS bucket, count(*)
-  FROM g WHERE ended < {until} GROUP BY bucket
-UNION ALL
-SELECT 'held', -1, count(*) FROM a WHERE started < {since}
-UNION ALL
-SELECT 'started', floor(extract(epoch FROM started - {since}) / {width})::int AS bucket,
-       count(*)
-  FROM a WHERE started >= {since} GROUP BY bucket
-UNION ALL
-SELECT 'ended:' || outcome, floor(extract(epoch FROM ended - {since}) / {width})::int AS bucket,
-       count(*)
-  FROM a WHERE ended < {until} GROUP BY outcome, bucket"""
-
-
-def _group_filters(
-    user_id: str | None, container_group_id: str | None, table: str = "jobs"
-) -> tuple[str, list[Any]]:
-    """Only the filters given, so that the planner picks the index that fits them; the
-    values are the statement's first parameters."""
-    conditions, args = ["TRUE"], []
-    for column, value in (("user_id", user_id), ("container_group_id", container_group_id)):
-        if value is not None:
-            args.append(value)
-            conditions.append(f"{table}.{column} = ${len(args)}")
-    return " AND ".join(conditions), args
 
 
 def _as_datetime(value: object) -> datetime:
