@@ -74,9 +74,6 @@ from kelpie.store._common import (
 )
 from kelpie.store._group_commit import GroupCommitWriter, execute_when_not_busy
 from kelpie.store.goodput import (
-    ATTEMPT_ROWS,
-    LEDGER,
-    REPORT_SUMS,
     GroupLedger,
     JobLedger,
     attempt_ledger,
@@ -129,8 +126,10 @@ from kelpie.store.protocol import (
     StoreError,
     StoreUnavailable,
 )
+from kelpie.store.queries import load_queries
 
 logger = logging.getLogger(__name__)
+_SQL = load_queries("sqlite")
 _decode = RowDecoder(time=lambda value: datetime.fromtimestamp(value, UTC), json=json.loads)
 
 T = TypeVar("T")
@@ -181,155 +180,8 @@ _HELD = (
 _CHECKPOINT_COLUMNS = "job_id, generation, attempt_id, machine_id, created, files, bytes, manifest"
 _EVENT_COLUMNS = "id, job_id, attempt_id, machine_id, kind, message, data, created"
 
-# A committed generation counted on its attempt (the goodput ledger reads it there).
-_COUNT_COMMIT = """
-UPDATE attempts SET commits = commits + 1, first_commit = coalesce(first_commit, :now),
-    last_commit = :now, commit_seconds = commit_seconds + coalesce(:s, 0),
-    timed_commits = timed_commits + (:s IS NOT NULL)
-WHERE id = :attempt_id"""
-
-# A machine heard from: first seen, last seen, last poll, version (a version sent replaces it).
-_NOTE_WORKER = """
-INSERT INTO workers (user_id, container_group_id, machine_id, any_user, version, first_seen,
-                     last_poll, last_seen)
-VALUES (:user_id, :group, :machine_id, :any_user, :version, :now,
-        CASE WHEN :polled THEN :now END, :now)
-ON CONFLICT (container_group_id, machine_id, user_id) DO UPDATE
-SET last_seen = excluded.last_seen, any_user = excluded.any_user,
-    last_poll = coalesce(excluded.last_poll, workers.last_poll),
-    version = coalesce(excluded.version, workers.version)"""
-
-# Machines seen since :since through :user_id's keys (NULL: anyone's), in :group (NULL: all),
-# with the job each holds in its group and how many of its user's jobs it is blocked from.
-_LIST_WORKERS = """
-SELECT w.user_id, w.container_group_id, w.machine_id, w.first_seen, w.last_seen, w.last_poll,
-       w.version,
-       (SELECT j.id FROM jobs AS j INDEXED BY jobs_running_by_group
-        WHERE j.status = 'running' AND j.container_group_id = w.container_group_id
-          AND j.machine_id = w.machine_id AND (w.any_user OR j.user_id = w.user_id)
-        LIMIT 1) AS current_job_id,
-       (SELECT count(*) FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
-        WHERE b.machine_id = w.machine_id AND j.user_id = w.user_id) AS blocked_jobs
-FROM workers AS w
-WHERE w.last_seen >= :since AND (:user_id IS NULL OR w.user_id = :user_id)
-  AND (:group IS NULL OR w.container_group_id = :group)
-ORDER BY w.container_group_id, w.machine_id, w.user_id
-LIMIT 1000"""
-
-# The machines of the job's group heard from since :since that may take it (through its
-# owner's keys or an admin's): how many, how many are blocked from it, how many hold a job.
-_RECENT_MACHINES = """
-SELECT count(*) AS machines,
-       coalesce(sum(EXISTS (SELECT 1 FROM job_blocks AS b
-                            WHERE b.job_id = :job_id AND b.machine_id = m.machine_id)), 0)
-           AS blocked,
-       coalesce(sum(EXISTS (SELECT 1 FROM jobs AS j INDEXED BY jobs_running_by_group
-                            WHERE j.status = 'running' AND j.container_group_id = :group
-                              AND j.machine_id = m.machine_id)), 0) AS busy
-FROM (SELECT DISTINCT machine_id FROM workers
-      WHERE container_group_id = :group AND last_seen >= :since
-        AND (user_id = :user_id OR any_user)) AS m"""
-
-# The owner's pending jobs of the group that come before the job in claim order.
-_JOBS_AHEAD = """
-SELECT count(*) FROM jobs AS j INDEXED BY jobs_pending_by_group,
-     (SELECT priority, created, seq FROM jobs WHERE id = :job_id) AS me
-WHERE j.status = 'pending' AND j.container_group_id = :group AND j.user_id = :user_id
-  AND (j.priority > me.priority
-       OR (j.priority = me.priority
-           AND (j.created < me.created OR (j.created = me.created AND j.seq < me.seq))))"""
-
-_SCHEMA_MIGRATIONS = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    INTEGER PRIMARY KEY,
-    applied_at REAL NOT NULL
-)"""
-
-
-def _claimable(status: Literal["running", "pending"], rank: int) -> str:
-    """The first job of the group in `status` that the machine may take (stalled, when
-    running), in claim order (highest priority, then oldest), as (seq, rank). Pending jobs
-    come in this order from jobs_pending_by_group, without sorting. The index is named:
-    with statistics (after an ANALYZE) SQLite would rather sort a big group's pending jobs
-    found through jobs_by_group_status, at every claim."""
-    # a stalled job at its last allowed interruption is failed instead (see
-    # end_stalled_out_of_interruptions), never handed out again
-    stalled = (
-        "AND j.lease_expires < :now"
-        " AND (j.max_interruptions IS NULL OR j.num_interruptions + 1 < j.max_interruptions)"
-        if status == "running"
-        else ""
-    )
-    index = "jobs_running_by_group" if status == "running" else "jobs_pending_by_group"
-    return f"""
-        SELECT seq, {rank} AS rank FROM (
-            SELECT j.seq FROM jobs AS j INDEXED BY {index}
-            WHERE j.status = '{status}' AND j.container_group_id = :group {stalled}
-              AND (:user_id IS NULL OR j.user_id = :user_id)
-              AND NOT EXISTS (
-                  SELECT 1 FROM job_blocks AS b
-                  WHERE b.job_id = j.id AND b.machine_id = :machine_id)
-            ORDER BY j.priority DESC, j.created, j.seq
-            LIMIT 1
-        )"""
-
-
-# A stalled job of the group first, else the first pending one. The new attempt's id is drawn
-# here (the writer holds the file's lock: nobody else adds an attempt meanwhile), so that the
-# job carries it from this statement on.
-_CLAIM = f"""
-UPDATE jobs
-SET status = 'running', machine_id = :machine_id, heartbeat = :now,
-    lease_expires = :now + 2 * heartbeat_interval, started = coalesce(started, :now),
-    attempt_id = (SELECT coalesce(max(id), 0) + 1 FROM attempts),
-    stall_deadline = :now + stall_timeout,
-    num_interruptions = num_interruptions + (status = 'running')
-WHERE seq = (
-    SELECT seq FROM ({_claimable("running", 0)} UNION ALL {_claimable("pending", 1)})
-    ORDER BY rank
-    LIMIT 1
-)
-RETURNING {_JOB_COLUMNS}"""
-
-
-# Due webhook events, a fair share of each receiver: a walk over the distinct receivers with
-# pending events (one index probe each), then, per receiver, its soonest due events one index
-# step at a time, up to its allowance (:allowances, a JSON object, or :per_receiver); the
-# batch takes every receiver's first event before any one's second.
-_CLAIM_WEBHOOK_EVENTS = """
-WITH RECURSIVE receivers(receiver) AS (
-    SELECT min(receiver) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL
-    UNION ALL
-    SELECT (SELECT min(o.receiver) FROM webhook_outbox AS o
-            WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.receiver > r.receiver)
-    FROM receivers AS r WHERE r.receiver IS NOT NULL
-),
-allowed(receiver, allowance) AS (
-    SELECT r.receiver, coalesce(
-        (SELECT a.value FROM json_each(:allowances) AS a WHERE a.key = r.receiver), :per_receiver)
-    FROM receivers AS r WHERE r.receiver IS NOT NULL
-),
-picked(receiver, allowance, id, next_attempt_at, rank) AS (
-    SELECT a.receiver, a.allowance, o.id, o.next_attempt_at, 1
-    FROM allowed AS a JOIN webhook_outbox AS o ON o.id = (
-        SELECT d.id FROM webhook_outbox AS d
-        WHERE d.receiver = a.receiver AND d.delivered_at IS NULL AND d.dead_at IS NULL
-          AND d.next_attempt_at <= :now AND (d.leased_until IS NULL OR d.leased_until <= :now)
-        ORDER BY d.next_attempt_at, d.id LIMIT 1)
-    WHERE a.allowance > 0
-    UNION ALL
-    SELECT p.receiver, p.allowance, o.id, o.next_attempt_at, p.rank + 1
-    FROM picked AS p JOIN webhook_outbox AS o ON o.id = (
-        SELECT d.id FROM webhook_outbox AS d
-        WHERE d.receiver = p.receiver AND d.delivered_at IS NULL AND d.dead_at IS NULL
-          AND d.next_attempt_at <= :now AND (d.leased_until IS NULL OR d.leased_until <= :now)
-          AND (d.next_attempt_at, d.id) > (p.next_attempt_at, p.id)
-        ORDER BY d.next_attempt_at, d.id LIMIT 1)
-    WHERE p.rank < p.allowance
-)
-UPDATE webhook_outbox SET leased_until = :until, lease_token = :token
-WHERE id IN (SELECT id FROM picked ORDER BY rank, next_attempt_at, id LIMIT :limit)
-RETURNING id, user_id, url, payload, attempts, created, receiver"""
+# The claim, by name for the plan tests (tests/support/claim_plan.py).
+_CLAIM = _SQL["claim"]
 
 
 def _split_statements(script: str) -> list[str]:
@@ -776,7 +628,7 @@ class SqliteStore:
         return rows[0] if rows else None
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute(_SCHEMA_MIGRATIONS)
+        conn.execute(_SQL["create_schema_migrations"])
         applied = {row[0] for row in _all(conn, "SELECT version FROM schema_migrations")}
         migrations = load_migrations("sqlite")
         newest_known = max((m.version for m in migrations), default=0)
@@ -1018,7 +870,7 @@ class SqliteStore:
             return None
         counts = []
         for key, value in query.labels:
-            row = await self._read_one(_LABEL_COUNT, (key, value, RARE_LABEL_JOBS + 1))
+            row = await self._read_one(_SQL["label_count"], (key, value, RARE_LABEL_JOBS + 1))
             assert row is not None
             counts.append(int(row[0]))
         rarest = sorted(range(len(counts)), key=counts.__getitem__)
@@ -1432,7 +1284,7 @@ class SqliteStore:
         def note(conn: sqlite3.Connection) -> None:
             now = time.time()
             conn.executemany(
-                _NOTE_WORKER,
+                _SQL["note_worker"],
                 [
                     {
                         "user_id": seen.user_id,
@@ -1453,7 +1305,7 @@ class SqliteStore:
         self, user_id: str | None, container_group_id: str | None, seen_within_seconds: float
     ) -> list[Worker]:
         rows = await self._read(
-            _LIST_WORKERS,
+            _SQL["list_workers"],
             {
                 "user_id": user_id,
                 "group": container_group_id,
@@ -1471,8 +1323,8 @@ class SqliteStore:
             "group": job.container_group_id,
             "since": time.time() - RECENT_WORKER_SECONDS,
         }
-        machines = await self._read_one(_RECENT_MACHINES, params)
-        ahead = await self._read_one(_JOBS_AHEAD, params)
+        machines = await self._read_one(_SQL["recent_machines"], params)
+        ahead = await self._read_one(_SQL["jobs_ahead"], params)
         if machines is None or ahead is None:
             return None  # deleted meanwhile
         return pending_reason_of(
@@ -1542,7 +1394,9 @@ class SqliteStore:
             conn.execute(
                 "UPDATE jobs SET checkpoint_generation = ? WHERE id = ?", (generation, job_id)
             )
-            conn.execute(_COUNT_COMMIT, {"attempt_id": attempt_id, "now": now, "s": upload_seconds})
+            conn.execute(
+                _SQL["count_commit"], {"attempt_id": attempt_id, "now": now, "s": upload_seconds}
+            )
             kept_rows = _all(
                 conn,
                 "SELECT generation, manifest FROM checkpoints"
@@ -1655,13 +1509,7 @@ class SqliteStore:
         if job is None:
             return None
         rows = await self._read(
-            _GOODPUT.format(
-                identity="a.id, a.machine_id, a.ended,",
-                jobs="j.id = :job_id AND (:user_id IS NULL OR j.user_id = :user_id)",
-                attempts="1 = 1",
-                ledger=LEDGER_SQL,
-            )
-            + ATTEMPT_ROWS,
+            _SQL["job_goodput"],
             {"job_id": job_id, "user_id": user_id, "now": time.time()},
         )
         return JobLedger(job.id, job.status, [attempt_ledger(row) for row in rows])
@@ -1670,13 +1518,7 @@ class SqliteStore:
         self, user_id: str | None, container_group_id: str, since: datetime, until: datetime
     ) -> GroupLedger:
         rows = await self._read(
-            _GOODPUT.format(
-                identity="",
-                jobs="j.container_group_id = :group AND (:user_id IS NULL OR j.user_id = :user_id)",
-                attempts="a.started >= :since AND a.started < :until",
-                ledger=LEDGER_SQL,
-            )
-            + REPORT_SUMS,
+            _SQL["group_goodput"],
             {
                 "group": container_group_id,
                 "user_id": user_id,
@@ -1773,7 +1615,9 @@ class SqliteStore:
         def lease(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             now = time.time()
             return _all(
-                conn, _CLAIM_WEBHOOK_EVENTS, {**params, "now": now, "until": now + lease_seconds}
+                conn,
+                _SQL["claim_webhook_events"],
+                {**params, "now": now, "until": now + lease_seconds},
             )
 
         rows = await self._write(lease)
@@ -2012,7 +1856,7 @@ class SqliteStore:
 
     # -- operator views: the dashboard and /metrics (read-only) -------------------------
     async def metrics_snapshot(self) -> StoreMetrics:
-        rows = await self._read(_METRICS)
+        rows = await self._read(_SQL["metrics"])
         return store_metrics((tuple(row) for row in rows), _dt_any)
 
     async def group_counts(
@@ -2081,8 +1925,6 @@ class _LabelPlan:
     jobs, checking every label)."""
 
 
-# Jobs carrying a label, counted up to a cap (an index range: cheap, and bounded).
-_LABEL_COUNT = "SELECT count(*) FROM (SELECT 1 FROM job_labels WHERE key = ? AND value = ? LIMIT ?)"
 # A label no more jobs than this carry is where a label filter starts.
 RARE_LABEL_JOBS = 2000
 
@@ -2119,21 +1961,6 @@ def _job_filters(
 
 
 # -- operator views: the dashboard and /metrics (read-only) ---------------------------------
-
-# Every figure /metrics reads, in one statement so that they come from one snapshot. Jobs are
-# counted from the jobs_by_group_status index alone.
-_METRICS = """
-SELECT 'jobs' AS kind, container_group_id AS name, status AS detail, count(*) AS n, NULL AS at
-  FROM jobs GROUP BY container_group_id, status
-UNION ALL
-SELECT 'attempts', outcome, NULL, count(*), NULL FROM attempts GROUP BY outcome
-UNION ALL
-SELECT 'reallocations', NULL, NULL, count(*), NULL FROM machine_reallocations
-UNION ALL
-SELECT 'blocked_machines', NULL, NULL, count(DISTINCT machine_id), NULL FROM job_blocks
-UNION ALL
-SELECT 'webhook_backlog', NULL, NULL, count(*), min(created) FROM webhook_outbox
- WHERE delivered_at IS NULL AND dead_at IS NULL"""
 
 _BLOCKED_MACHINES = """
 SELECT b.machine_id, count(*) AS jobs, max(b.blocked_at) AS last_blocked,
@@ -2191,18 +2018,3 @@ def _group_filters(
 def _dt_any(value: object) -> datetime:
     assert isinstance(value, int | float)
     return _dt(value)
-
-
-# The facts of the goodput ledger (kelpie.store.goodput) for the attempts of the jobs
-# matching {jobs} (j: jobs) that match {attempts} (a: an attempt), in unix seconds, with the
-# {identity} columns ATTEMPT_ROWS needs, or none (a group report).
-_GOODPUT = """
-WITH facts AS (
-    SELECT {identity} a.outcome, a.started,
-           coalesce(a.last_heartbeat, a.ended, :now) AS finish, a.command_started,
-           coalesce(a.upload_seconds, 0) AS upload_seconds, a.next_started, a.commits,
-           a.first_commit, a.last_commit, a.commit_seconds, a.timed_commits
-    FROM attempts AS a JOIN jobs AS j ON j.id = a.job_id
-    WHERE {jobs} AND {attempts}
-), {ledger}"""
-LEDGER_SQL = LEDGER.format(greatest="max", least="min")
