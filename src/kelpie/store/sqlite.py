@@ -33,7 +33,6 @@ import aiosqlite
 
 from kelpie.schemas import JobStatus
 from kelpie.store._common import (
-    API_KEY_COLUMNS,
     CANCELED_MESSAGE,
     IDEMPOTENCY_JOBS_GONE,
     IDEMPOTENCY_KEY_LIFETIME_S,
@@ -43,7 +42,6 @@ from kelpie.store._common import (
     OUTAGE_GRACE_SECONDS,
     PURGED_MESSAGE,
     STALLED_MESSAGE,
-    WARNING_EVENT_KINDS,
     RowDecoder,
     as_job_status,
     checkpoint_message,
@@ -232,8 +230,7 @@ def _queue_event(
         return
     payload = webhook_payload(status, job.id, machine_id, job.container_group_id)
     conn.execute(
-        "INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)"
-        " VALUES (?, ?, ?, ?, ?)",
+        _SQL["queue_webhook_event"],
         (job.user_id, job.webhook, json.dumps(payload), now, now),
     )
 
@@ -248,10 +245,7 @@ def _insert_jobs(
 ) -> None:
     """Inserts the jobs, pending, and their labels, in the caller's transaction."""
     conn.executemany(
-        "INSERT INTO jobs (id, user_id, status, container_group_id, created,"
-        " max_failures, heartbeat_interval, webhook, spec, org_name, project_name,"
-        " checkpoint_keep, name, max_interruptions, priority, logs_prefix, stall_timeout)"
-        " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        _SQL["insert_job"],
         [
             (
                 job_id,
@@ -275,7 +269,7 @@ def _insert_jobs(
         ],
     )
     conn.executemany(
-        "INSERT INTO job_labels (job_id, key, value) VALUES (?, ?, ?)",
+        _SQL["insert_job_label"],
         [
             row
             for job_id, job in zip(ids, jobs, strict=True)
@@ -330,8 +324,7 @@ def _end_running_attempt(
     exit_code: int | None = None,
 ) -> None:
     conn.execute(
-        "UPDATE attempts SET outcome = ?, ended = ?, exit_code = ?"
-        " WHERE job_id = ? AND outcome = 'running'",
+        _SQL["end_running_attempt"],
         (outcome, now, exit_code, job_id),
     )
 
@@ -348,8 +341,7 @@ def _add_event(
     data: Mapping[str, Any] | None = None,
 ) -> None:
     conn.execute(
-        "INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        _SQL["add_event"],
         (
             job_id,
             attempt_id,
@@ -372,15 +364,9 @@ def _record_phase(
     """A worker event that marks a phase of its attempt is kept on the attempt too (the
     goodput ledger reads it there), whether or not the event itself is kept."""
     if kind == "started":
-        conn.execute(
-            "UPDATE attempts SET command_started = coalesce(command_started, ?) WHERE id = ?",
-            (now, attempt_id),
-        )
+        conn.execute(_SQL["attempt_command_started"], (now, attempt_id))
     elif kind == "outputs_uploaded" and (seconds := upload_seconds_of(data)) is not None:
-        conn.execute(
-            "UPDATE attempts SET upload_seconds = coalesce(upload_seconds, 0) + ? WHERE id = ?",
-            (seconds, attempt_id),
-        )
+        conn.execute(_SQL["attempt_upload_seconds"], (seconds, attempt_id))
 
 
 def _record_progress(
@@ -396,8 +382,7 @@ def _record_progress(
     if held["progress"] == stored:
         return
     conn.execute(
-        "UPDATE jobs SET progress = ?, progress_updated_at = ?,"
-        " stall_deadline = ? + stall_timeout WHERE id = ?",
+        _SQL["record_progress"],
         (stored, now, now, held["id"]),
     )
     previous = None if held["progress"] is None else json.loads(held["progress"])
@@ -456,20 +441,15 @@ class _NewJobsWatch:
             self.new_pending_groups()
 
     def new_pending_groups(self) -> list[str]:
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        version = self._conn.execute(_SQL["data_version"]).fetchone()[0]
         if version == self._version:
             return []  # nothing was committed by another connection
         if self._last_seq is None:
-            self._last_seq = self._conn.execute(
-                "SELECT coalesce(max(seq), 0) FROM jobs"
-            ).fetchone()[0]
+            self._last_seq = self._conn.execute(_SQL["newest_job_seq"]).fetchone()[0]
             self._version = version
             return []
         self._version = version
-        rows = self._conn.execute(
-            "SELECT seq, container_group_id, status FROM jobs WHERE seq > ? ORDER BY seq",
-            (self._last_seq,),
-        ).fetchall()
+        rows = self._conn.execute(_SQL["jobs_added_since"], (self._last_seq,)).fetchall()
         if not rows:
             return []
         self._last_seq = rows[-1][0]
@@ -629,7 +609,7 @@ class SqliteStore:
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute(_SQL["create_schema_migrations"])
-        applied = {row[0] for row in _all(conn, "SELECT version FROM schema_migrations")}
+        applied = {row[0] for row in _all(conn, _SQL["applied_migrations"])}
         migrations = load_migrations("sqlite")
         newest_known = max((m.version for m in migrations), default=0)
         if applied and max(applied) > newest_known:
@@ -643,7 +623,7 @@ class SqliteStore:
             for statement in _split_statements(migration.sql):
                 conn.execute(statement)
             conn.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                _SQL["record_migration"],
                 (migration.version, time.time()),
             )
             logger.info("applied migration %s to %s", migration.name, self._path)
@@ -653,29 +633,17 @@ class SqliteStore:
         def ensure(conn: sqlite3.Connection) -> User:
             now = time.time()
             conn.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?)"
-                " ON CONFLICT (username) DO NOTHING",
+                _SQL["insert_admin"],
                 (new_id(), username, now, new_webhook_secret(), new_webhook_token()),
             )
-            row = _one(
-                conn,
-                f"UPDATE users SET is_admin = 1 WHERE username = ? RETURNING {_USER_COLUMNS}",
-                (username,),
-            )
+            row = _one(conn, _SQL["make_admin"], (username,))
             assert row is not None  # inserted or already there, inside this transaction
             user = _decode.user(row)
             conn.execute(
-                "INSERT INTO api_keys (id, key_hash, user_id, created, bootstrap)"
-                " VALUES (?, ?, ?, ?, 1)"
-                " ON CONFLICT (key_hash) DO UPDATE"
-                " SET user_id = excluded.user_id, revoked = 0, bootstrap = 1",
+                _SQL["bootstrap_key"],
                 (new_id(), key_hash, user.id, now),
             )
-            conn.execute(
-                "UPDATE api_keys SET revoked = 1"
-                " WHERE bootstrap = 1 AND revoked = 0 AND key_hash <> ?",
-                (key_hash,),
-            )
+            conn.execute(_SQL["revoke_other_bootstrap_keys"], (key_hash,))
             return user
 
         return await self._write(ensure)
@@ -684,8 +652,7 @@ class SqliteStore:
         def insert(conn: sqlite3.Connection) -> sqlite3.Row | None:
             return _one(
                 conn,
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
-                f" RETURNING {_USER_COLUMNS}",
+                _SQL["create_user"],
                 (
                     new_id(),
                     username,
@@ -704,20 +671,19 @@ class SqliteStore:
         return _decode.user(row)
 
     async def get_user(self, user_id: str) -> User | None:
-        row = await self._read_one(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+        row = await self._read_one(_SQL["get_user"], (user_id,))
         return None if row is None else _decode.user(row)
 
     async def add_api_key(
         self, user_id: str, key_hash: str, org_name: str | None, project_name: str | None
     ) -> ApiKey:
         def insert(conn: sqlite3.Connection) -> ApiKey:
-            if _one(conn, "SELECT 1 FROM users WHERE id = ?", (user_id,)) is None:
+            if _one(conn, _SQL["user_exists"], (user_id,)) is None:
                 raise NotFound(f"no user {user_id}")
             try:
                 row = _one(
                     conn,
-                    "INSERT INTO api_keys (id, key_hash, user_id, org_name, project_name, created)"
-                    f" VALUES (?, ?, ?, ?, ?, ?) RETURNING {API_KEY_COLUMNS}",
+                    _SQL["add_api_key"],
                     (new_id(), key_hash, user_id, org_name, project_name, time.time()),
                 )
             except sqlite3.IntegrityError as exc:
@@ -729,7 +695,7 @@ class SqliteStore:
 
     async def list_api_keys(self, user_id: str) -> list[ApiKey]:
         rows = await self._read(
-            f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = ? ORDER BY created, id",
+            _SQL["list_api_keys"],
             (user_id,),
         )
         return [_decode.api_key(row) for row in rows]
@@ -739,7 +705,7 @@ class SqliteStore:
             return bool(
                 _all(
                     conn,
-                    "UPDATE api_keys SET revoked = 1 WHERE id = ? AND user_id = ? RETURNING 1",
+                    _SQL["revoke_api_key"],
                     (key_id, user_id),
                 )
             )
@@ -748,10 +714,7 @@ class SqliteStore:
 
     async def principal_for_key(self, key_hash: str) -> Principal | None:
         row = await self._read_one(
-            "SELECT k.org_name, k.project_name,"
-            " u.id, u.username, u.created, u.is_admin, u.webhook_secret, u.webhook_token"
-            " FROM api_keys AS k JOIN users AS u ON u.id = k.user_id"
-            " WHERE k.key_hash = ? AND k.revoked = 0",
+            _SQL["principal_for_key"],
             (key_hash,),
         )
         if row is None:
@@ -761,7 +724,7 @@ class SqliteStore:
         )
 
     async def delete_non_admin_users(self) -> None:
-        await self._execute("DELETE FROM users WHERE is_admin = 0")
+        await self._execute(_SQL["delete_non_admin_users"])
 
     # -- jobs, user side ---------------------------------------------------------------
     async def create_jobs(self, user_id: str, jobs: Sequence[NewJob]) -> list[Job]:
@@ -789,8 +752,7 @@ class SqliteStore:
             now = time.time()
             earlier = _one(
                 conn,
-                "SELECT fingerprint, status_code, job_ids, created FROM idempotency_keys"
-                " WHERE user_id = ? AND key = ?",
+                _SQL["idempotency_key"],
                 (user_id, request.key),
             )
             if earlier is not None and earlier["created"] > now - IDEMPOTENCY_KEY_LIFETIME_S:
@@ -798,7 +760,7 @@ class SqliteStore:
                     raise IdempotencyConflict(IDEMPOTENCY_KEY_REUSED)
                 rows = _all(
                     conn,
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+                    _SQL["jobs_by_ids"],
                     (earlier["job_ids"],),
                 )
                 found = replayed_jobs(
@@ -808,11 +770,7 @@ class SqliteStore:
                     raise IdempotencyConflict(IDEMPOTENCY_JOBS_GONE)
                 return Submitted(found, replayed=True, status_code=earlier["status_code"])
             conn.execute(
-                "INSERT INTO idempotency_keys"
-                " (user_id, key, fingerprint, status_code, job_ids, created)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, key) DO UPDATE"
-                " SET fingerprint = excluded.fingerprint, status_code = excluded.status_code,"
-                " job_ids = excluded.job_ids, created = excluded.created",
+                _SQL["save_idempotency_key"],
                 (
                     user_id,
                     request.key,
@@ -835,15 +793,13 @@ class SqliteStore:
         cutoff = time.time() - IDEMPOTENCY_KEY_LIFETIME_S
 
         def purge(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "DELETE FROM idempotency_keys WHERE created < ?", (cutoff,)
-            ).rowcount
+            return conn.execute(_SQL["purge_idempotency_keys"], (cutoff,)).rowcount
 
         return await self._write(purge)
 
     async def get_job(self, job_id: str, user_id: str | None) -> Job | None:
         row = await self._read_one(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = :job_id AND {_VISIBLE}",
+            _SQL["get_job"],
             {"job_id": job_id, "user_id": user_id},
         )
         return None if row is None else _decode.job(row)
@@ -884,16 +840,14 @@ class SqliteStore:
             now = time.time()
             canceled = _all(
                 conn,
-                "UPDATE jobs SET status = 'canceled', canceled = :now"
-                f" WHERE id = :job_id AND status IN ('pending', 'running') AND {_VISIBLE}"
-                " RETURNING id, status, attempt_id, machine_id",
+                _SQL["cancel_job"],
                 {**params, "now": now},
             )
             if canceled:
                 _end_running_attempt(conn, job_id, "canceled", now)
                 _add_event(conn, job_id, "canceled", CANCELED_MESSAGE, now)
                 return CancelOutcome.CANCELED
-            row = _one(conn, f"SELECT status FROM jobs WHERE id = :job_id AND {_VISIBLE}", params)
+            row = _one(conn, _SQL["job_status"], params)
             if row is None:
                 return CancelOutcome.NOT_FOUND
             # the update takes every pending or running job, so this one has ended for good
@@ -910,23 +864,18 @@ class SqliteStore:
             now = time.time()
             canceled = _all(
                 conn,
-                "UPDATE jobs SET status = 'canceled', canceled = :now"
-                " WHERE user_id = :user_id AND container_group_id = :group AND status = 'running'"
-                " RETURNING id",
+                _SQL["cancel_running_of_group"],
                 {**params, "now": now},
             )
             conn.executemany(
-                "UPDATE attempts SET outcome = 'canceled', ended = ?"
-                " WHERE job_id = ? AND outcome = 'running'",
+                _SQL["cancel_attempt"],
                 [(now, row["id"]) for row in canceled],
             )
             for row in canceled:
                 _add_event(conn, row["id"], "canceled", PURGED_MESSAGE, now)
             deleted = _all(
                 conn,
-                "DELETE FROM jobs"
-                " WHERE user_id = :user_id AND container_group_id = :group AND status = 'pending'"
-                " RETURNING id",
+                _SQL["delete_pending_of_group"],
                 params,
             )
             return len(canceled) + len(deleted)
@@ -934,23 +883,14 @@ class SqliteStore:
         return await self._write(purge)
 
     async def delete_all_jobs(self) -> None:
-        await self._execute("DELETE FROM jobs")
+        await self._execute(_SQL["delete_all_jobs"])
 
     async def list_attempts(self, job_id: str, user_id: str | None) -> list[Attempt] | None:
         if await self.get_job(job_id, user_id) is None:
             return None
-        rows = await self._read(
-            "SELECT id, job_id, machine_id, started, ended, outcome, exit_code FROM attempts"
-            " WHERE job_id = ? ORDER BY id",
-            (job_id,),
-        )
-        kinds = ", ".join(f"'{kind}'" for kind in WARNING_EVENT_KINDS)
+        rows = await self._read(_SQL["list_attempts"], (job_id,))
         warnings: dict[int, list[str]] = {}
-        for event in await self._read(
-            f"SELECT attempt_id, message FROM job_events WHERE job_id = ? AND kind IN ({kinds})"
-            " AND attempt_id IS NOT NULL ORDER BY id",
-            (job_id,),
-        ):
+        for event in await self._read(_SQL["attempt_warnings"], (job_id,)):
             warnings.setdefault(event["attempt_id"], []).append(event["message"])
         return [_decode.attempt(row, warnings.get(row["id"], ())) for row in rows]
 
@@ -1034,7 +974,7 @@ class SqliteStore:
                 if progress is not None:
                     _record_progress(conn, beaten[0], progress, machine_id, now)
                 return "running"
-            row = _one(conn, f"SELECT status FROM jobs WHERE id = :job_id AND {_VISIBLE}", params)
+            row = _one(conn, _SQL["job_status"], params)
             if row is None:
                 return None
             # still running means another machine holds it now: this one must drop the job
@@ -1912,7 +1852,7 @@ def _held_params(
 
 
 def _why_not_held(conn: sqlite3.Connection, params: Mapping[str, Any]) -> HeldOutcome:
-    row = _one(conn, f"SELECT 1 FROM jobs WHERE id = :job_id AND {_VISIBLE}", params)
+    row = _one(conn, _SQL["job_visible"], params)
     return HeldOutcome.NOT_FOUND if row is None else HeldOutcome.NOT_HOLDER
 
 

@@ -3,11 +3,209 @@
 -- Parameters are SQLite's: `?` in order, or `:name` from a mapping. Times are REAL unix epoch
 -- seconds (UTC). Statements the store runs in its write connection see one `BEGIN IMMEDIATE`
 -- transaction and their own savepoint (kelpie.store._group_commit), which runs its own
--- transaction control statements.
+-- transaction control statements. The statements come in the order of the store's methods:
+-- users and keys, jobs (user side), a job's history, jobs (worker side), workers,
+-- checkpoints, goodput, webhooks, operator views, the new-jobs watch, schema migrations.
+--
+-- A statement's comments go under its name or inside it: a comment after a statement, before
+-- the next name, would be read as part of that statement.
 
--- ============================================================================================
--- Jobs, worker side
--- ============================================================================================
+-- insert_admin --
+-- The bootstrap admin (? id, ? username, ? created, ? webhook secret, ? webhook token), unless
+-- the username is taken (make_admin then makes that user an admin).
+INSERT INTO users (id, username, created, is_admin, webhook_secret, webhook_token)
+VALUES (?, ?, ?, 1, ?, ?)
+ON CONFLICT (username) DO NOTHING;
+
+-- make_admin --
+-- The user named ? made an admin, returned.
+UPDATE users SET is_admin = 1 WHERE username = ?
+RETURNING id, username, created, is_admin, webhook_secret, webhook_token;
+
+-- bootstrap_key --
+-- The bootstrap admin's key (? id, ? key hash, ? user id, ? created), made or given back to the
+-- admin, unrevoked.
+INSERT INTO api_keys (id, key_hash, user_id, created, bootstrap)
+VALUES (?, ?, ?, ?, 1)
+ON CONFLICT (key_hash) DO UPDATE
+SET user_id = excluded.user_id, revoked = 0, bootstrap = 1;
+
+-- revoke_other_bootstrap_keys --
+-- Every earlier bootstrap key but the one of hash ? revoked.
+UPDATE api_keys SET revoked = 1
+WHERE bootstrap = 1 AND revoked = 0 AND key_hash <> ?;
+
+-- create_user --
+-- A new user (? id, ? username, ? created, ? is_admin, ? webhook secret, ? webhook token).
+INSERT INTO users (id, username, created, is_admin, webhook_secret, webhook_token)
+VALUES (?, ?, ?, ?, ?, ?)
+RETURNING id, username, created, is_admin, webhook_secret, webhook_token;
+
+-- get_user --
+-- The user of id ?.
+SELECT id, username, created, is_admin, webhook_secret, webhook_token FROM users WHERE id = ?;
+
+-- user_exists --
+-- A row if the user of id ? exists.
+SELECT 1 FROM users WHERE id = ?;
+
+-- add_api_key --
+-- A new key (? id, ? key hash, ? user id, ? org name, ? project name, ? created).
+INSERT INTO api_keys (id, key_hash, user_id, org_name, project_name, created)
+VALUES (?, ?, ?, ?, ?, ?)
+RETURNING id, user_id, created, org_name, project_name, revoked, bootstrap;
+
+-- list_api_keys --
+-- The keys of the user of id ?, oldest first.
+SELECT id, user_id, created, org_name, project_name, revoked, bootstrap
+FROM api_keys WHERE user_id = ? ORDER BY created, id;
+
+-- revoke_api_key --
+-- The key of id ? revoked if it is the user's (? user id); a row if so.
+UPDATE api_keys SET revoked = 1 WHERE id = ? AND user_id = ? RETURNING 1;
+
+-- principal_for_key --
+-- Who calls with the unrevoked key of hash ?: the key's org and project, and its user.
+SELECT k.org_name, k.project_name,
+       u.id, u.username, u.created, u.is_admin, u.webhook_secret, u.webhook_token
+FROM api_keys AS k JOIN users AS u ON u.id = k.user_id
+WHERE k.key_hash = ? AND k.revoked = 0;
+
+-- delete_non_admin_users --
+-- Every user but the admins.
+DELETE FROM users WHERE is_admin = 0;
+
+-- insert_job --
+-- A new job, pending (? id, ? user id, ? container group, ? created, ? max_failures,
+-- ? heartbeat_interval, ? webhook, ? spec (JSON), ? org name, ? project name,
+-- ? checkpoint_keep, ? name, ? max_interruptions, ? priority, ? logs_prefix, ? stall_timeout).
+INSERT INTO jobs (id, user_id, status, container_group_id, created,
+                  max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+                  checkpoint_keep, name, max_interruptions, priority, logs_prefix, stall_timeout)
+VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- insert_job_label --
+-- A label of a new job (? job id, ? key, ? value).
+INSERT INTO job_labels (job_id, key, value) VALUES (?, ?, ?);
+
+-- idempotency_key --
+-- The earlier submission under the user's (? user id) idempotency key (? key).
+SELECT fingerprint, status_code, job_ids, created FROM idempotency_keys
+WHERE user_id = ? AND key = ?;
+
+-- jobs_by_ids --
+-- The jobs whose ids are in the JSON array ?, in no particular order.
+SELECT id, user_id, status, container_group_id, created, started, completed, canceled, failed,
+       heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,
+       max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+       attempt_id, checkpoint_generation, checkpoint_keep, priority,
+       name, max_interruptions, num_interruptions,
+       logs_prefix, stall_timeout, progress, progress_updated_at
+FROM jobs WHERE id IN (SELECT value FROM json_each(?));
+
+-- save_idempotency_key --
+-- A submission under the user's idempotency key (? user id, ? key, ? fingerprint of the
+-- request, ? status code of the answer, ? job ids as a JSON array, ? created); it replaces an
+-- expired one.
+INSERT INTO idempotency_keys (user_id, key, fingerprint, status_code, job_ids, created)
+VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, key) DO UPDATE
+SET fingerprint = excluded.fingerprint, status_code = excluded.status_code,
+    job_ids = excluded.job_ids, created = excluded.created;
+
+-- purge_idempotency_keys --
+-- The idempotency keys made before ?.
+DELETE FROM idempotency_keys WHERE created < ?;
+
+-- get_job --
+-- The job :job_id, if :user_id (NULL: anyone) may see it.
+SELECT id, user_id, status, container_group_id, created, started, completed, canceled, failed,
+       heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,
+       max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+       attempt_id, checkpoint_generation, checkpoint_keep, priority,
+       name, max_interruptions, num_interruptions,
+       logs_prefix, stall_timeout, progress, progress_updated_at
+FROM jobs WHERE id = :job_id AND (:user_id IS NULL OR user_id = :user_id);
+
+-- job_status --
+-- The status of the job :job_id, if :user_id (NULL: anyone) may see it.
+SELECT status FROM jobs WHERE id = :job_id AND (:user_id IS NULL OR user_id = :user_id);
+
+-- job_visible --
+-- A row if the job :job_id exists and :user_id (NULL: anyone) may see it.
+SELECT 1 FROM jobs WHERE id = :job_id AND (:user_id IS NULL OR user_id = :user_id);
+
+-- cancel_job --
+-- The job :job_id canceled at :now if it is pending or running and :user_id (NULL: anyone) may
+-- see it.
+UPDATE jobs SET status = 'canceled', canceled = :now
+WHERE id = :job_id AND status IN ('pending', 'running')
+  AND (:user_id IS NULL OR user_id = :user_id)
+RETURNING id, status, attempt_id, machine_id;
+
+-- cancel_running_of_group --
+-- The running jobs of the user's (:user_id) group (:group) canceled at :now.
+UPDATE jobs SET status = 'canceled', canceled = :now
+WHERE user_id = :user_id AND container_group_id = :group AND status = 'running'
+RETURNING id;
+
+-- cancel_attempt --
+-- The job's running attempt ended, canceled (? ended, ? job id).
+UPDATE attempts SET outcome = 'canceled', ended = ?
+WHERE job_id = ? AND outcome = 'running';
+
+-- delete_pending_of_group --
+-- The pending jobs of the user's (:user_id) group (:group).
+DELETE FROM jobs
+WHERE user_id = :user_id AND container_group_id = :group AND status = 'pending'
+RETURNING id;
+
+-- delete_all_jobs --
+-- Every job (with what hangs on it, by foreign key).
+DELETE FROM jobs;
+
+-- list_attempts --
+-- The attempts of the job ?, oldest first.
+SELECT id, job_id, machine_id, started, ended, outcome, exit_code FROM attempts
+WHERE job_id = ? ORDER BY id;
+
+-- attempt_warnings --
+-- The warnings of the job's (? job id) attempts, oldest first: its events of the kinds
+-- WARNING_EVENT_KINDS (kelpie.store._common) names, written out here.
+SELECT attempt_id, message FROM job_events
+WHERE job_id = ? AND kind IN ('warning', 'checkpoint_fallback')
+  AND attempt_id IS NOT NULL ORDER BY id;
+
+-- queue_webhook_event --
+-- A webhook event for the job's webhook (? user id, ? url, ? payload (JSON),
+-- ? next_attempt_at, ? created), sent by the webhook dispatcher.
+INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)
+VALUES (?, ?, ?, ?, ?);
+
+-- end_running_attempt --
+-- The job's running attempt ended (? outcome, ? ended, ? exit code, ? job id).
+UPDATE attempts SET outcome = ?, ended = ?, exit_code = ?
+WHERE job_id = ? AND outcome = 'running';
+
+-- add_event --
+-- An event of the job (? job id, ? attempt id, ? machine, ? kind, ? message, ? data (JSON),
+-- ? created).
+INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)
+VALUES (?, ?, ?, ?, ?, ?, ?);
+
+-- attempt_command_started --
+-- The attempt's (? id) command started at ? (the worker's `started` event; the first counts).
+UPDATE attempts SET command_started = coalesce(command_started, ?) WHERE id = ?;
+
+-- attempt_upload_seconds --
+-- ? more seconds of final uploads on the attempt ? (the worker's `outputs_uploaded` events).
+UPDATE attempts SET upload_seconds = coalesce(upload_seconds, 0) + ? WHERE id = ?;
+
+-- record_progress --
+-- The job's progress (? JSON) as of ?, with a new stall deadline from ? (the same time),
+-- on the job of id ?.
+UPDATE jobs SET progress = ?, progress_updated_at = ?,
+    stall_deadline = ? + stall_timeout
+WHERE id = ?;
 
 -- claim --
 -- A stalled job of the group first, else the first pending one, taken for :machine_id (:now
@@ -60,10 +258,6 @@ RETURNING id, user_id, status, container_group_id, created, started, completed, 
           attempt_id, checkpoint_generation, checkpoint_keep, priority,
           name, max_interruptions, num_interruptions,
           logs_prefix, stall_timeout, progress, progress_updated_at;
-
--- ============================================================================================
--- Workers
--- ============================================================================================
 
 -- note_worker --
 -- A machine heard from: first seen, last seen, last poll, version (a version sent replaces
@@ -120,10 +314,6 @@ WHERE j.status = 'pending' AND j.container_group_id = :group AND j.user_id = :us
        OR (j.priority = me.priority
            AND (j.created < me.created OR (j.created = me.created AND j.seq < me.seq))));
 
--- ============================================================================================
--- Checkpoints
--- ============================================================================================
-
 -- count_commit --
 -- A committed generation counted on its attempt (:attempt_id) at :now, with its upload's
 -- seconds :s (NULL when not timed); the goodput ledger reads it there.
@@ -132,13 +322,9 @@ UPDATE attempts SET commits = commits + 1, first_commit = coalesce(first_commit,
     timed_commits = timed_commits + (:s IS NOT NULL)
 WHERE id = :attempt_id;
 
--- ============================================================================================
--- Goodput
--- ============================================================================================
+-- job_goodput --
 -- The goodput ledger (kelpie.store.goodput.LEDGER, with SQLite's max/min for greatest/least)
 -- over `facts`: the attempts chosen, in unix seconds, as the ledger needs them.
-
--- job_goodput --
 -- One ledger row per attempt of the job :job_id (if :user_id, NULL for anyone, may see it),
 -- oldest first; :now ends the running attempt (goodput.ATTEMPT_ROWS).
 WITH facts AS (
@@ -174,6 +360,7 @@ SELECT id, machine_id, outcome, started, ended, finish, downloading_s, running_s
 FROM ledger ORDER BY id;
 
 -- group_goodput --
+-- The goodput ledger as in job_goodput.
 -- The sums behind a group report, one row (goodput.REPORT_SUMS): the attempts of :group's jobs
 -- (those :user_id may see, NULL for anyone's) that started within [:since, :until); :now ends
 -- the running ones.
@@ -225,10 +412,6 @@ SELECT count(*) AS attempts,
        coalesce(sum(timed_commits), 0) AS costs
 FROM ledger;
 
--- ============================================================================================
--- Webhook outbox
--- ============================================================================================
-
 -- claim_webhook_events --
 -- Due webhook events, a fair share of each receiver, leased until :until under :token (:now
 -- the time, at most :limit): a walk over the distinct receivers with pending events (one index
@@ -269,10 +452,6 @@ UPDATE webhook_outbox SET leased_until = :until, lease_token = :token
 WHERE id IN (SELECT id FROM picked ORDER BY rank, next_attempt_at, id LIMIT :limit)
 RETURNING id, user_id, url, payload, attempts, created, receiver;
 
--- ============================================================================================
--- Operator views: the dashboard and /metrics (read-only)
--- ============================================================================================
-
 -- metrics --
 -- Every figure /metrics reads, in one statement so that they come from one snapshot. Jobs are
 -- counted from the jobs_by_group_status index alone.
@@ -288,22 +467,35 @@ UNION ALL
 SELECT 'webhook_backlog', NULL, NULL, count(*), min(created) FROM webhook_outbox
  WHERE delivered_at IS NULL AND dead_at IS NULL;
 
--- ============================================================================================
--- Label filters of list_jobs
--- ============================================================================================
-
 -- label_count --
 -- Jobs carrying a label (? key, ? value), counted up to a cap (? the cap): an index range,
 -- cheap, and bounded.
 SELECT count(*) FROM (SELECT 1 FROM job_labels WHERE key = ? AND value = ? LIMIT ?);
 
--- ============================================================================================
--- Schema migrations (the migrations' own statements are in kelpie/store/migrations/sqlite)
--- ============================================================================================
+-- data_version --
+-- A number that changes when another connection commits (shared memory, no I/O).
+PRAGMA data_version;
+
+-- newest_job_seq --
+-- The newest job's seq, where the watcher starts.
+SELECT coalesce(max(seq), 0) FROM jobs;
+
+-- jobs_added_since --
+-- The jobs added after seq ?, in order.
+SELECT seq, container_group_id, status FROM jobs WHERE seq > ? ORDER BY seq;
 
 -- create_schema_migrations --
--- The table of the migrations applied, made before the first.
+-- The table of the migrations applied, made before the first. (The migrations' own
+-- statements are in kelpie/store/migrations/sqlite.)
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version    INTEGER PRIMARY KEY,
     applied_at REAL NOT NULL
 );
+
+-- applied_migrations --
+-- The versions of the migrations applied.
+SELECT version FROM schema_migrations;
+
+-- record_migration --
+-- A migration (? version) applied at ?.
+INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?);
