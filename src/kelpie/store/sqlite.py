@@ -52,7 +52,6 @@ from kelpie.store._common import (
     failure_message,
     interrupted_message,
     interruption_event_data,
-    interruption_limit_reason,
     label_rows,
     lost_message,
     manifest_from_json,
@@ -918,8 +917,7 @@ class SqliteStore:
             # a running attempt left on the job belongs to the stalled previous holder
             lost = _all(
                 conn,
-                "UPDATE attempts SET outcome = 'lost', ended = ?"
-                " WHERE job_id = ? AND outcome = 'running' RETURNING id, machine_id",
+                _SQL["lose_running_attempts"],
                 (now, job.id),
             )
             for attempt in lost:
@@ -933,8 +931,7 @@ class SqliteStore:
                     machine_id=attempt["machine_id"],
                 )
             conn.execute(
-                "INSERT INTO attempts (id, job_id, machine_id, started, outcome)"
-                " VALUES (?, ?, ?, ?, 'running')",
+                _SQL["insert_attempt"],
                 (attempt_id, job.id, machine_id, now),
             )
             _add_event(
@@ -965,9 +962,7 @@ class SqliteStore:
             now = time.time()
             beaten = _all(
                 conn,
-                "UPDATE jobs SET heartbeat = :now, num_heartbeats = num_heartbeats + 1,"
-                f" lease_expires = :now + 2 * heartbeat_interval WHERE {_HELD}"
-                " RETURNING id, attempt_id, progress",
+                _SQL["heartbeat"],
                 {**params, "now": now},
             )
             if beaten:
@@ -995,8 +990,7 @@ class SqliteStore:
             now = time.time()
             row = _one(
                 conn,
-                f"UPDATE jobs SET status = 'completed', completed = :now WHERE {_HELD}"
-                f" RETURNING {_JOB_COLUMNS}",
+                _SQL["complete_held"],
                 {**params, "now": now},
             )
             if row is None:
@@ -1025,13 +1019,7 @@ class SqliteStore:
             now = time.time()
             row = _one(
                 conn,
-                "UPDATE jobs SET num_failures = num_failures + 1,"
-                " last_exit_code = :exit_code, last_error = :error,"
-                " status = CASE WHEN :fail_now OR num_failures + 1 >= max_failures"
-                "          THEN 'failed' ELSE 'pending' END,"
-                " failed = CASE WHEN :fail_now OR num_failures + 1 >= max_failures"
-                "          THEN :now ELSE failed END"
-                f" WHERE {_HELD} RETURNING {_JOB_COLUMNS}",
+                _SQL["fail_held"],
                 {
                     **params,
                     "now": now,
@@ -1043,11 +1031,7 @@ class SqliteStore:
             if row is None:
                 return FailureResult(_why_not_held(conn, params))
             job = _decode.job(row)
-            conn.execute(
-                "INSERT INTO job_blocks (job_id, machine_id, blocked_at) VALUES (?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (job_id, machine_id, now),
-            )
+            conn.execute(_SQL["block_machine"], (job_id, machine_id, now))
             _end_held_attempt(
                 conn,
                 job,
@@ -1063,7 +1047,7 @@ class SqliteStore:
                 _queue_event(conn, job, "failed", machine_id, now)
             count = _one(
                 conn,
-                f"SELECT count(*) {_TENANT_BLOCKS}",
+                _SQL["tenant_blocked_jobs"],
                 {"machine_id": machine_id, "user_id": job.user_id},
             )
             assert count is not None
@@ -1081,19 +1065,12 @@ class SqliteStore:
         exit_code: int | None = None,
     ) -> HeldOutcome:
         params = _held_params(job_id, machine_id, user_id, attempt_id)
-        over_budget = "max_interruptions IS NOT NULL AND num_interruptions + 1 >= max_interruptions"
 
         def interrupt(conn: sqlite3.Connection) -> HeldOutcome:
             now = time.time()
             row = _one(
                 conn,
-                "UPDATE jobs SET num_interruptions = num_interruptions + 1,"
-                f" status = CASE WHEN {over_budget} THEN 'failed' ELSE 'pending' END,"
-                f" failed = CASE WHEN {over_budget} THEN :now ELSE failed END,"
-                f" last_error = CASE WHEN {over_budget}"
-                f"   THEN {interruption_limit_reason('num_interruptions + 1')}"
-                "    ELSE last_error END"
-                f" WHERE {_HELD} RETURNING {_JOB_COLUMNS}",
+                _SQL["interrupt_held"],
                 {**params, "now": now},
             )
             if row is None:
@@ -1119,30 +1096,20 @@ class SqliteStore:
     async def end_stalled_out_of_interruptions(self) -> list[Job]:
         # Asked every second by every API process: the common answer, none, is read without
         # taking the file's write lock.
-        stalled = (
-            "status = 'running' AND max_interruptions IS NOT NULL AND lease_expires < :now"
-            " AND num_interruptions + 1 >= max_interruptions"
-        )
-        if not await self._read(
-            f"SELECT 1 FROM jobs WHERE {stalled} LIMIT 1", {"now": time.time()}
-        ):
+        if not await self._read(_SQL["any_out_of_interruptions"], {"now": time.time()}):
             return []
 
         def end(conn: sqlite3.Connection) -> list[Job]:
             now = time.time()
             rows = _all(
                 conn,
-                "UPDATE jobs SET status = 'failed', failed = :now,"
-                " num_interruptions = num_interruptions + 1,"
-                f" last_error = {interruption_limit_reason('num_interruptions + 1')}"
-                f" WHERE {stalled} RETURNING {_JOB_COLUMNS}",
+                _SQL["end_out_of_interruptions"],
                 {"now": now},
             )
             jobs = [_decode.job(row) for row in rows]
             for job in jobs:
                 conn.execute(
-                    "UPDATE attempts SET outcome = 'lost', ended = ?, last_heartbeat = ?"
-                    " WHERE job_id = ? AND outcome = 'running'",
+                    _SQL["lose_attempt"],
                     (now, None if job.heartbeat is None else job.heartbeat.timestamp(), job.id),
                 )
                 _add_event(
@@ -1162,42 +1129,24 @@ class SqliteStore:
     async def end_stalled_jobs(self) -> list[Job]:
         # Asked every second by every API process: the common answer, none, is read without
         # taking the file's write lock.
-        stalled = "status = 'running' AND stall_deadline IS NOT NULL AND stall_deadline < :now"
-        if not await self._read(
-            f"SELECT 1 FROM jobs INDEXED BY jobs_running_by_stall_deadline WHERE {stalled} LIMIT 1",
-            {"now": time.time()},
-        ):
+        if not await self._read(_SQL["any_stalled"], {"now": time.time()}):
             return []
 
         def end(conn: sqlite3.Connection) -> list[Job]:
             now = time.time()
-            found = _all(
-                conn,
-                f"SELECT id, machine_id, stall_timeout FROM jobs WHERE {stalled}",
-                {"now": now},
-            )
+            found = _all(conn, _SQL["stalled_jobs"], {"now": now})
             stopped: list[Job] = []
             for held in found:
                 reason = stalled_reason(held["stall_timeout"])
                 row = _one(
                     conn,
-                    "UPDATE jobs SET num_failures = num_failures + 1,"
-                    " last_exit_code = NULL, last_error = :error, stall_deadline = NULL,"
-                    " status = CASE WHEN num_failures + 1 >= max_failures"
-                    "          THEN 'failed' ELSE 'pending' END,"
-                    " failed = CASE WHEN num_failures + 1 >= max_failures"
-                    "          THEN :now ELSE failed END"
-                    f" WHERE id = :id AND status = 'running' RETURNING {_JOB_COLUMNS}",
+                    _SQL["fail_stalled_job"],
                     {"id": held["id"], "now": now, "error": reason},
                 )
                 assert row is not None  # the writer holds the lock since the read
                 job = _decode.job(row)
                 machine_id = held["machine_id"]
-                conn.execute(
-                    "INSERT INTO job_blocks (job_id, machine_id, blocked_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT DO NOTHING",
-                    (job.id, machine_id, now),
-                )
+                conn.execute(_SQL["block_machine"], (job.id, machine_id, now))
                 _end_running_attempt(conn, job.id, "failed", now)
                 _add_event(
                     conn,
@@ -1290,8 +1239,7 @@ class SqliteStore:
             now = time.time()
             job_row = _one(
                 conn,
-                f"SELECT checkpoint_generation, checkpoint_keep FROM jobs"
-                f" WHERE id = :job_id AND {_VISIBLE}",
+                _SQL["checkpoint_state"],
                 params,
             )
             if job_row is None:
@@ -1299,8 +1247,7 @@ class SqliteStore:
             newest = job_row["checkpoint_generation"]
             same = _one(
                 conn,
-                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints"
-                " WHERE job_id = ? AND generation = ?",
+                _SQL["get_checkpoint"],
                 (job_id, generation),
             )
             if same is not None:
@@ -1312,13 +1259,12 @@ class SqliteStore:
                         CommitOutcome.REPEATED, _decode.checkpoint(same, with_manifest=False)
                     )
                 return CommitResult(CommitOutcome.NOT_NEWER, newest=newest)
-            if _one(conn, f"SELECT 1 FROM jobs WHERE {_HELD}", params) is None:
+            if _one(conn, _SQL["is_held"], params) is None:
                 return CommitResult(CommitOutcome.NOT_HOLDER)
             if newest is not None and generation <= newest:
                 return CommitResult(CommitOutcome.NOT_NEWER, newest=newest)
             conn.execute(
-                f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}, upload_seconds)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _SQL["insert_checkpoint"],
                 (
                     job_id,
                     generation,
@@ -1331,23 +1277,20 @@ class SqliteStore:
                     upload_seconds,
                 ),
             )
-            conn.execute(
-                "UPDATE jobs SET checkpoint_generation = ? WHERE id = ?", (generation, job_id)
-            )
+            conn.execute(_SQL["set_checkpoint_generation"], (generation, job_id))
             conn.execute(
                 _SQL["count_commit"], {"attempt_id": attempt_id, "now": now, "s": upload_seconds}
             )
             kept_rows = _all(
                 conn,
-                "SELECT generation, manifest FROM checkpoints"
-                " WHERE job_id = ? AND manifest IS NOT NULL ORDER BY generation DESC",
+                _SQL["kept_manifests"],
                 (job_id,),
             )
             keep = job_row["checkpoint_keep"]
             dropped = kept_rows[keep:]
             if dropped:
                 conn.executemany(
-                    "UPDATE checkpoints SET manifest = NULL WHERE job_id = ? AND generation = ?",
+                    _SQL["drop_manifest"],
                     [(job_id, row["generation"]) for row in dropped],
                 )
             expired = expired_objects(
@@ -1375,9 +1318,7 @@ class SqliteStore:
         if await self.get_job(job_id, user_id) is None:
             return None
         rows = await self._read(
-            "SELECT job_id, generation, attempt_id, machine_id, created, files, bytes,"
-            " CASE WHEN manifest IS NULL THEN NULL ELSE '[]' END AS manifest"
-            " FROM checkpoints WHERE job_id = ? ORDER BY generation",
+            _SQL["list_checkpoints"],
             (job_id,),
         )
         return [_decode.checkpoint(row, with_manifest=False) for row in rows]
@@ -1388,7 +1329,7 @@ class SqliteStore:
         if await self.get_job(job_id, user_id) is None:
             return None
         row = await self._read_one(
-            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? AND generation = ?",
+            _SQL["get_checkpoint"],
             (job_id, generation),
         )
         return None if row is None else _decode.checkpoint(row, with_manifest=True)
@@ -1406,13 +1347,13 @@ class SqliteStore:
         params = _held_params(job_id, machine_id, user_id, attempt_id)
 
         def add(conn: sqlite3.Connection) -> HeldOutcome:
-            if _one(conn, f"SELECT 1 FROM jobs WHERE {_HELD}", params) is None:
+            if _one(conn, _SQL["is_held"], params) is None:
                 return _why_not_held(conn, params)
             now = time.time()
             _record_phase(conn, attempt_id, kind, data, now)
             count = _one(
                 conn,
-                "SELECT count(*) FROM job_events WHERE job_id = ? AND attempt_id = ?",
+                _SQL["attempt_event_count"],
                 (job_id, attempt_id),
             )
             assert count is not None
@@ -1437,8 +1378,7 @@ class SqliteStore:
         if await self.get_job(job_id, user_id) is None:
             return None
         rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM job_events WHERE job_id = ? AND id > ?"
-            " ORDER BY id LIMIT ?",
+            _SQL["list_job_events"],
             (job_id, after_id, limit),
         )
         return [_decode.event(row) for row in rows]
@@ -1472,11 +1412,11 @@ class SqliteStore:
     async def note_api_alive(self) -> float:
         def note(conn: sqlite3.Connection) -> float:
             now = time.time()
-            row = _one(conn, "SELECT last_seen FROM api_liveness WHERE id = 1")
+            row = _one(conn, _SQL["api_last_seen"])
             if row is None:
                 # First start on this database (or after an upgrade): the last sign of life
                 # is the newest heartbeat heard.
-                heard = _one(conn, "SELECT max(heartbeat) FROM jobs WHERE status = 'running'")
+                heard = _one(conn, _SQL["newest_running_heartbeat"])
                 last_seen = heard[0] if heard is not None and heard[0] is not None else now
             else:
                 last_seen = row["last_seen"]
@@ -1485,14 +1425,11 @@ class SqliteStore:
                 # Nobody could hear heartbeats since `last_seen`: a job whose lease was
                 # still good then gets a full lease from now, to beat again.
                 conn.execute(
-                    "UPDATE jobs SET lease_expires = max(lease_expires,"
-                    " :now + 2 * heartbeat_interval + :grace)"
-                    " WHERE status = 'running' AND lease_expires > :last_seen",
+                    _SQL["extend_leases_after_outage"],
                     {"now": now, "last_seen": last_seen, "grace": OUTAGE_GRACE_SECONDS},
                 )
             conn.execute(
-                "INSERT INTO api_liveness (id, last_seen) VALUES (1, :now)"
-                " ON CONFLICT (id) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+                _SQL["note_api_alive"],
                 {"now": now},
             )
             return gap if gap > OUTAGE_GAP_SECONDS else 0.0
@@ -1505,22 +1442,20 @@ class SqliteStore:
         params = {"user_id": user_id, "machine_id": machine_id}
 
         def mark(conn: sqlite3.Connection) -> Blocked | None:
-            count = _one(conn, f"SELECT count(*) {_TENANT_BLOCKS}", params)
+            count = _one(conn, _SQL["tenant_blocked_jobs"], params)
             assert count is not None
             if count[0] < threshold or count[0] == 0:
                 return None
             inserted = _all(
                 conn,
-                "INSERT INTO machine_reallocations (user_id, machine_id, at)"
-                " VALUES (:user_id, :machine_id, :now) ON CONFLICT DO NOTHING RETURNING 1",
+                _SQL["insert_reallocation"],
                 {**params, "now": time.time()},
             )
             if not inserted:
                 return None
             where = _one(
                 conn,
-                "SELECT j.container_group_id, j.org_name, j.project_name"
-                f" {_TENANT_BLOCKS} ORDER BY b.blocked_at DESC LIMIT 1",
+                _SQL["last_blocked_job"],
                 params,
             )
             assert where is not None  # count > 0 and job_blocks rows always have their job
@@ -1577,28 +1512,24 @@ class SqliteStore:
         return sorted(events, key=lambda event: event.id)
 
     async def webhook_delivered(self, event: WebhookEvent) -> bool:
-        return await self._record_webhook_outcome("delivered_at = :now", event, {})
+        return await self._record_webhook_outcome(_SQL["webhook_delivered"], event, {})
 
     async def webhook_retry_later(
         self, event: WebhookEvent, delay_seconds: float, error: str
     ) -> bool:
         return await self._record_webhook_outcome(
-            "next_attempt_at = :now + :delay, last_error = :error",
+            _SQL["webhook_retry_later"],
             event,
             {"delay": delay_seconds, "error": error},
         )
 
     async def webhook_give_up(self, event: WebhookEvent, error: str) -> bool:
-        return await self._record_webhook_outcome(
-            "dead_at = :now, last_error = :error", event, {"error": error}
-        )
+        return await self._record_webhook_outcome(_SQL["webhook_give_up"], event, {"error": error})
 
     async def webhook_postpone(self, event: WebhookEvent, delay_seconds: float) -> bool:
         def release(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                "UPDATE webhook_outbox SET next_attempt_at = :now + :delay,"
-                " leased_until = NULL, lease_token = NULL"
-                " WHERE id = :id AND lease_token = :token AND leased_until IS NOT NULL",
+                _SQL["webhook_postpone"],
                 {
                     "now": time.time(),
                     "delay": delay_seconds,
@@ -1614,10 +1545,7 @@ class SqliteStore:
         def postpone(conn: sqlite3.Connection) -> int:
             now = time.time()
             cursor = conn.execute(
-                "UPDATE webhook_outbox SET next_attempt_at = :until"
-                " WHERE receiver = :receiver AND delivered_at IS NULL AND dead_at IS NULL"
-                "   AND next_attempt_at < :until"
-                "   AND (leased_until IS NULL OR leased_until <= :now)",
+                _SQL["postpone_receiver_webhooks"],
                 {"receiver": receiver, "until": now + delay_seconds, "now": now},
             )
             return cursor.rowcount
@@ -1625,15 +1553,13 @@ class SqliteStore:
         return await self._write(postpone)
 
     async def _record_webhook_outcome(
-        self, assignments: str, event: WebhookEvent, params: dict[str, Any]
+        self, statement: str, event: WebhookEvent, params: dict[str, Any]
     ) -> bool:
-        """The attempt's outcome, written only while its claim holds the lease."""
+        """The attempt's outcome (`statement`), written only while its claim holds the lease."""
 
         def record(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                f"UPDATE webhook_outbox SET {assignments}, attempts = attempts + 1,"
-                " leased_until = NULL, lease_token = NULL"
-                " WHERE id = :id AND lease_token = :token AND leased_until IS NOT NULL",
+                statement,
                 {**params, "now": time.time(), "id": event.id, "token": event.lease_token},
             )
             return cursor.rowcount == 1
@@ -1644,17 +1570,13 @@ class SqliteStore:
         cutoff = time.time() - older_than_seconds
 
         def purge(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "DELETE FROM webhook_outbox WHERE coalesce(delivered_at, dead_at) < ?", (cutoff,)
-            )
+            cursor = conn.execute(_SQL["purge_finished_webhooks"], (cutoff,))
             return cursor.rowcount
 
         return await self._write(purge)
 
     async def pending_webhook_count(self) -> int:
-        row = await self._read_one(
-            "SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
-        )
+        row = await self._read_one(_SQL["pending_webhook_count"])
         assert row is not None
         return int(row[0])
 
@@ -1664,8 +1586,7 @@ class SqliteStore:
             now = time.time()
             return _one(
                 conn,
-                f"INSERT INTO scaling_rules ({_RULE_COLUMNS})"
-                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_RULE_COLUMNS}",
+                _SQL["create_scaling_rule"],
                 (
                     rule.user_id,
                     rule.container_group_id,
@@ -1692,8 +1613,7 @@ class SqliteStore:
 
     async def list_scaling_rules(self, user_id: str | None) -> list[ScalingRule]:
         rows = await self._read(
-            f"SELECT {_RULE_COLUMNS} FROM scaling_rules WHERE {_VISIBLE}"
-            " ORDER BY created, user_id, container_group_id",
+            _SQL["list_scaling_rules"],
             {"user_id": user_id},
         )
         return [_decode.rule(row) for row in rows]
@@ -1702,8 +1622,7 @@ class SqliteStore:
         self, user_id: str | None, container_group_id: str
     ) -> ScalingRule | None:
         row = await self._read_one(
-            f"SELECT {_RULE_COLUMNS} FROM scaling_rules"
-            f" WHERE container_group_id = :group AND {_VISIBLE} ORDER BY created, user_id LIMIT 1",
+            _SQL["get_scaling_rule"],
             {"user_id": user_id, "group": container_group_id},
         )
         return None if row is None else _decode.rule(row)
@@ -1722,19 +1641,12 @@ class SqliteStore:
         def update(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             rows = _all(
                 conn,
-                "UPDATE scaling_rules SET"
-                " min_replicas = coalesce(:min, min_replicas),"
-                " max_replicas = coalesce(:max, max_replicas),"
-                " idle_threshold_seconds = coalesce(:idle, idle_threshold_seconds),"
-                " updated = :now"
-                f" WHERE container_group_id = :group AND {_VISIBLE}"
-                "   AND coalesce(:min, min_replicas) <= coalesce(:max, max_replicas)"
-                f" RETURNING {_RULE_COLUMNS}",
+                _SQL["update_scaling_rule"],
                 {**params, "now": time.time()},
             )
             if not rows and _one(
                 conn,
-                f"SELECT 1 FROM scaling_rules WHERE container_group_id = :group AND {_VISIBLE}",
+                _SQL["scaling_rule_exists"],
                 params,
             ):
                 raise InvalidChange("min_replicas must not be greater than max_replicas")
@@ -1749,8 +1661,7 @@ class SqliteStore:
             return bool(
                 _all(
                     conn,
-                    "DELETE FROM scaling_rules"
-                    f" WHERE container_group_id = :group AND {_VISIBLE} RETURNING 1",
+                    _SQL["delete_scaling_rule"],
                     {"user_id": user_id, "group": container_group_id},
                 )
             )
@@ -1758,15 +1669,13 @@ class SqliteStore:
         return await self._write(delete)
 
     async def delete_all_scaling_rules(self) -> None:
-        await self._execute("DELETE FROM scaling_rules")
+        await self._execute(_SQL["delete_all_scaling_rules"])
 
     async def count_active_jobs(
         self, user_id: str, container_group_id: str, idle_threshold_seconds: int
     ) -> int:
         row = await self._read_one(
-            "SELECT count(*) FROM jobs WHERE user_id = :user_id AND container_group_id = :group"
-            " AND (status IN ('pending', 'running')"
-            "      OR coalesce(completed, failed, canceled) >= :since)",
+            _SQL["count_active_jobs"],
             {
                 "user_id": user_id,
                 "group": container_group_id,
@@ -1782,12 +1691,7 @@ class SqliteStore:
             return bool(
                 _all(
                     conn,
-                    "INSERT INTO leases (name, holder, expires_at)"
-                    " VALUES (:name, :holder, :until)"
-                    " ON CONFLICT (name) DO UPDATE"
-                    " SET holder = excluded.holder, expires_at = excluded.expires_at"
-                    " WHERE leases.expires_at <= :now OR leases.holder = excluded.holder"
-                    " RETURNING holder",
+                    _SQL["try_lease"],
                     {"name": name, "holder": holder, "until": now + ttl_seconds, "now": now},
                 )
             )

@@ -259,6 +259,166 @@ RETURNING id, user_id, status, container_group_id, created, started, completed, 
           name, max_interruptions, num_interruptions,
           logs_prefix, stall_timeout, progress, progress_updated_at;
 
+-- lose_running_attempts --
+-- A running attempt left on the claimed job (? job id) belongs to the stalled previous
+-- holder: lost at ? (? ended, ? job id).
+UPDATE attempts SET outcome = 'lost', ended = ?
+WHERE job_id = ? AND outcome = 'running' RETURNING id, machine_id;
+
+-- insert_attempt --
+-- The claim's attempt (? id, drawn by the claim; ? job id, ? machine, ? started).
+INSERT INTO attempts (id, job_id, machine_id, started, outcome)
+VALUES (?, ?, ?, ?, 'running');
+
+-- heartbeat --
+-- The holder's beat at :now. The caller holds the job :job_id: fenced by attempt when it sent
+-- its claim's token (:attempt_id), else by machine (:machine_id); :user_id (NULL: anyone)
+-- may see it.
+UPDATE jobs SET heartbeat = :now, num_heartbeats = num_heartbeats + 1,
+    lease_expires = :now + 2 * heartbeat_interval
+WHERE id = :job_id AND status = 'running' AND machine_id = :machine_id
+  AND (:attempt_id IS NULL OR attempt_id = :attempt_id)
+  AND (:user_id IS NULL OR user_id = :user_id)
+RETURNING id, attempt_id, progress;
+
+-- is_held --
+-- A row if the caller holds the job (as in heartbeat: :job_id, :machine_id, :attempt_id,
+-- :user_id).
+SELECT 1 FROM jobs
+WHERE id = :job_id AND status = 'running' AND machine_id = :machine_id
+  AND (:attempt_id IS NULL OR attempt_id = :attempt_id)
+  AND (:user_id IS NULL OR user_id = :user_id);
+
+-- complete_held --
+-- The job completed at :now, if the caller holds it (as in heartbeat).
+UPDATE jobs SET status = 'completed', completed = :now
+WHERE id = :job_id AND status = 'running' AND machine_id = :machine_id
+  AND (:attempt_id IS NULL OR attempt_id = :attempt_id)
+  AND (:user_id IS NULL OR user_id = :user_id)
+RETURNING id, user_id, status, container_group_id, created, started, completed, canceled, failed,
+          heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,
+          max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+          attempt_id, checkpoint_generation, checkpoint_keep, priority,
+          name, max_interruptions, num_interruptions,
+          logs_prefix, stall_timeout, progress, progress_updated_at;
+
+-- fail_held --
+-- The holder's failure (:exit_code, :error) at :now, if the caller holds the job (as in
+-- heartbeat): the job fails for good at its last allowed failure or when :fail_now, else it
+-- is pending again.
+UPDATE jobs SET num_failures = num_failures + 1,
+    last_exit_code = :exit_code, last_error = :error,
+    status = CASE WHEN :fail_now OR num_failures + 1 >= max_failures
+             THEN 'failed' ELSE 'pending' END,
+    failed = CASE WHEN :fail_now OR num_failures + 1 >= max_failures
+             THEN :now ELSE failed END
+WHERE id = :job_id AND status = 'running' AND machine_id = :machine_id
+  AND (:attempt_id IS NULL OR attempt_id = :attempt_id)
+  AND (:user_id IS NULL OR user_id = :user_id)
+RETURNING id, user_id, status, container_group_id, created, started, completed, canceled, failed,
+          heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,
+          max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+          attempt_id, checkpoint_generation, checkpoint_keep, priority,
+          name, max_interruptions, num_interruptions,
+          logs_prefix, stall_timeout, progress, progress_updated_at;
+
+-- block_machine --
+-- The machine (? machine) never receives the job (? job id) again, from ? on.
+INSERT INTO job_blocks (job_id, machine_id, blocked_at) VALUES (?, ?, ?)
+ON CONFLICT DO NOTHING;
+
+-- tenant_blocked_jobs --
+-- How many jobs of one user (a tenant, :user_id) the machine :machine_id is blocked from.
+SELECT count(*)
+FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+WHERE b.machine_id = :machine_id AND j.user_id = :user_id;
+
+-- interrupt_held --
+-- The holder hands the job back at :now, if the caller holds it (as in heartbeat): pending
+-- again, or failed at its last allowed interruption, with the reason as last_error (the text
+-- of kelpie.store._common.interruption_limit_reason, the same in both dialects).
+UPDATE jobs SET num_interruptions = num_interruptions + 1,
+    status = CASE WHEN max_interruptions IS NOT NULL
+                       AND num_interruptions + 1 >= max_interruptions
+             THEN 'failed' ELSE 'pending' END,
+    failed = CASE WHEN max_interruptions IS NOT NULL
+                       AND num_interruptions + 1 >= max_interruptions
+             THEN :now ELSE failed END,
+    last_error = CASE WHEN max_interruptions IS NOT NULL
+                           AND num_interruptions + 1 >= max_interruptions
+                 THEN 'interrupted ' || (num_interruptions + 1)
+                      || ' times; max_interruptions is ' || max_interruptions
+                 ELSE last_error END
+WHERE id = :job_id AND status = 'running' AND machine_id = :machine_id
+  AND (:attempt_id IS NULL OR attempt_id = :attempt_id)
+  AND (:user_id IS NULL OR user_id = :user_id)
+RETURNING id, user_id, status, container_group_id, created, started, completed, canceled, failed,
+          heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,
+          max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+          attempt_id, checkpoint_generation, checkpoint_keep, priority,
+          name, max_interruptions, num_interruptions,
+          logs_prefix, stall_timeout, progress, progress_updated_at;
+
+-- any_out_of_interruptions --
+-- A row if a running job stalled (lease expired before :now) at its last allowed
+-- interruption. Asked every second by every API process: the common answer, none, is read
+-- without taking the file's write lock.
+SELECT 1 FROM jobs
+WHERE status = 'running' AND max_interruptions IS NOT NULL AND lease_expires < :now
+  AND num_interruptions + 1 >= max_interruptions
+LIMIT 1;
+
+-- end_out_of_interruptions --
+-- The running jobs stalled (lease expired before :now) at their last allowed interruption,
+-- failed at :now, with the reason as last_error (as in interrupt_held).
+UPDATE jobs SET status = 'failed', failed = :now,
+    num_interruptions = num_interruptions + 1,
+    last_error = 'interrupted ' || (num_interruptions + 1)
+                 || ' times; max_interruptions is ' || max_interruptions
+WHERE status = 'running' AND max_interruptions IS NOT NULL AND lease_expires < :now
+  AND num_interruptions + 1 >= max_interruptions
+RETURNING id, user_id, status, container_group_id, created, started, completed, canceled, failed,
+          heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,
+          max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+          attempt_id, checkpoint_generation, checkpoint_keep, priority,
+          name, max_interruptions, num_interruptions,
+          logs_prefix, stall_timeout, progress, progress_updated_at;
+
+-- lose_attempt --
+-- The job's running attempt lost (? ended, ? its holder's last heartbeat, ? job id).
+UPDATE attempts SET outcome = 'lost', ended = ?, last_heartbeat = ?
+WHERE job_id = ? AND outcome = 'running';
+
+-- any_stalled --
+-- A row if a running job's progress stalled (its stall deadline passed before :now). Asked
+-- every second by every API process: the common answer, none, is read without taking the
+-- file's write lock.
+SELECT 1 FROM jobs INDEXED BY jobs_running_by_stall_deadline
+WHERE status = 'running' AND stall_deadline IS NOT NULL AND stall_deadline < :now
+LIMIT 1;
+
+-- stalled_jobs --
+-- The running jobs whose progress stalled (stall deadline passed before :now).
+SELECT id, machine_id, stall_timeout FROM jobs
+WHERE status = 'running' AND stall_deadline IS NOT NULL AND stall_deadline < :now;
+
+-- fail_stalled_job --
+-- The stalled job :id failed at :now with :error: failed for good at its last allowed
+-- failure, else pending again.
+UPDATE jobs SET num_failures = num_failures + 1,
+    last_exit_code = NULL, last_error = :error, stall_deadline = NULL,
+    status = CASE WHEN num_failures + 1 >= max_failures
+             THEN 'failed' ELSE 'pending' END,
+    failed = CASE WHEN num_failures + 1 >= max_failures
+             THEN :now ELSE failed END
+WHERE id = :id AND status = 'running'
+RETURNING id, user_id, status, container_group_id, created, started, completed, canceled, failed,
+          heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,
+          max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+          attempt_id, checkpoint_generation, checkpoint_keep, priority,
+          name, max_interruptions, num_interruptions,
+          logs_prefix, stall_timeout, progress, progress_updated_at;
+
 -- note_worker --
 -- A machine heard from: first seen, last seen, last poll, version (a version sent replaces
 -- it). :user_id, :group, :machine_id, :any_user (seen through an admin's key), :version (or
@@ -314,6 +474,28 @@ WHERE j.status = 'pending' AND j.container_group_id = :group AND j.user_id = :us
        OR (j.priority = me.priority
            AND (j.created < me.created OR (j.created = me.created AND j.seq < me.seq))));
 
+-- checkpoint_state --
+-- The job's (:job_id, if :user_id, NULL for anyone, may see it) newest committed generation
+-- and how many generations' manifests it keeps.
+SELECT checkpoint_generation, checkpoint_keep FROM jobs
+WHERE id = :job_id AND (:user_id IS NULL OR user_id = :user_id);
+
+-- get_checkpoint --
+-- The job's (? job id) checkpoint of generation ?, with its manifest (NULL once dropped).
+SELECT job_id, generation, attempt_id, machine_id, created, files, bytes, manifest
+FROM checkpoints WHERE job_id = ? AND generation = ?;
+
+-- insert_checkpoint --
+-- A committed generation (? job id, ? generation, ? attempt id, ? machine, ? created, ? files,
+-- ? bytes, ? manifest (JSON), ? upload seconds or NULL).
+INSERT INTO checkpoints (job_id, generation, attempt_id, machine_id, created, files, bytes,
+                         manifest, upload_seconds)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- set_checkpoint_generation --
+-- The job's newest committed generation (? generation, ? job id).
+UPDATE jobs SET checkpoint_generation = ? WHERE id = ?;
+
 -- count_commit --
 -- A committed generation counted on its attempt (:attempt_id) at :now, with its upload's
 -- seconds :s (NULL when not timed); the goodput ledger reads it there.
@@ -321,6 +503,32 @@ UPDATE attempts SET commits = commits + 1, first_commit = coalesce(first_commit,
     last_commit = :now, commit_seconds = commit_seconds + coalesce(:s, 0),
     timed_commits = timed_commits + (:s IS NOT NULL)
 WHERE id = :attempt_id;
+
+-- kept_manifests --
+-- The job's (? job id) generations whose manifests are kept, newest first.
+SELECT generation, manifest FROM checkpoints
+WHERE job_id = ? AND manifest IS NOT NULL ORDER BY generation DESC;
+
+-- drop_manifest --
+-- The manifest of the job's (? job id) generation ? dropped (beyond checkpoint_keep).
+UPDATE checkpoints SET manifest = NULL WHERE job_id = ? AND generation = ?;
+
+-- list_checkpoints --
+-- The job's (? job id) checkpoints, oldest first, with '[]' for a kept manifest (its entries
+-- are not read here) and NULL for a dropped one.
+SELECT job_id, generation, attempt_id, machine_id, created, files, bytes,
+       CASE WHEN manifest IS NULL THEN NULL ELSE '[]' END AS manifest
+FROM checkpoints WHERE job_id = ? ORDER BY generation;
+
+-- attempt_event_count --
+-- How many events the job's (? job id) attempt ? has.
+SELECT count(*) FROM job_events WHERE job_id = ? AND attempt_id = ?;
+
+-- list_job_events --
+-- The job's (? job id) events after id ?, oldest first, at most ?.
+SELECT id, job_id, attempt_id, machine_id, kind, message, data, created
+FROM job_events WHERE job_id = ? AND id > ?
+ORDER BY id LIMIT ?;
 
 -- job_goodput --
 -- The goodput ledger (kelpie.store.goodput.LEDGER, with SQLite's max/min for greatest/least)
@@ -412,6 +620,40 @@ SELECT count(*) AS attempts,
        coalesce(sum(timed_commits), 0) AS costs
 FROM ledger;
 
+-- api_last_seen --
+-- When an API process last reached the store.
+SELECT last_seen FROM api_liveness WHERE id = 1;
+
+-- newest_running_heartbeat --
+-- The newest heartbeat of a running job: the last sign of life on the first start on this
+-- database (or after an upgrade).
+SELECT max(heartbeat) FROM jobs WHERE status = 'running';
+
+-- extend_leases_after_outage --
+-- Nobody could hear heartbeats since :last_seen: a job whose lease was still good then gets a
+-- full lease from :now, plus :grace, to beat again.
+UPDATE jobs SET lease_expires = max(lease_expires,
+    :now + 2 * heartbeat_interval + :grace)
+WHERE status = 'running' AND lease_expires > :last_seen;
+
+-- note_api_alive --
+-- An API process reached the store at :now.
+INSERT INTO api_liveness (id, last_seen) VALUES (1, :now)
+ON CONFLICT (id) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen);
+
+-- insert_reallocation --
+-- The machine :machine_id handed to the fleet provider for replacement for the user
+-- :user_id at :now, at most once; a row if this is the first time.
+INSERT INTO machine_reallocations (user_id, machine_id, at)
+VALUES (:user_id, :machine_id, :now) ON CONFLICT DO NOTHING RETURNING 1;
+
+-- last_blocked_job --
+-- Where the machine :machine_id was last blocked from a job of the user :user_id.
+SELECT j.container_group_id, j.org_name, j.project_name
+FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+WHERE b.machine_id = :machine_id AND j.user_id = :user_id
+ORDER BY b.blocked_at DESC LIMIT 1;
+
 -- claim_webhook_events --
 -- Due webhook events, a fair share of each receiver, leased until :until under :token (:now
 -- the time, at most :limit): a walk over the distinct receivers with pending events (one index
@@ -451,6 +693,117 @@ picked(receiver, allowance, id, next_attempt_at, rank) AS (
 UPDATE webhook_outbox SET leased_until = :until, lease_token = :token
 WHERE id IN (SELECT id FROM picked ORDER BY rank, next_attempt_at, id LIMIT :limit)
 RETURNING id, user_id, url, payload, attempts, created, receiver;
+
+-- webhook_delivered --
+-- The event :id delivered at :now, written only while its claim (:token) holds the lease.
+UPDATE webhook_outbox SET delivered_at = :now, attempts = attempts + 1,
+    leased_until = NULL, lease_token = NULL
+WHERE id = :id AND lease_token = :token AND leased_until IS NOT NULL;
+
+-- webhook_retry_later --
+-- The event :id failed with :error at :now, to be tried again :delay seconds later; written
+-- only while its claim (:token) holds the lease.
+UPDATE webhook_outbox SET next_attempt_at = :now + :delay, last_error = :error,
+    attempts = attempts + 1,
+    leased_until = NULL, lease_token = NULL
+WHERE id = :id AND lease_token = :token AND leased_until IS NOT NULL;
+
+-- webhook_give_up --
+-- The event :id given up at :now after :error; written only while its claim (:token) holds
+-- the lease.
+UPDATE webhook_outbox SET dead_at = :now, last_error = :error, attempts = attempts + 1,
+    leased_until = NULL, lease_token = NULL
+WHERE id = :id AND lease_token = :token AND leased_until IS NOT NULL;
+
+-- webhook_postpone --
+-- The event :id released unsent, due :delay seconds after :now (no attempt counted); only
+-- while its claim (:token) holds the lease.
+UPDATE webhook_outbox SET next_attempt_at = :now + :delay,
+    leased_until = NULL, lease_token = NULL
+WHERE id = :id AND lease_token = :token AND leased_until IS NOT NULL;
+
+-- postpone_receiver_webhooks --
+-- The receiver's (:receiver) pending events not leased at :now, due no sooner than :until.
+UPDATE webhook_outbox SET next_attempt_at = :until
+WHERE receiver = :receiver AND delivered_at IS NULL AND dead_at IS NULL
+  AND next_attempt_at < :until
+  AND (leased_until IS NULL OR leased_until <= :now);
+
+-- purge_finished_webhooks --
+-- The events delivered or given up before ?.
+DELETE FROM webhook_outbox WHERE coalesce(delivered_at, dead_at) < ?;
+
+-- pending_webhook_count --
+-- How many events are neither delivered nor given up.
+SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL;
+
+-- create_scaling_rule --
+-- A new scaling rule (? user id, ? container group, ? min_replicas, ? max_replicas,
+-- ? idle_threshold_seconds, ? created, ? updated, ? org name, ? project name).
+INSERT INTO scaling_rules (user_id, container_group_id, min_replicas, max_replicas,
+                           idle_threshold_seconds, created, updated, org_name, project_name)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+RETURNING user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,
+          created, updated, org_name, project_name;
+
+-- list_scaling_rules --
+-- The scaling rules :user_id (NULL: anyone) may see, oldest first.
+SELECT user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,
+       created, updated, org_name, project_name
+FROM scaling_rules WHERE (:user_id IS NULL OR user_id = :user_id)
+ORDER BY created, user_id, container_group_id;
+
+-- get_scaling_rule --
+-- The oldest scaling rule of the group :group that :user_id (NULL: anyone) may see.
+SELECT user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,
+       created, updated, org_name, project_name
+FROM scaling_rules
+WHERE container_group_id = :group AND (:user_id IS NULL OR user_id = :user_id)
+ORDER BY created, user_id LIMIT 1;
+
+-- update_scaling_rule --
+-- The group's (:group) scaling rules that :user_id (NULL: anyone) may see, with the values
+-- given (:min, :max, :idle; NULL keeps one), updated at :now, unless min would exceed max.
+UPDATE scaling_rules SET
+    min_replicas = coalesce(:min, min_replicas),
+    max_replicas = coalesce(:max, max_replicas),
+    idle_threshold_seconds = coalesce(:idle, idle_threshold_seconds),
+    updated = :now
+WHERE container_group_id = :group AND (:user_id IS NULL OR user_id = :user_id)
+  AND coalesce(:min, min_replicas) <= coalesce(:max, max_replicas)
+RETURNING user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,
+          created, updated, org_name, project_name;
+
+-- scaling_rule_exists --
+-- A row if the group :group has a scaling rule :user_id (NULL: anyone) may see.
+SELECT 1 FROM scaling_rules
+WHERE container_group_id = :group AND (:user_id IS NULL OR user_id = :user_id);
+
+-- delete_scaling_rule --
+-- The group's (:group) scaling rules that :user_id (NULL: anyone) may see; a row each.
+DELETE FROM scaling_rules
+WHERE container_group_id = :group AND (:user_id IS NULL OR user_id = :user_id) RETURNING 1;
+
+-- delete_all_scaling_rules --
+-- Every scaling rule.
+DELETE FROM scaling_rules;
+
+-- count_active_jobs --
+-- How many of the user's (:user_id) jobs of the group (:group) are pending or running, or
+-- ended at or after :since.
+SELECT count(*) FROM jobs WHERE user_id = :user_id AND container_group_id = :group
+  AND (status IN ('pending', 'running')
+       OR coalesce(completed, failed, canceled) >= :since);
+
+-- try_lease --
+-- The lease :name taken (or kept) by :holder until :until, if it expired by :now or is
+-- already theirs; a row if so.
+INSERT INTO leases (name, holder, expires_at)
+VALUES (:name, :holder, :until)
+ON CONFLICT (name) DO UPDATE
+SET holder = excluded.holder, expires_at = excluded.expires_at
+WHERE leases.expires_at <= :now OR leases.holder = excluded.holder
+RETURNING holder;
 
 -- metrics --
 -- Every figure /metrics reads, in one statement so that they come from one snapshot. Jobs are
