@@ -123,7 +123,7 @@ from kelpie.store.protocol import (
     StoreError,
     StoreUnavailable,
 )
-from kelpie.store.queries import load_queries
+from kelpie.store.queries import QueryFileError, load_queries
 
 logger = logging.getLogger(__name__)
 _SQL = load_queries("sqlite")
@@ -805,15 +805,10 @@ class SqliteStore:
 
     async def list_jobs(self, query: JobQuery) -> list[Job]:
         conditions, params = _job_filters(query, await self._label_plan(query))
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        order = "ASC" if query.ascending else "DESC"
+        page = _SQL["list_jobs_oldest_first"] if query.ascending else _SQL["list_jobs_newest_first"]
         params["limit"] = query.page_size
         params["offset"] = page_offset(query.page, query.page_size)
-        rows = await self._read(
-            f"SELECT {_JOB_COLUMNS} FROM jobs {where}"
-            f" ORDER BY created {order}, seq {order} LIMIT :limit OFFSET :offset",
-            params,
-        )
+        rows = await self._read(_with_filters(page, conditions), params)
         return [_decode.job(row) for row in rows]
 
     async def _label_plan(self, query: JobQuery) -> _LabelPlan | None:
@@ -1706,19 +1701,22 @@ class SqliteStore:
     async def group_counts(
         self, user_id: str | None, container_group_id: str | None = None
     ) -> list[GroupCounts]:
-        where, params = _group_filters(user_id, container_group_id)
+        statement = _GROUP_COUNTS[user_id is not None, container_group_id is not None]
         rows = await self._read(
-            "SELECT container_group_id, status, count(*) FROM jobs"
-            f" WHERE {where} GROUP BY container_group_id, status ORDER BY container_group_id",
-            params,
+            statement, {"user_id": user_id, "container_group_id": container_group_id}
         )
         return group_counts(tuple(row) for row in rows)
 
     async def blocked_machines(
         self, user_id: str | None, container_group_id: str, limit: int = 100
     ) -> list[BlockedMachine]:
-        where, params = _group_filters(user_id, container_group_id, table="j")
-        rows = await self._read(_BLOCKED_MACHINES.format(where=where), {**params, "limit": limit})
+        statement = (
+            _SQL["blocked_machines"] if user_id is None else _SQL["blocked_machines_of_user"]
+        )
+        rows = await self._read(
+            statement,
+            {"user_id": user_id, "container_group_id": container_group_id, "limit": limit},
+        )
         return [BlockedMachine(row[0], int(row[1]), _dt(row[2]), bool(row[3])) for row in rows]
 
     async def group_activity(
@@ -1729,12 +1727,13 @@ class SqliteStore:
         bucket_seconds: float,
         buckets: int,
     ) -> list[ActivityBucket]:
-        where, params = _group_filters(user_id, container_group_id)
+        statement = _SQL["group_activity"] if user_id is None else _SQL["group_activity_of_user"]
         start = since.timestamp()
         rows = await self._read(
-            _GROUP_ACTIVITY.format(where=where),
+            statement,
             {
-                **params,
+                "user_id": user_id,
+                "container_group_id": container_group_id,
                 "since": start,
                 "until": start + bucket_seconds * buckets,
                 "width": bucket_seconds,
@@ -1772,11 +1771,27 @@ class _LabelPlan:
 # A label no more jobs than this carry is where a label filter starts.
 RARE_LABEL_JOBS = 2000
 
+# Where a list_jobs statement takes the conditions of its query's filters.
+_FILTERS_MARK = "{filters}"
+for _name in ("list_jobs_newest_first", "list_jobs_oldest_first"):
+    if _SQL[_name].count(_FILTERS_MARK) != 1:
+        raise QueryFileError(f"sqlite.sql: {_name} must hold {_FILTERS_MARK} once")
+
+
+def _with_filters(statement: str, conditions: Sequence[str]) -> str:
+    """The list_jobs statement with `WHERE` and the conditions (from `_job_filters`, a closed
+    set, never a value) in place of its mark, or nothing there when there are none."""
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    return statement.replace(_FILTERS_MARK, where)
+
 
 def _job_filters(
     query: JobQuery, labels: _LabelPlan | None = None
 ) -> tuple[list[str], dict[str, Any]]:
-    """Only the filters given, so that the planner picks the index that fits them."""
+    """The conditions of the filters given, and their parameters, for `_with_filters`: only
+    those, so that the planner picks the index that fits them. Each condition is one of the
+    closed set that the list_jobs statements of queries/sqlite.sql describe; values are always
+    parameters."""
     conditions: list[str] = []
     params: dict[str, Any] = {}
     filters: Iterable[tuple[str, str | None]] = (
@@ -1806,57 +1821,14 @@ def _job_filters(
 
 # -- operator views: the dashboard and /metrics (read-only) ---------------------------------
 
-_BLOCKED_MACHINES = """
-SELECT b.machine_id, count(*) AS jobs, max(b.blocked_at) AS last_blocked,
-       max(EXISTS (SELECT 1 FROM machine_reallocations AS r
-                  WHERE r.machine_id = b.machine_id AND r.user_id = j.user_id))
-  FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
- WHERE {where}
- GROUP BY b.machine_id
- ORDER BY last_blocked DESC, b.machine_id
- LIMIT :limit"""
-
-# Counts behind a group's activity chart (see kelpie.store.overview.activity_series): the
-# group's jobs and attempts that overlap the window [since, until), alive before it, and
-# created, started and ended in each bucket of `width` seconds.
-_GROUP_ACTIVITY = """
-WITH g AS (
-    SELECT id, created, coalesce(completed, failed, canceled) AS ended FROM jobs
-     WHERE {where} AND created < :until
-       AND (coalesce(completed, failed, canceled) IS NULL
-            OR coalesce(completed, failed, canceled) >= :since)
-), a AS (
-    SELECT attempts.started, attempts.ended, attempts.outcome
-      FROM attempts JOIN g ON g.id = attempts.job_id
-     WHERE attempts.started < :until AND (attempts.ended IS NULL OR attempts.ended >= :since)
-)
-SELECT 'alive' AS kind, -1 AS bucket, count(*) AS n FROM g WHERE created < :since
-UNION ALL
-SELECT 'created', CAST((created - :since) / :width AS INTEGER) AS bucket, count(*)
-  FROM g WHERE created >= :since GROUP BY bucket
-UNION ALL
-SELECT 'ended', CAST((ended - :since) / :width AS INTEGER) AS bucket, count(*)
-  FROM g WHERE ended < :until GROUP BY bucket
-UNION ALL
-SELECT 'held', -1, count(*) FROM a WHERE started < :since
-UNION ALL
-SELECT 'started', CAST((started - :since) / :width AS INTEGER) AS bucket, count(*)
-  FROM a WHERE started >= :since GROUP BY bucket
-UNION ALL
-SELECT 'ended:' || outcome, CAST((ended - :since) / :width AS INTEGER) AS bucket, count(*)
-  FROM a WHERE ended < :until GROUP BY outcome, bucket"""
-
-
-def _group_filters(
-    user_id: str | None, container_group_id: str | None, table: str = "jobs"
-) -> tuple[str, dict[str, Any]]:
-    """Only the filters given, so that the planner picks the index that fits them."""
-    conditions, params = ["1 = 1"], {}
-    for column, value in (("user_id", user_id), ("container_group_id", container_group_id)):
-        if value is not None:
-            conditions.append(f"{table}.{column} = :{column}")
-            params[column] = value
-    return " AND ".join(conditions), params
+# A group's job counts by whether the caller is one user and whether it asks for one group:
+# a whole statement each, each planned on the index that fits it.
+_GROUP_COUNTS = {
+    (False, False): _SQL["group_counts"],
+    (True, False): _SQL["group_counts_of_user"],
+    (False, True): _SQL["group_counts_of_group"],
+    (True, True): _SQL["group_counts_of_user_in_group"],
+}
 
 
 def _dt_any(value: object) -> datetime:

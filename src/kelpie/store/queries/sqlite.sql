@@ -126,6 +126,46 @@ SELECT id, user_id, status, container_group_id, created, started, completed, can
        logs_prefix, stall_timeout, progress, progress_updated_at
 FROM jobs WHERE id = :job_id AND (:user_id IS NULL OR user_id = :user_id);
 
+-- list_jobs_newest_first --
+-- A page of jobs, newest first (:limit jobs from :offset on), under the filters of the query.
+-- VARIES AT RUN TIME: {filters} is replaced by nothing (no filter) or by `WHERE` and the
+-- query's conditions joined by AND, each one of a closed set (`_job_filters` in
+-- kelpie/store/sqlite.py; values are always parameters, never written in):
+--   user_id = :user_id, status = :status, container_group_id = :container_group_id,
+--   name = :name, and for the query's i-th label (rarest first, i = 0, 1, ...) either
+--   id IN (SELECT job_id FROM job_labels WHERE key = :label_key_0 AND value = :label_value_0)
+--   (i = 0, when few jobs carry that label: found through the label's index, then sorted), or
+--   EXISTS (SELECT 1 FROM job_labels
+--           WHERE key = :label_key_i AND value = :label_value_i AND job_id = jobs.id)
+--   (each job checked, walking the jobs in order).
+-- Only the filters given are written, so that SQLite plans the page on the index that fits
+-- them (jobs_by_user, jobs_by_user_status, jobs_by_user_group, jobs_by_name, the label's
+-- primary key, or jobs_by_created); a parameter that may be NULL would lose that.
+SELECT id, user_id, status, container_group_id, created, started, completed, canceled, failed,
+       heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,
+       max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+       attempt_id, checkpoint_generation, checkpoint_keep, priority,
+       name, max_interruptions, num_interruptions,
+       logs_prefix, stall_timeout, progress, progress_updated_at
+FROM jobs {filters}
+ORDER BY created DESC, seq DESC LIMIT :limit OFFSET :offset;
+
+-- list_jobs_oldest_first --
+-- As list_jobs_newest_first, oldest first; {filters} VARIES AT RUN TIME in the same way.
+SELECT id, user_id, status, container_group_id, created, started, completed, canceled, failed,
+       heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,
+       max_failures, heartbeat_interval, webhook, spec, org_name, project_name,
+       attempt_id, checkpoint_generation, checkpoint_keep, priority,
+       name, max_interruptions, num_interruptions,
+       logs_prefix, stall_timeout, progress, progress_updated_at
+FROM jobs {filters}
+ORDER BY created ASC, seq ASC LIMIT :limit OFFSET :offset;
+
+-- label_count --
+-- Jobs carrying a label (? key, ? value), counted up to a cap (? the cap): an index range,
+-- cheap, and bounded.
+SELECT count(*) FROM (SELECT 1 FROM job_labels WHERE key = ? AND value = ? LIMIT ?);
+
 -- job_status --
 -- The status of the job :job_id, if :user_id (NULL: anyone) may see it.
 SELECT status FROM jobs WHERE id = :job_id AND (:user_id IS NULL OR user_id = :user_id);
@@ -820,10 +860,117 @@ UNION ALL
 SELECT 'webhook_backlog', NULL, NULL, count(*), min(created) FROM webhook_outbox
  WHERE delivered_at IS NULL AND dead_at IS NULL;
 
--- label_count --
--- Jobs carrying a label (? key, ? value), counted up to a cap (? the cap): an index range,
--- cheap, and bounded.
-SELECT count(*) FROM (SELECT 1 FROM job_labels WHERE key = ? AND value = ? LIMIT ?);
+-- group_counts --
+-- Jobs by container group and status, every group's and every user's (an admin's view).
+-- This and the three group_counts_* below are one count under each combination of filters,
+-- written out whole so that each is planned on the index that fits it (a parameter that may
+-- be NULL, `(:user_id IS NULL OR ...)`, would scan every job).
+SELECT container_group_id, status, count(*) FROM jobs
+GROUP BY container_group_id, status ORDER BY container_group_id;
+
+-- group_counts_of_user --
+-- Jobs by container group and status, of the user :user_id.
+SELECT container_group_id, status, count(*) FROM jobs
+WHERE jobs.user_id = :user_id
+GROUP BY container_group_id, status ORDER BY container_group_id;
+
+-- group_counts_of_group --
+-- Jobs by status in the group :container_group_id, every user's.
+SELECT container_group_id, status, count(*) FROM jobs
+WHERE jobs.container_group_id = :container_group_id
+GROUP BY container_group_id, status ORDER BY container_group_id;
+
+-- group_counts_of_user_in_group --
+-- Jobs by status in the group :container_group_id, of the user :user_id.
+SELECT container_group_id, status, count(*) FROM jobs
+WHERE jobs.user_id = :user_id AND jobs.container_group_id = :container_group_id
+GROUP BY container_group_id, status ORDER BY container_group_id;
+
+-- blocked_machines --
+-- The machines blocked from jobs of the group :container_group_id, every user's, most
+-- recently blocked first, at most :limit: how many jobs, when last, whether it was handed
+-- over for replacement. (blocked_machines_of_user is the same for one user's jobs, written
+-- out so that it is found through jobs_by_user_group.)
+SELECT b.machine_id, count(*) AS jobs, max(b.blocked_at) AS last_blocked,
+       max(EXISTS (SELECT 1 FROM machine_reallocations AS r
+                  WHERE r.machine_id = b.machine_id AND r.user_id = j.user_id))
+  FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+ WHERE j.container_group_id = :container_group_id
+ GROUP BY b.machine_id
+ ORDER BY last_blocked DESC, b.machine_id
+ LIMIT :limit;
+
+-- blocked_machines_of_user --
+-- As blocked_machines, for the jobs of the user :user_id in the group.
+SELECT b.machine_id, count(*) AS jobs, max(b.blocked_at) AS last_blocked,
+       max(EXISTS (SELECT 1 FROM machine_reallocations AS r
+                  WHERE r.machine_id = b.machine_id AND r.user_id = j.user_id))
+  FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
+ WHERE j.user_id = :user_id AND j.container_group_id = :container_group_id
+ GROUP BY b.machine_id
+ ORDER BY last_blocked DESC, b.machine_id
+ LIMIT :limit;
+
+-- group_activity --
+-- Counts behind a group's activity chart (see kelpie.store.overview.activity_series): the
+-- group's (:container_group_id, every user's) jobs and attempts that overlap the window
+-- [:since, :until), alive before it, and created, started and ended in each bucket of :width
+-- seconds. (group_activity_of_user is the same for one user's jobs, written out so that they
+-- are found through jobs_by_user_group.)
+WITH g AS (
+    SELECT id, created, coalesce(completed, failed, canceled) AS ended FROM jobs
+     WHERE jobs.container_group_id = :container_group_id AND created < :until
+       AND (coalesce(completed, failed, canceled) IS NULL
+            OR coalesce(completed, failed, canceled) >= :since)
+), a AS (
+    SELECT attempts.started, attempts.ended, attempts.outcome
+      FROM attempts JOIN g ON g.id = attempts.job_id
+     WHERE attempts.started < :until AND (attempts.ended IS NULL OR attempts.ended >= :since)
+)
+SELECT 'alive' AS kind, -1 AS bucket, count(*) AS n FROM g WHERE created < :since
+UNION ALL
+SELECT 'created', CAST((created - :since) / :width AS INTEGER) AS bucket, count(*)
+  FROM g WHERE created >= :since GROUP BY bucket
+UNION ALL
+SELECT 'ended', CAST((ended - :since) / :width AS INTEGER) AS bucket, count(*)
+  FROM g WHERE ended < :until GROUP BY bucket
+UNION ALL
+SELECT 'held', -1, count(*) FROM a WHERE started < :since
+UNION ALL
+SELECT 'started', CAST((started - :since) / :width AS INTEGER) AS bucket, count(*)
+  FROM a WHERE started >= :since GROUP BY bucket
+UNION ALL
+SELECT 'ended:' || outcome, CAST((ended - :since) / :width AS INTEGER) AS bucket, count(*)
+  FROM a WHERE ended < :until GROUP BY outcome, bucket;
+
+-- group_activity_of_user --
+-- As group_activity, for the jobs of the user :user_id in the group.
+WITH g AS (
+    SELECT id, created, coalesce(completed, failed, canceled) AS ended FROM jobs
+     WHERE jobs.user_id = :user_id AND jobs.container_group_id = :container_group_id
+       AND created < :until
+       AND (coalesce(completed, failed, canceled) IS NULL
+            OR coalesce(completed, failed, canceled) >= :since)
+), a AS (
+    SELECT attempts.started, attempts.ended, attempts.outcome
+      FROM attempts JOIN g ON g.id = attempts.job_id
+     WHERE attempts.started < :until AND (attempts.ended IS NULL OR attempts.ended >= :since)
+)
+SELECT 'alive' AS kind, -1 AS bucket, count(*) AS n FROM g WHERE created < :since
+UNION ALL
+SELECT 'created', CAST((created - :since) / :width AS INTEGER) AS bucket, count(*)
+  FROM g WHERE created >= :since GROUP BY bucket
+UNION ALL
+SELECT 'ended', CAST((ended - :since) / :width AS INTEGER) AS bucket, count(*)
+  FROM g WHERE ended < :until GROUP BY bucket
+UNION ALL
+SELECT 'held', -1, count(*) FROM a WHERE started < :since
+UNION ALL
+SELECT 'started', CAST((started - :since) / :width AS INTEGER) AS bucket, count(*)
+  FROM a WHERE started >= :since GROUP BY bucket
+UNION ALL
+SELECT 'ended:' || outcome, CAST((ended - :since) / :width AS INTEGER) AS bucket, count(*)
+  FROM a WHERE ended < :until GROUP BY outcome, bucket;
 
 -- data_version --
 -- A number that changes when another connection commits (shared memory, no I/O).
