@@ -13,6 +13,10 @@ connection has committed, and only then reads the jobs added since it last looke
 
 Times are REAL unix epoch seconds (UTC) taken from this process's clock inside the write
 transaction, so they follow the order in which writers hold the lock.
+
+Every statement the store runs is in queries/sqlite.sql, whole and named, and is run by its
+name from `_SQL`; the connections' settings (the PRAGMAs run when each connection opens) are
+set here, and the writer's transaction control is in _group_commit.
 """
 
 from __future__ import annotations
@@ -139,25 +143,6 @@ _BUSY_TIMEOUT_S = 10.0
 # long poll in one process to hear of a job submitted through another.
 NEW_JOBS_CHECK_S = 0.02
 
-_JOB_COLUMNS = (
-    "id, user_id, status, container_group_id, created, started, completed, canceled, failed,"
-    " heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,"
-    " max_failures, heartbeat_interval, webhook, spec, org_name, project_name,"
-    " attempt_id, checkpoint_generation, checkpoint_keep, priority,"
-    " name, max_interruptions, num_interruptions,"
-    " logs_prefix, stall_timeout, progress, progress_updated_at"
-)
-_USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
-_RULE_COLUMNS = (
-    "user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,"
-    " created, updated, org_name, project_name"
-)
-_VISIBLE = "(:user_id IS NULL OR user_id = :user_id)"
-# The jobs of one user (a tenant) that a machine is blocked from.
-_TENANT_BLOCKS = (
-    "FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id"
-    " WHERE b.machine_id = :machine_id AND j.user_id = :user_id"
-)
 # SQLite errors that mean "the database cannot be used now", not "this call is wrong": the
 # file locked for longer than the writer waits, a disk I/O error, a full disk.
 _UNAVAILABLE_CODES = frozenset(
@@ -169,13 +154,6 @@ _UNAVAILABLE_CODES = frozenset(
         sqlite3.SQLITE_PROTOCOL,
     }
 )
-# The caller holds the job: fenced by attempt when it sent its claim's token, else by machine.
-_HELD = (
-    "id = :job_id AND status = 'running' AND machine_id = :machine_id"
-    f" AND (:attempt_id IS NULL OR attempt_id = :attempt_id) AND {_VISIBLE}"
-)
-_CHECKPOINT_COLUMNS = "job_id, generation, attempt_id, machine_id, created, files, bytes, manifest"
-_EVENT_COLUMNS = "id, job_id, attempt_id, machine_id, kind, message, data, created"
 
 # The claim, by name for the plan tests (tests/support/claim_plan.py).
 _CLAIM = _SQL["claim"]

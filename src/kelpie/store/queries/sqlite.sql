@@ -5,7 +5,8 @@
 -- transaction and their own savepoint (kelpie.store._group_commit), which runs its own
 -- transaction control statements. The statements come in the order of the store's methods:
 -- users and keys, jobs (user side), a job's history, jobs (worker side), workers,
--- checkpoints, goodput, webhooks, operator views, the new-jobs watch, schema migrations.
+-- checkpoints and events, goodput, API liveness and machine reallocations, webhooks, scaling
+-- rules, leases, operator views, the new-jobs watch, schema migrations.
 --
 -- A statement's comments go under its name or inside it: a comment after a statement, before
 -- the next name, would be read as part of that statement.
@@ -300,8 +301,8 @@ RETURNING id, user_id, status, container_group_id, created, started, completed, 
           logs_prefix, stall_timeout, progress, progress_updated_at;
 
 -- lose_running_attempts --
--- A running attempt left on the claimed job (? job id) belongs to the stalled previous
--- holder: lost at ? (? ended, ? job id).
+-- A running attempt left on the claimed job belongs to the stalled previous holder: lost
+-- (? ended, ? job id), with its id and machine returned.
 UPDATE attempts SET outcome = 'lost', ended = ?
 WHERE job_id = ? AND outcome = 'running' RETURNING id, machine_id;
 
