@@ -13,6 +13,10 @@ connection has committed, and only then reads the jobs added since it last looke
 
 Times are REAL unix epoch seconds (UTC) taken from this process's clock inside the write
 transaction, so they follow the order in which writers hold the lock.
+
+Every statement the store runs is in queries/sqlite.sql, whole and named, and is run by its
+name from `_SQL`; the connections' settings (the PRAGMAs run when each connection opens) are
+set here, and the writer's transaction control is in _group_commit.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from typing import Any, Literal, TypeVar
 import aiosqlite
 
 from kelpie.store._common import (
-    API_KEY_COLUMNS,
     CANCELED_MESSAGE,
     IDEMPOTENCY_JOBS_GONE,
     IDEMPOTENCY_KEY_LIFETIME_S,
@@ -42,7 +45,6 @@ from kelpie.store._common import (
     OUTAGE_GRACE_SECONDS,
     PURGED_MESSAGE,
     STALLED_MESSAGE,
-    WARNING_EVENT_KINDS,
     RowDecoder,
     as_job_status,
     checkpoint_message,
@@ -53,7 +55,6 @@ from kelpie.store._common import (
     failure_message,
     interrupted_message,
     interruption_event_data,
-    interruption_limit_reason,
     label_rows,
     lost_message,
     manifest_from_json,
@@ -73,9 +74,6 @@ from kelpie.store._common import (
 )
 from kelpie.store._group_commit import GroupCommitWriter, execute_when_not_busy
 from kelpie.store.goodput import (
-    ATTEMPT_ROWS,
-    LEDGER,
-    REPORT_SUMS,
     GroupLedger,
     JobLedger,
     attempt_ledger,
@@ -129,8 +127,10 @@ from kelpie.store.protocol import (
     StoreError,
     StoreUnavailable,
 )
+from kelpie.store.queries import QueryFileError, load_queries
 
 logger = logging.getLogger(__name__)
+_SQL = load_queries("sqlite")
 _decode = RowDecoder(time=lambda value: datetime.fromtimestamp(value, UTC), json=json.loads)
 
 T = TypeVar("T")
@@ -143,25 +143,6 @@ _BUSY_TIMEOUT_S = 10.0
 # long poll in one process to hear of a job submitted through another.
 NEW_JOBS_CHECK_S = 0.02
 
-_JOB_COLUMNS = (
-    "id, user_id, status, container_group_id, created, started, completed, canceled, failed,"
-    " heartbeat, num_failures, num_heartbeats, machine_id, last_exit_code, last_error,"
-    " max_failures, heartbeat_interval, webhook, spec, org_name, project_name,"
-    " attempt_id, checkpoint_generation, checkpoint_keep, priority,"
-    " name, max_interruptions, num_interruptions,"
-    " logs_prefix, stall_timeout, progress, progress_updated_at"
-)
-_USER_COLUMNS = "id, username, created, is_admin, webhook_secret, webhook_token"
-_RULE_COLUMNS = (
-    "user_id, container_group_id, min_replicas, max_replicas, idle_threshold_seconds,"
-    " created, updated, org_name, project_name"
-)
-_VISIBLE = "(:user_id IS NULL OR user_id = :user_id)"
-# The jobs of one user (a tenant) that a machine is blocked from.
-_TENANT_BLOCKS = (
-    "FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id"
-    " WHERE b.machine_id = :machine_id AND j.user_id = :user_id"
-)
 # SQLite errors that mean "the database cannot be used now", not "this call is wrong": the
 # file locked for longer than the writer waits, a disk I/O error, a full disk.
 _UNAVAILABLE_CODES = frozenset(
@@ -173,163 +154,9 @@ _UNAVAILABLE_CODES = frozenset(
         sqlite3.SQLITE_PROTOCOL,
     }
 )
-# The caller holds the job: fenced by attempt when it sent its claim's token, else by machine.
-_HELD = (
-    "id = :job_id AND status = 'running' AND machine_id = :machine_id"
-    f" AND (:attempt_id IS NULL OR attempt_id = :attempt_id) AND {_VISIBLE}"
-)
-_CHECKPOINT_COLUMNS = "job_id, generation, attempt_id, machine_id, created, files, bytes, manifest"
-_EVENT_COLUMNS = "id, job_id, attempt_id, machine_id, kind, message, data, created"
 
-# A committed generation counted on its attempt (the goodput ledger reads it there).
-_COUNT_COMMIT = """
-UPDATE attempts SET commits = commits + 1, first_commit = coalesce(first_commit, :now),
-    last_commit = :now, commit_seconds = commit_seconds + coalesce(:s, 0),
-    timed_commits = timed_commits + (:s IS NOT NULL)
-WHERE id = :attempt_id"""
-
-# A machine heard from: first seen, last seen, last poll, version (a version sent replaces it).
-_NOTE_WORKER = """
-INSERT INTO workers (user_id, container_group_id, machine_id, any_user, version, first_seen,
-                     last_poll, last_seen)
-VALUES (:user_id, :group, :machine_id, :any_user, :version, :now,
-        CASE WHEN :polled THEN :now END, :now)
-ON CONFLICT (container_group_id, machine_id, user_id) DO UPDATE
-SET last_seen = excluded.last_seen, any_user = excluded.any_user,
-    last_poll = coalesce(excluded.last_poll, workers.last_poll),
-    version = coalesce(excluded.version, workers.version)"""
-
-# Machines seen since :since through :user_id's keys (NULL: anyone's), in :group (NULL: all),
-# with the job each holds in its group and how many of its user's jobs it is blocked from.
-_LIST_WORKERS = """
-SELECT w.user_id, w.container_group_id, w.machine_id, w.first_seen, w.last_seen, w.last_poll,
-       w.version,
-       (SELECT j.id FROM jobs AS j INDEXED BY jobs_running_by_group
-        WHERE j.status = 'running' AND j.container_group_id = w.container_group_id
-          AND j.machine_id = w.machine_id AND (w.any_user OR j.user_id = w.user_id)
-        LIMIT 1) AS current_job_id,
-       (SELECT count(*) FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
-        WHERE b.machine_id = w.machine_id AND j.user_id = w.user_id) AS blocked_jobs
-FROM workers AS w
-WHERE w.last_seen >= :since AND (:user_id IS NULL OR w.user_id = :user_id)
-  AND (:group IS NULL OR w.container_group_id = :group)
-ORDER BY w.container_group_id, w.machine_id, w.user_id
-LIMIT 1000"""
-
-# The machines of the job's group heard from since :since that may take it (through its
-# owner's keys or an admin's): how many, how many are blocked from it, how many hold a job.
-_RECENT_MACHINES = """
-SELECT count(*) AS machines,
-       coalesce(sum(EXISTS (SELECT 1 FROM job_blocks AS b
-                            WHERE b.job_id = :job_id AND b.machine_id = m.machine_id)), 0)
-           AS blocked,
-       coalesce(sum(EXISTS (SELECT 1 FROM jobs AS j INDEXED BY jobs_running_by_group
-                            WHERE j.status = 'running' AND j.container_group_id = :group
-                              AND j.machine_id = m.machine_id)), 0) AS busy
-FROM (SELECT DISTINCT machine_id FROM workers
-      WHERE container_group_id = :group AND last_seen >= :since
-        AND (user_id = :user_id OR any_user)) AS m"""
-
-# The owner's pending jobs of the group that come before the job in claim order.
-_JOBS_AHEAD = """
-SELECT count(*) FROM jobs AS j INDEXED BY jobs_pending_by_group,
-     (SELECT priority, created, seq FROM jobs WHERE id = :job_id) AS me
-WHERE j.status = 'pending' AND j.container_group_id = :group AND j.user_id = :user_id
-  AND (j.priority > me.priority
-       OR (j.priority = me.priority
-           AND (j.created < me.created OR (j.created = me.created AND j.seq < me.seq))))"""
-
-_SCHEMA_MIGRATIONS = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    INTEGER PRIMARY KEY,
-    applied_at REAL NOT NULL
-)"""
-
-
-def _claimable(status: Literal["running", "pending"], rank: int) -> str:
-    """The first job of the group in `status` that the machine may take (stalled, when
-    running), in claim order (highest priority, then oldest), as (seq, rank). Pending jobs
-    come in this order from jobs_pending_by_group, without sorting. The index is named:
-    with statistics (after an ANALYZE) SQLite would rather sort a big group's pending jobs
-    found through jobs_by_group_status, at every claim."""
-    # a stalled job at its last allowed interruption is failed instead (see
-    # end_stalled_out_of_interruptions), never handed out again
-    stalled = (
-        "AND j.lease_expires < :now"
-        " AND (j.max_interruptions IS NULL OR j.num_interruptions + 1 < j.max_interruptions)"
-        if status == "running"
-        else ""
-    )
-    index = "jobs_running_by_group" if status == "running" else "jobs_pending_by_group"
-    return f"""
-        SELECT seq, {rank} AS rank FROM (
-            SELECT j.seq FROM jobs AS j INDEXED BY {index}
-            WHERE j.status = '{status}' AND j.container_group_id = :group {stalled}
-              AND (:user_id IS NULL OR j.user_id = :user_id)
-              AND NOT EXISTS (
-                  SELECT 1 FROM job_blocks AS b
-                  WHERE b.job_id = j.id AND b.machine_id = :machine_id)
-            ORDER BY j.priority DESC, j.created, j.seq
-            LIMIT 1
-        )"""
-
-
-# A stalled job of the group first, else the first pending one. The new attempt's id is drawn
-# here (the writer holds the file's lock: nobody else adds an attempt meanwhile), so that the
-# job carries it from this statement on.
-_CLAIM = f"""
-UPDATE jobs
-SET status = 'running', machine_id = :machine_id, heartbeat = :now,
-    lease_expires = :now + 2 * heartbeat_interval, started = coalesce(started, :now),
-    attempt_id = (SELECT coalesce(max(id), 0) + 1 FROM attempts),
-    stall_deadline = :now + stall_timeout,
-    num_interruptions = num_interruptions + (status = 'running')
-WHERE seq = (
-    SELECT seq FROM ({_claimable("running", 0)} UNION ALL {_claimable("pending", 1)})
-    ORDER BY rank
-    LIMIT 1
-)
-RETURNING {_JOB_COLUMNS}"""
-
-
-# Due webhook events, a fair share of each receiver: a walk over the distinct receivers with
-# pending events (one index probe each), then, per receiver, its soonest due events one index
-# step at a time, up to its allowance (:allowances, a JSON object, or :per_receiver); the
-# batch takes every receiver's first event before any one's second.
-_CLAIM_WEBHOOK_EVENTS = """
-WITH RECURSIVE receivers(receiver) AS (
-    SELECT min(receiver) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL
-    UNION ALL
-    SELECT (SELECT min(o.receiver) FROM webhook_outbox AS o
-            WHERE o.delivered_at IS NULL AND o.dead_at IS NULL AND o.receiver > r.receiver)
-    FROM receivers AS r WHERE r.receiver IS NOT NULL
-),
-allowed(receiver, allowance) AS (
-    SELECT r.receiver, coalesce(
-        (SELECT a.value FROM json_each(:allowances) AS a WHERE a.key = r.receiver), :per_receiver)
-    FROM receivers AS r WHERE r.receiver IS NOT NULL
-),
-picked(receiver, allowance, id, next_attempt_at, rank) AS (
-    SELECT a.receiver, a.allowance, o.id, o.next_attempt_at, 1
-    FROM allowed AS a JOIN webhook_outbox AS o ON o.id = (
-        SELECT d.id FROM webhook_outbox AS d
-        WHERE d.receiver = a.receiver AND d.delivered_at IS NULL AND d.dead_at IS NULL
-          AND d.next_attempt_at <= :now AND (d.leased_until IS NULL OR d.leased_until <= :now)
-        ORDER BY d.next_attempt_at, d.id LIMIT 1)
-    WHERE a.allowance > 0
-    UNION ALL
-    SELECT p.receiver, p.allowance, o.id, o.next_attempt_at, p.rank + 1
-    FROM picked AS p JOIN webhook_outbox AS o ON o.id = (
-        SELECT d.id FROM webhook_outbox AS d
-        WHERE d.receiver = p.receiver AND d.delivered_at IS NULL AND d.dead_at IS NULL
-          AND d.next_attempt_at <= :now AND (d.leased_until IS NULL OR d.leased_until <= :now)
-          AND (d.next_attempt_at, d.id) > (p.next_attempt_at, p.id)
-        ORDER BY d.next_attempt_at, d.id LIMIT 1)
-    WHERE p.rank < p.allowance
-)
-UPDATE webhook_outbox SET leased_until = :until, lease_token = :token
-WHERE id IN (SELECT id FROM picked ORDER BY rank, next_attempt_at, id LIMIT :limit)
-RETURNING id, user_id, url, payload, attempts, created, receiver"""
+# The claim, by name for the plan tests (tests/support/claim_plan.py).
+_CLAIM = _SQL["claim"]
 
 
 def _split_statements(script: str) -> list[str]:
@@ -380,8 +207,7 @@ def _queue_event(
         return
     payload = webhook_payload(status, job.id, machine_id, job.container_group_id)
     conn.execute(
-        "INSERT INTO webhook_outbox (user_id, url, payload, next_attempt_at, created)"
-        " VALUES (?, ?, ?, ?, ?)",
+        _SQL["queue_webhook_event"],
         (job.user_id, job.webhook, json.dumps(payload), now, now),
     )
 
@@ -396,10 +222,7 @@ def _insert_jobs(
 ) -> None:
     """Inserts the jobs, pending, and their labels, in the caller's transaction."""
     conn.executemany(
-        "INSERT INTO jobs (id, user_id, status, container_group_id, created,"
-        " max_failures, heartbeat_interval, webhook, spec, org_name, project_name,"
-        " checkpoint_keep, name, max_interruptions, priority, logs_prefix, stall_timeout)"
-        " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        _SQL["insert_job"],
         [
             (
                 job_id,
@@ -423,7 +246,7 @@ def _insert_jobs(
         ],
     )
     conn.executemany(
-        "INSERT INTO job_labels (job_id, key, value) VALUES (?, ?, ?)",
+        _SQL["insert_job_label"],
         [
             row
             for job_id, job in zip(ids, jobs, strict=True)
@@ -478,8 +301,7 @@ def _end_running_attempt(
     exit_code: int | None = None,
 ) -> None:
     conn.execute(
-        "UPDATE attempts SET outcome = ?, ended = ?, exit_code = ?"
-        " WHERE job_id = ? AND outcome = 'running'",
+        _SQL["end_running_attempt"],
         (outcome, now, exit_code, job_id),
     )
 
@@ -496,8 +318,7 @@ def _add_event(
     data: Mapping[str, Any] | None = None,
 ) -> None:
     conn.execute(
-        "INSERT INTO job_events (job_id, attempt_id, machine_id, kind, message, data, created)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        _SQL["add_event"],
         (
             job_id,
             attempt_id,
@@ -520,15 +341,9 @@ def _record_phase(
     """A worker event that marks a phase of its attempt is kept on the attempt too (the
     goodput ledger reads it there), whether or not the event itself is kept."""
     if kind == "started":
-        conn.execute(
-            "UPDATE attempts SET command_started = coalesce(command_started, ?) WHERE id = ?",
-            (now, attempt_id),
-        )
+        conn.execute(_SQL["attempt_command_started"], (now, attempt_id))
     elif kind == "outputs_uploaded" and (seconds := upload_seconds_of(data)) is not None:
-        conn.execute(
-            "UPDATE attempts SET upload_seconds = coalesce(upload_seconds, 0) + ? WHERE id = ?",
-            (seconds, attempt_id),
-        )
+        conn.execute(_SQL["attempt_upload_seconds"], (seconds, attempt_id))
 
 
 def _record_progress(
@@ -544,8 +359,7 @@ def _record_progress(
     if held["progress"] == stored:
         return
     conn.execute(
-        "UPDATE jobs SET progress = ?, progress_updated_at = ?,"
-        " stall_deadline = ? + stall_timeout WHERE id = ?",
+        _SQL["record_progress"],
         (stored, now, now, held["id"]),
     )
     previous = None if held["progress"] is None else json.loads(held["progress"])
@@ -604,20 +418,15 @@ class _NewJobsWatch:
             self.new_pending_groups()
 
     def new_pending_groups(self) -> list[str]:
-        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        version = self._conn.execute(_SQL["data_version"]).fetchone()[0]
         if version == self._version:
             return []  # nothing was committed by another connection
         if self._last_seq is None:
-            self._last_seq = self._conn.execute(
-                "SELECT coalesce(max(seq), 0) FROM jobs"
-            ).fetchone()[0]
+            self._last_seq = self._conn.execute(_SQL["newest_job_seq"]).fetchone()[0]
             self._version = version
             return []
         self._version = version
-        rows = self._conn.execute(
-            "SELECT seq, container_group_id, status FROM jobs WHERE seq > ? ORDER BY seq",
-            (self._last_seq,),
-        ).fetchall()
+        rows = self._conn.execute(_SQL["jobs_added_since"], (self._last_seq,)).fetchall()
         if not rows:
             return []
         self._last_seq = rows[-1][0]
@@ -776,8 +585,8 @@ class SqliteStore:
         return rows[0] if rows else None
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute(_SCHEMA_MIGRATIONS)
-        applied = {row[0] for row in _all(conn, "SELECT version FROM schema_migrations")}
+        conn.execute(_SQL["create_schema_migrations"])
+        applied = {row[0] for row in _all(conn, _SQL["applied_migrations"])}
         migrations = load_migrations("sqlite")
         newest_known = max((m.version for m in migrations), default=0)
         if applied and max(applied) > newest_known:
@@ -791,7 +600,7 @@ class SqliteStore:
             for statement in _split_statements(migration.sql):
                 conn.execute(statement)
             conn.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                _SQL["record_migration"],
                 (migration.version, time.time()),
             )
             logger.info("applied migration %s to %s", migration.name, self._path)
@@ -801,29 +610,17 @@ class SqliteStore:
         def ensure(conn: sqlite3.Connection) -> User:
             now = time.time()
             conn.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?)"
-                " ON CONFLICT (username) DO NOTHING",
+                _SQL["insert_admin"],
                 (new_id(), username, now, new_webhook_secret(), new_webhook_token()),
             )
-            row = _one(
-                conn,
-                f"UPDATE users SET is_admin = 1 WHERE username = ? RETURNING {_USER_COLUMNS}",
-                (username,),
-            )
+            row = _one(conn, _SQL["make_admin"], (username,))
             assert row is not None  # inserted or already there, inside this transaction
             user = _decode.user(row)
             conn.execute(
-                "INSERT INTO api_keys (id, key_hash, user_id, created, bootstrap)"
-                " VALUES (?, ?, ?, ?, 1)"
-                " ON CONFLICT (key_hash) DO UPDATE"
-                " SET user_id = excluded.user_id, revoked = 0, bootstrap = 1",
+                _SQL["bootstrap_key"],
                 (new_id(), key_hash, user.id, now),
             )
-            conn.execute(
-                "UPDATE api_keys SET revoked = 1"
-                " WHERE bootstrap = 1 AND revoked = 0 AND key_hash <> ?",
-                (key_hash,),
-            )
+            conn.execute(_SQL["revoke_other_bootstrap_keys"], (key_hash,))
             return user
 
         return await self._write(ensure)
@@ -832,8 +629,7 @@ class SqliteStore:
         def insert(conn: sqlite3.Connection) -> sqlite3.Row | None:
             return _one(
                 conn,
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
-                f" RETURNING {_USER_COLUMNS}",
+                _SQL["create_user"],
                 (
                     new_id(),
                     username,
@@ -852,20 +648,19 @@ class SqliteStore:
         return _decode.user(row)
 
     async def get_user(self, user_id: str) -> User | None:
-        row = await self._read_one(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+        row = await self._read_one(_SQL["get_user"], (user_id,))
         return None if row is None else _decode.user(row)
 
     async def add_api_key(
         self, user_id: str, key_hash: str, org_name: str | None, project_name: str | None
     ) -> ApiKey:
         def insert(conn: sqlite3.Connection) -> ApiKey:
-            if _one(conn, "SELECT 1 FROM users WHERE id = ?", (user_id,)) is None:
+            if _one(conn, _SQL["user_exists"], (user_id,)) is None:
                 raise NotFound(f"no user {user_id}")
             try:
                 row = _one(
                     conn,
-                    "INSERT INTO api_keys (id, key_hash, user_id, org_name, project_name, created)"
-                    f" VALUES (?, ?, ?, ?, ?, ?) RETURNING {API_KEY_COLUMNS}",
+                    _SQL["add_api_key"],
                     (new_id(), key_hash, user_id, org_name, project_name, time.time()),
                 )
             except sqlite3.IntegrityError as exc:
@@ -877,7 +672,7 @@ class SqliteStore:
 
     async def list_api_keys(self, user_id: str) -> list[ApiKey]:
         rows = await self._read(
-            f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = ? ORDER BY created, id",
+            _SQL["list_api_keys"],
             (user_id,),
         )
         return [_decode.api_key(row) for row in rows]
@@ -887,7 +682,7 @@ class SqliteStore:
             return bool(
                 _all(
                     conn,
-                    "UPDATE api_keys SET revoked = 1 WHERE id = ? AND user_id = ? RETURNING 1",
+                    _SQL["revoke_api_key"],
                     (key_id, user_id),
                 )
             )
@@ -896,10 +691,7 @@ class SqliteStore:
 
     async def principal_for_key(self, key_hash: str) -> Principal | None:
         row = await self._read_one(
-            "SELECT k.org_name, k.project_name,"
-            " u.id, u.username, u.created, u.is_admin, u.webhook_secret, u.webhook_token"
-            " FROM api_keys AS k JOIN users AS u ON u.id = k.user_id"
-            " WHERE k.key_hash = ? AND k.revoked = 0",
+            _SQL["principal_for_key"],
             (key_hash,),
         )
         if row is None:
@@ -909,7 +701,7 @@ class SqliteStore:
         )
 
     async def delete_non_admin_users(self) -> None:
-        await self._execute("DELETE FROM users WHERE is_admin = 0")
+        await self._execute(_SQL["delete_non_admin_users"])
 
     # -- jobs, user side ---------------------------------------------------------------
     async def create_jobs(self, user_id: str, jobs: Sequence[NewJob]) -> list[Job]:
@@ -937,8 +729,7 @@ class SqliteStore:
             now = time.time()
             earlier = _one(
                 conn,
-                "SELECT fingerprint, status_code, job_ids, created FROM idempotency_keys"
-                " WHERE user_id = ? AND key = ?",
+                _SQL["idempotency_key"],
                 (user_id, request.key),
             )
             if earlier is not None and earlier["created"] > now - IDEMPOTENCY_KEY_LIFETIME_S:
@@ -946,7 +737,7 @@ class SqliteStore:
                     raise IdempotencyConflict(IDEMPOTENCY_KEY_REUSED)
                 rows = _all(
                     conn,
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+                    _SQL["jobs_by_ids"],
                     (earlier["job_ids"],),
                 )
                 found = replayed_jobs(
@@ -956,11 +747,7 @@ class SqliteStore:
                     raise IdempotencyConflict(IDEMPOTENCY_JOBS_GONE)
                 return Submitted(found, replayed=True, status_code=earlier["status_code"])
             conn.execute(
-                "INSERT INTO idempotency_keys"
-                " (user_id, key, fingerprint, status_code, job_ids, created)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, key) DO UPDATE"
-                " SET fingerprint = excluded.fingerprint, status_code = excluded.status_code,"
-                " job_ids = excluded.job_ids, created = excluded.created",
+                _SQL["save_idempotency_key"],
                 (
                     user_id,
                     request.key,
@@ -983,30 +770,23 @@ class SqliteStore:
         cutoff = time.time() - IDEMPOTENCY_KEY_LIFETIME_S
 
         def purge(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "DELETE FROM idempotency_keys WHERE created < ?", (cutoff,)
-            ).rowcount
+            return conn.execute(_SQL["purge_idempotency_keys"], (cutoff,)).rowcount
 
         return await self._write(purge)
 
     async def get_job(self, job_id: str, user_id: str | None) -> Job | None:
         row = await self._read_one(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = :job_id AND {_VISIBLE}",
+            _SQL["get_job"],
             {"job_id": job_id, "user_id": user_id},
         )
         return None if row is None else _decode.job(row)
 
     async def list_jobs(self, query: JobQuery) -> list[Job]:
         conditions, params = _job_filters(query, await self._label_plan(query))
-        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        order = "ASC" if query.ascending else "DESC"
+        page = _SQL["list_jobs_oldest_first"] if query.ascending else _SQL["list_jobs_newest_first"]
         params["limit"] = query.page_size
         params["offset"] = page_offset(query.page, query.page_size)
-        rows = await self._read(
-            f"SELECT {_JOB_COLUMNS} FROM jobs {where}"
-            f" ORDER BY created {order}, seq {order} LIMIT :limit OFFSET :offset",
-            params,
-        )
+        rows = await self._read(_with_filters(page, conditions), params)
         return [_decode.job(row) for row in rows]
 
     async def _label_plan(self, query: JobQuery) -> _LabelPlan | None:
@@ -1018,7 +798,7 @@ class SqliteStore:
             return None
         counts = []
         for key, value in query.labels:
-            row = await self._read_one(_LABEL_COUNT, (key, value, RARE_LABEL_JOBS + 1))
+            row = await self._read_one(_SQL["label_count"], (key, value, RARE_LABEL_JOBS + 1))
             assert row is not None
             counts.append(int(row[0]))
         rarest = sorted(range(len(counts)), key=counts.__getitem__)
@@ -1032,16 +812,14 @@ class SqliteStore:
             now = time.time()
             canceled = _all(
                 conn,
-                "UPDATE jobs SET status = 'canceled', canceled = :now"
-                f" WHERE id = :job_id AND status IN ('pending', 'running') AND {_VISIBLE}"
-                " RETURNING id, status, attempt_id, machine_id",
+                _SQL["cancel_job"],
                 {**params, "now": now},
             )
             if canceled:
                 _end_running_attempt(conn, job_id, "canceled", now)
                 _add_event(conn, job_id, "canceled", CANCELED_MESSAGE, now)
                 return CancelOutcome.CANCELED
-            row = _one(conn, f"SELECT status FROM jobs WHERE id = :job_id AND {_VISIBLE}", params)
+            row = _one(conn, _SQL["job_status"], params)
             if row is None:
                 return CancelOutcome.NOT_FOUND
             # the update takes every pending or running job, so this one has ended for good
@@ -1058,23 +836,18 @@ class SqliteStore:
             now = time.time()
             canceled = _all(
                 conn,
-                "UPDATE jobs SET status = 'canceled', canceled = :now"
-                " WHERE user_id = :user_id AND container_group_id = :group AND status = 'running'"
-                " RETURNING id",
+                _SQL["cancel_running_of_group"],
                 {**params, "now": now},
             )
             conn.executemany(
-                "UPDATE attempts SET outcome = 'canceled', ended = ?"
-                " WHERE job_id = ? AND outcome = 'running'",
+                _SQL["cancel_attempt"],
                 [(now, row["id"]) for row in canceled],
             )
             for row in canceled:
                 _add_event(conn, row["id"], "canceled", PURGED_MESSAGE, now)
             deleted = _all(
                 conn,
-                "DELETE FROM jobs"
-                " WHERE user_id = :user_id AND container_group_id = :group AND status = 'pending'"
-                " RETURNING id",
+                _SQL["delete_pending_of_group"],
                 params,
             )
             return len(canceled) + len(deleted)
@@ -1082,23 +855,14 @@ class SqliteStore:
         return await self._write(purge)
 
     async def delete_all_jobs(self) -> None:
-        await self._execute("DELETE FROM jobs")
+        await self._execute(_SQL["delete_all_jobs"])
 
     async def list_attempts(self, job_id: str, user_id: str | None) -> list[Attempt] | None:
         if await self.get_job(job_id, user_id) is None:
             return None
-        rows = await self._read(
-            "SELECT id, job_id, machine_id, started, ended, outcome, exit_code FROM attempts"
-            " WHERE job_id = ? ORDER BY id",
-            (job_id,),
-        )
-        kinds = ", ".join(f"'{kind}'" for kind in WARNING_EVENT_KINDS)
+        rows = await self._read(_SQL["list_attempts"], (job_id,))
         warnings: dict[int, list[str]] = {}
-        for event in await self._read(
-            f"SELECT attempt_id, message FROM job_events WHERE job_id = ? AND kind IN ({kinds})"
-            " AND attempt_id IS NOT NULL ORDER BY id",
-            (job_id,),
-        ):
+        for event in await self._read(_SQL["attempt_warnings"], (job_id,)):
             warnings.setdefault(event["attempt_id"], []).append(event["message"])
         return [_decode.attempt(row, warnings.get(row["id"], ())) for row in rows]
 
@@ -1126,8 +890,7 @@ class SqliteStore:
             # a running attempt left on the job belongs to the stalled previous holder
             lost = _all(
                 conn,
-                "UPDATE attempts SET outcome = 'lost', ended = ?"
-                " WHERE job_id = ? AND outcome = 'running' RETURNING id, machine_id",
+                _SQL["lose_running_attempts"],
                 (now, job.id),
             )
             for attempt in lost:
@@ -1141,8 +904,7 @@ class SqliteStore:
                     machine_id=attempt["machine_id"],
                 )
             conn.execute(
-                "INSERT INTO attempts (id, job_id, machine_id, started, outcome)"
-                " VALUES (?, ?, ?, ?, 'running')",
+                _SQL["insert_attempt"],
                 (attempt_id, job.id, machine_id, now),
             )
             _add_event(
@@ -1173,16 +935,14 @@ class SqliteStore:
             now = time.time()
             beaten = _all(
                 conn,
-                "UPDATE jobs SET heartbeat = :now, num_heartbeats = num_heartbeats + 1,"
-                f" lease_expires = :now + 2 * heartbeat_interval WHERE {_HELD}"
-                " RETURNING id, attempt_id, progress",
+                _SQL["heartbeat"],
                 {**params, "now": now},
             )
             if beaten:
                 if progress is not None:
                     _record_progress(conn, beaten[0], progress, machine_id, now)
                 return "running"
-            row = _one(conn, f"SELECT status FROM jobs WHERE id = :job_id AND {_VISIBLE}", params)
+            row = _one(conn, _SQL["job_status"], params)
             if row is None:
                 return None
             # still running means another machine holds it now: this one must drop the job
@@ -1203,8 +963,7 @@ class SqliteStore:
             now = time.time()
             row = _one(
                 conn,
-                f"UPDATE jobs SET status = 'completed', completed = :now WHERE {_HELD}"
-                f" RETURNING {_JOB_COLUMNS}",
+                _SQL["complete_held"],
                 {**params, "now": now},
             )
             if row is None:
@@ -1233,13 +992,7 @@ class SqliteStore:
             now = time.time()
             row = _one(
                 conn,
-                "UPDATE jobs SET num_failures = num_failures + 1,"
-                " last_exit_code = :exit_code, last_error = :error,"
-                " status = CASE WHEN :fail_now OR num_failures + 1 >= max_failures"
-                "          THEN 'failed' ELSE 'pending' END,"
-                " failed = CASE WHEN :fail_now OR num_failures + 1 >= max_failures"
-                "          THEN :now ELSE failed END"
-                f" WHERE {_HELD} RETURNING {_JOB_COLUMNS}",
+                _SQL["fail_held"],
                 {
                     **params,
                     "now": now,
@@ -1251,11 +1004,7 @@ class SqliteStore:
             if row is None:
                 return FailureResult(_why_not_held(conn, params))
             job = _decode.job(row)
-            conn.execute(
-                "INSERT INTO job_blocks (job_id, machine_id, blocked_at) VALUES (?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (job_id, machine_id, now),
-            )
+            conn.execute(_SQL["block_machine"], (job_id, machine_id, now))
             _end_held_attempt(
                 conn,
                 job,
@@ -1271,7 +1020,7 @@ class SqliteStore:
                 _queue_event(conn, job, "failed", machine_id, now)
             count = _one(
                 conn,
-                f"SELECT count(*) {_TENANT_BLOCKS}",
+                _SQL["tenant_blocked_jobs"],
                 {"machine_id": machine_id, "user_id": job.user_id},
             )
             assert count is not None
@@ -1289,19 +1038,12 @@ class SqliteStore:
         exit_code: int | None = None,
     ) -> HeldOutcome:
         params = _held_params(job_id, machine_id, user_id, attempt_id)
-        over_budget = "max_interruptions IS NOT NULL AND num_interruptions + 1 >= max_interruptions"
 
         def interrupt(conn: sqlite3.Connection) -> HeldOutcome:
             now = time.time()
             row = _one(
                 conn,
-                "UPDATE jobs SET num_interruptions = num_interruptions + 1,"
-                f" status = CASE WHEN {over_budget} THEN 'failed' ELSE 'pending' END,"
-                f" failed = CASE WHEN {over_budget} THEN :now ELSE failed END,"
-                f" last_error = CASE WHEN {over_budget}"
-                f"   THEN {interruption_limit_reason('num_interruptions + 1')}"
-                "    ELSE last_error END"
-                f" WHERE {_HELD} RETURNING {_JOB_COLUMNS}",
+                _SQL["interrupt_held"],
                 {**params, "now": now},
             )
             if row is None:
@@ -1327,30 +1069,20 @@ class SqliteStore:
     async def end_stalled_out_of_interruptions(self) -> list[Job]:
         # Asked every second by every API process: the common answer, none, is read without
         # taking the file's write lock.
-        stalled = (
-            "status = 'running' AND max_interruptions IS NOT NULL AND lease_expires < :now"
-            " AND num_interruptions + 1 >= max_interruptions"
-        )
-        if not await self._read(
-            f"SELECT 1 FROM jobs WHERE {stalled} LIMIT 1", {"now": time.time()}
-        ):
+        if not await self._read(_SQL["any_out_of_interruptions"], {"now": time.time()}):
             return []
 
         def end(conn: sqlite3.Connection) -> list[Job]:
             now = time.time()
             rows = _all(
                 conn,
-                "UPDATE jobs SET status = 'failed', failed = :now,"
-                " num_interruptions = num_interruptions + 1,"
-                f" last_error = {interruption_limit_reason('num_interruptions + 1')}"
-                f" WHERE {stalled} RETURNING {_JOB_COLUMNS}",
+                _SQL["end_out_of_interruptions"],
                 {"now": now},
             )
             jobs = [_decode.job(row) for row in rows]
             for job in jobs:
                 conn.execute(
-                    "UPDATE attempts SET outcome = 'lost', ended = ?, last_heartbeat = ?"
-                    " WHERE job_id = ? AND outcome = 'running'",
+                    _SQL["lose_attempt"],
                     (now, None if job.heartbeat is None else job.heartbeat.timestamp(), job.id),
                 )
                 _add_event(
@@ -1370,42 +1102,24 @@ class SqliteStore:
     async def end_stalled_jobs(self) -> list[Job]:
         # Asked every second by every API process: the common answer, none, is read without
         # taking the file's write lock.
-        stalled = "status = 'running' AND stall_deadline IS NOT NULL AND stall_deadline < :now"
-        if not await self._read(
-            f"SELECT 1 FROM jobs INDEXED BY jobs_running_by_stall_deadline WHERE {stalled} LIMIT 1",
-            {"now": time.time()},
-        ):
+        if not await self._read(_SQL["any_stalled"], {"now": time.time()}):
             return []
 
         def end(conn: sqlite3.Connection) -> list[Job]:
             now = time.time()
-            found = _all(
-                conn,
-                f"SELECT id, machine_id, stall_timeout FROM jobs WHERE {stalled}",
-                {"now": now},
-            )
+            found = _all(conn, _SQL["stalled_jobs"], {"now": now})
             stopped: list[Job] = []
             for held in found:
                 reason = stalled_reason(held["stall_timeout"])
                 row = _one(
                     conn,
-                    "UPDATE jobs SET num_failures = num_failures + 1,"
-                    " last_exit_code = NULL, last_error = :error, stall_deadline = NULL,"
-                    " status = CASE WHEN num_failures + 1 >= max_failures"
-                    "          THEN 'failed' ELSE 'pending' END,"
-                    " failed = CASE WHEN num_failures + 1 >= max_failures"
-                    "          THEN :now ELSE failed END"
-                    f" WHERE id = :id AND status = 'running' RETURNING {_JOB_COLUMNS}",
+                    _SQL["fail_stalled_job"],
                     {"id": held["id"], "now": now, "error": reason},
                 )
                 assert row is not None  # the writer holds the lock since the read
                 job = _decode.job(row)
                 machine_id = held["machine_id"]
-                conn.execute(
-                    "INSERT INTO job_blocks (job_id, machine_id, blocked_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT DO NOTHING",
-                    (job.id, machine_id, now),
-                )
+                conn.execute(_SQL["block_machine"], (job.id, machine_id, now))
                 _end_running_attempt(conn, job.id, "failed", now)
                 _add_event(
                     conn,
@@ -1432,7 +1146,7 @@ class SqliteStore:
         def note(conn: sqlite3.Connection) -> None:
             now = time.time()
             conn.executemany(
-                _NOTE_WORKER,
+                _SQL["note_worker"],
                 [
                     {
                         "user_id": seen.user_id,
@@ -1453,7 +1167,7 @@ class SqliteStore:
         self, user_id: str | None, container_group_id: str | None, seen_within_seconds: float
     ) -> list[Worker]:
         rows = await self._read(
-            _LIST_WORKERS,
+            _SQL["list_workers"],
             {
                 "user_id": user_id,
                 "group": container_group_id,
@@ -1471,8 +1185,8 @@ class SqliteStore:
             "group": job.container_group_id,
             "since": time.time() - RECENT_WORKER_SECONDS,
         }
-        machines = await self._read_one(_RECENT_MACHINES, params)
-        ahead = await self._read_one(_JOBS_AHEAD, params)
+        machines = await self._read_one(_SQL["recent_machines"], params)
+        ahead = await self._read_one(_SQL["jobs_ahead"], params)
         if machines is None or ahead is None:
             return None  # deleted meanwhile
         return pending_reason_of(
@@ -1498,8 +1212,7 @@ class SqliteStore:
             now = time.time()
             job_row = _one(
                 conn,
-                f"SELECT checkpoint_generation, checkpoint_keep FROM jobs"
-                f" WHERE id = :job_id AND {_VISIBLE}",
+                _SQL["checkpoint_state"],
                 params,
             )
             if job_row is None:
@@ -1507,8 +1220,7 @@ class SqliteStore:
             newest = job_row["checkpoint_generation"]
             same = _one(
                 conn,
-                f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints"
-                " WHERE job_id = ? AND generation = ?",
+                _SQL["get_checkpoint"],
                 (job_id, generation),
             )
             if same is not None:
@@ -1520,13 +1232,12 @@ class SqliteStore:
                         CommitOutcome.REPEATED, _decode.checkpoint(same, with_manifest=False)
                     )
                 return CommitResult(CommitOutcome.NOT_NEWER, newest=newest)
-            if _one(conn, f"SELECT 1 FROM jobs WHERE {_HELD}", params) is None:
+            if _one(conn, _SQL["is_held"], params) is None:
                 return CommitResult(CommitOutcome.NOT_HOLDER)
             if newest is not None and generation <= newest:
                 return CommitResult(CommitOutcome.NOT_NEWER, newest=newest)
             conn.execute(
-                f"INSERT INTO checkpoints ({_CHECKPOINT_COLUMNS}, upload_seconds)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _SQL["insert_checkpoint"],
                 (
                     job_id,
                     generation,
@@ -1539,21 +1250,20 @@ class SqliteStore:
                     upload_seconds,
                 ),
             )
+            conn.execute(_SQL["set_checkpoint_generation"], (generation, job_id))
             conn.execute(
-                "UPDATE jobs SET checkpoint_generation = ? WHERE id = ?", (generation, job_id)
+                _SQL["count_commit"], {"attempt_id": attempt_id, "now": now, "s": upload_seconds}
             )
-            conn.execute(_COUNT_COMMIT, {"attempt_id": attempt_id, "now": now, "s": upload_seconds})
             kept_rows = _all(
                 conn,
-                "SELECT generation, manifest FROM checkpoints"
-                " WHERE job_id = ? AND manifest IS NOT NULL ORDER BY generation DESC",
+                _SQL["kept_manifests"],
                 (job_id,),
             )
             keep = job_row["checkpoint_keep"]
             dropped = kept_rows[keep:]
             if dropped:
                 conn.executemany(
-                    "UPDATE checkpoints SET manifest = NULL WHERE job_id = ? AND generation = ?",
+                    _SQL["drop_manifest"],
                     [(job_id, row["generation"]) for row in dropped],
                 )
             expired = expired_objects(
@@ -1581,9 +1291,7 @@ class SqliteStore:
         if await self.get_job(job_id, user_id) is None:
             return None
         rows = await self._read(
-            "SELECT job_id, generation, attempt_id, machine_id, created, files, bytes,"
-            " CASE WHEN manifest IS NULL THEN NULL ELSE '[]' END AS manifest"
-            " FROM checkpoints WHERE job_id = ? ORDER BY generation",
+            _SQL["list_checkpoints"],
             (job_id,),
         )
         return [_decode.checkpoint(row, with_manifest=False) for row in rows]
@@ -1594,7 +1302,7 @@ class SqliteStore:
         if await self.get_job(job_id, user_id) is None:
             return None
         row = await self._read_one(
-            f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE job_id = ? AND generation = ?",
+            _SQL["get_checkpoint"],
             (job_id, generation),
         )
         return None if row is None else _decode.checkpoint(row, with_manifest=True)
@@ -1612,13 +1320,13 @@ class SqliteStore:
         params = _held_params(job_id, machine_id, user_id, attempt_id)
 
         def add(conn: sqlite3.Connection) -> HeldOutcome:
-            if _one(conn, f"SELECT 1 FROM jobs WHERE {_HELD}", params) is None:
+            if _one(conn, _SQL["is_held"], params) is None:
                 return _why_not_held(conn, params)
             now = time.time()
             _record_phase(conn, attempt_id, kind, data, now)
             count = _one(
                 conn,
-                "SELECT count(*) FROM job_events WHERE job_id = ? AND attempt_id = ?",
+                _SQL["attempt_event_count"],
                 (job_id, attempt_id),
             )
             assert count is not None
@@ -1643,8 +1351,7 @@ class SqliteStore:
         if await self.get_job(job_id, user_id) is None:
             return None
         rows = await self._read(
-            f"SELECT {_EVENT_COLUMNS} FROM job_events WHERE job_id = ? AND id > ?"
-            " ORDER BY id LIMIT ?",
+            _SQL["list_job_events"],
             (job_id, after_id, limit),
         )
         return [_decode.event(row) for row in rows]
@@ -1655,13 +1362,7 @@ class SqliteStore:
         if job is None:
             return None
         rows = await self._read(
-            _GOODPUT.format(
-                identity="a.id, a.machine_id, a.ended,",
-                jobs="j.id = :job_id AND (:user_id IS NULL OR j.user_id = :user_id)",
-                attempts="1 = 1",
-                ledger=LEDGER_SQL,
-            )
-            + ATTEMPT_ROWS,
+            _SQL["job_goodput"],
             {"job_id": job_id, "user_id": user_id, "now": time.time()},
         )
         return JobLedger(job.id, job.status, [attempt_ledger(row) for row in rows])
@@ -1670,13 +1371,7 @@ class SqliteStore:
         self, user_id: str | None, container_group_id: str, since: datetime, until: datetime
     ) -> GroupLedger:
         rows = await self._read(
-            _GOODPUT.format(
-                identity="",
-                jobs="j.container_group_id = :group AND (:user_id IS NULL OR j.user_id = :user_id)",
-                attempts="a.started >= :since AND a.started < :until",
-                ledger=LEDGER_SQL,
-            )
-            + REPORT_SUMS,
+            _SQL["group_goodput"],
             {
                 "group": container_group_id,
                 "user_id": user_id,
@@ -1690,11 +1385,11 @@ class SqliteStore:
     async def note_api_alive(self) -> float:
         def note(conn: sqlite3.Connection) -> float:
             now = time.time()
-            row = _one(conn, "SELECT last_seen FROM api_liveness WHERE id = 1")
+            row = _one(conn, _SQL["api_last_seen"])
             if row is None:
                 # First start on this database (or after an upgrade): the last sign of life
                 # is the newest heartbeat heard.
-                heard = _one(conn, "SELECT max(heartbeat) FROM jobs WHERE status = 'running'")
+                heard = _one(conn, _SQL["newest_running_heartbeat"])
                 last_seen = heard[0] if heard is not None and heard[0] is not None else now
             else:
                 last_seen = row["last_seen"]
@@ -1703,14 +1398,11 @@ class SqliteStore:
                 # Nobody could hear heartbeats since `last_seen`: a job whose lease was
                 # still good then gets a full lease from now, to beat again.
                 conn.execute(
-                    "UPDATE jobs SET lease_expires = max(lease_expires,"
-                    " :now + 2 * heartbeat_interval + :grace)"
-                    " WHERE status = 'running' AND lease_expires > :last_seen",
+                    _SQL["extend_leases_after_outage"],
                     {"now": now, "last_seen": last_seen, "grace": OUTAGE_GRACE_SECONDS},
                 )
             conn.execute(
-                "INSERT INTO api_liveness (id, last_seen) VALUES (1, :now)"
-                " ON CONFLICT (id) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+                _SQL["note_api_alive"],
                 {"now": now},
             )
             return gap if gap > OUTAGE_GAP_SECONDS else 0.0
@@ -1723,22 +1415,20 @@ class SqliteStore:
         params = {"user_id": user_id, "machine_id": machine_id}
 
         def mark(conn: sqlite3.Connection) -> Blocked | None:
-            count = _one(conn, f"SELECT count(*) {_TENANT_BLOCKS}", params)
+            count = _one(conn, _SQL["tenant_blocked_jobs"], params)
             assert count is not None
             if count[0] < threshold or count[0] == 0:
                 return None
             inserted = _all(
                 conn,
-                "INSERT INTO machine_reallocations (user_id, machine_id, at)"
-                " VALUES (:user_id, :machine_id, :now) ON CONFLICT DO NOTHING RETURNING 1",
+                _SQL["insert_reallocation"],
                 {**params, "now": time.time()},
             )
             if not inserted:
                 return None
             where = _one(
                 conn,
-                "SELECT j.container_group_id, j.org_name, j.project_name"
-                f" {_TENANT_BLOCKS} ORDER BY b.blocked_at DESC LIMIT 1",
+                _SQL["last_blocked_job"],
                 params,
             )
             assert where is not None  # count > 0 and job_blocks rows always have their job
@@ -1773,7 +1463,9 @@ class SqliteStore:
         def lease(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             now = time.time()
             return _all(
-                conn, _CLAIM_WEBHOOK_EVENTS, {**params, "now": now, "until": now + lease_seconds}
+                conn,
+                _SQL["claim_webhook_events"],
+                {**params, "now": now, "until": now + lease_seconds},
             )
 
         rows = await self._write(lease)
@@ -1793,28 +1485,24 @@ class SqliteStore:
         return sorted(events, key=lambda event: event.id)
 
     async def webhook_delivered(self, event: WebhookEvent) -> bool:
-        return await self._record_webhook_outcome("delivered_at = :now", event, {})
+        return await self._record_webhook_outcome(_SQL["webhook_delivered"], event, {})
 
     async def webhook_retry_later(
         self, event: WebhookEvent, delay_seconds: float, error: str
     ) -> bool:
         return await self._record_webhook_outcome(
-            "next_attempt_at = :now + :delay, last_error = :error",
+            _SQL["webhook_retry_later"],
             event,
             {"delay": delay_seconds, "error": error},
         )
 
     async def webhook_give_up(self, event: WebhookEvent, error: str) -> bool:
-        return await self._record_webhook_outcome(
-            "dead_at = :now, last_error = :error", event, {"error": error}
-        )
+        return await self._record_webhook_outcome(_SQL["webhook_give_up"], event, {"error": error})
 
     async def webhook_postpone(self, event: WebhookEvent, delay_seconds: float) -> bool:
         def release(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                "UPDATE webhook_outbox SET next_attempt_at = :now + :delay,"
-                " leased_until = NULL, lease_token = NULL"
-                " WHERE id = :id AND lease_token = :token AND leased_until IS NOT NULL",
+                _SQL["webhook_postpone"],
                 {
                     "now": time.time(),
                     "delay": delay_seconds,
@@ -1830,10 +1518,7 @@ class SqliteStore:
         def postpone(conn: sqlite3.Connection) -> int:
             now = time.time()
             cursor = conn.execute(
-                "UPDATE webhook_outbox SET next_attempt_at = :until"
-                " WHERE receiver = :receiver AND delivered_at IS NULL AND dead_at IS NULL"
-                "   AND next_attempt_at < :until"
-                "   AND (leased_until IS NULL OR leased_until <= :now)",
+                _SQL["postpone_receiver_webhooks"],
                 {"receiver": receiver, "until": now + delay_seconds, "now": now},
             )
             return cursor.rowcount
@@ -1841,15 +1526,13 @@ class SqliteStore:
         return await self._write(postpone)
 
     async def _record_webhook_outcome(
-        self, assignments: str, event: WebhookEvent, params: dict[str, Any]
+        self, statement: str, event: WebhookEvent, params: dict[str, Any]
     ) -> bool:
-        """The attempt's outcome, written only while its claim holds the lease."""
+        """The attempt's outcome (`statement`), written only while its claim holds the lease."""
 
         def record(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                f"UPDATE webhook_outbox SET {assignments}, attempts = attempts + 1,"
-                " leased_until = NULL, lease_token = NULL"
-                " WHERE id = :id AND lease_token = :token AND leased_until IS NOT NULL",
+                statement,
                 {**params, "now": time.time(), "id": event.id, "token": event.lease_token},
             )
             return cursor.rowcount == 1
@@ -1860,17 +1543,13 @@ class SqliteStore:
         cutoff = time.time() - older_than_seconds
 
         def purge(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "DELETE FROM webhook_outbox WHERE coalesce(delivered_at, dead_at) < ?", (cutoff,)
-            )
+            cursor = conn.execute(_SQL["purge_finished_webhooks"], (cutoff,))
             return cursor.rowcount
 
         return await self._write(purge)
 
     async def pending_webhook_count(self) -> int:
-        row = await self._read_one(
-            "SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL"
-        )
+        row = await self._read_one(_SQL["pending_webhook_count"])
         assert row is not None
         return int(row[0])
 
@@ -1880,8 +1559,7 @@ class SqliteStore:
             now = time.time()
             return _one(
                 conn,
-                f"INSERT INTO scaling_rules ({_RULE_COLUMNS})"
-                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_RULE_COLUMNS}",
+                _SQL["create_scaling_rule"],
                 (
                     rule.user_id,
                     rule.container_group_id,
@@ -1908,8 +1586,7 @@ class SqliteStore:
 
     async def list_scaling_rules(self, user_id: str | None) -> list[ScalingRule]:
         rows = await self._read(
-            f"SELECT {_RULE_COLUMNS} FROM scaling_rules WHERE {_VISIBLE}"
-            " ORDER BY created, user_id, container_group_id",
+            _SQL["list_scaling_rules"],
             {"user_id": user_id},
         )
         return [_decode.rule(row) for row in rows]
@@ -1918,8 +1595,7 @@ class SqliteStore:
         self, user_id: str | None, container_group_id: str
     ) -> ScalingRule | None:
         row = await self._read_one(
-            f"SELECT {_RULE_COLUMNS} FROM scaling_rules"
-            f" WHERE container_group_id = :group AND {_VISIBLE} ORDER BY created, user_id LIMIT 1",
+            _SQL["get_scaling_rule"],
             {"user_id": user_id, "group": container_group_id},
         )
         return None if row is None else _decode.rule(row)
@@ -1938,19 +1614,12 @@ class SqliteStore:
         def update(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             rows = _all(
                 conn,
-                "UPDATE scaling_rules SET"
-                " min_replicas = coalesce(:min, min_replicas),"
-                " max_replicas = coalesce(:max, max_replicas),"
-                " idle_threshold_seconds = coalesce(:idle, idle_threshold_seconds),"
-                " updated = :now"
-                f" WHERE container_group_id = :group AND {_VISIBLE}"
-                "   AND coalesce(:min, min_replicas) <= coalesce(:max, max_replicas)"
-                f" RETURNING {_RULE_COLUMNS}",
+                _SQL["update_scaling_rule"],
                 {**params, "now": time.time()},
             )
             if not rows and _one(
                 conn,
-                f"SELECT 1 FROM scaling_rules WHERE container_group_id = :group AND {_VISIBLE}",
+                _SQL["scaling_rule_exists"],
                 params,
             ):
                 raise InvalidChange("min_replicas must not be greater than max_replicas")
@@ -1965,8 +1634,7 @@ class SqliteStore:
             return bool(
                 _all(
                     conn,
-                    "DELETE FROM scaling_rules"
-                    f" WHERE container_group_id = :group AND {_VISIBLE} RETURNING 1",
+                    _SQL["delete_scaling_rule"],
                     {"user_id": user_id, "group": container_group_id},
                 )
             )
@@ -1974,15 +1642,13 @@ class SqliteStore:
         return await self._write(delete)
 
     async def delete_all_scaling_rules(self) -> None:
-        await self._execute("DELETE FROM scaling_rules")
+        await self._execute(_SQL["delete_all_scaling_rules"])
 
     async def count_active_jobs(
         self, user_id: str, container_group_id: str, idle_threshold_seconds: int
     ) -> int:
         row = await self._read_one(
-            "SELECT count(*) FROM jobs WHERE user_id = :user_id AND container_group_id = :group"
-            " AND (status IN ('pending', 'running')"
-            "      OR coalesce(completed, failed, canceled) >= :since)",
+            _SQL["count_active_jobs"],
             {
                 "user_id": user_id,
                 "group": container_group_id,
@@ -1998,12 +1664,7 @@ class SqliteStore:
             return bool(
                 _all(
                     conn,
-                    "INSERT INTO leases (name, holder, expires_at)"
-                    " VALUES (:name, :holder, :until)"
-                    " ON CONFLICT (name) DO UPDATE"
-                    " SET holder = excluded.holder, expires_at = excluded.expires_at"
-                    " WHERE leases.expires_at <= :now OR leases.holder = excluded.holder"
-                    " RETURNING holder",
+                    _SQL["try_lease"],
                     {"name": name, "holder": holder, "until": now + ttl_seconds, "now": now},
                 )
             )
@@ -2012,25 +1673,28 @@ class SqliteStore:
 
     # -- operator views: the dashboard and /metrics (read-only) -------------------------
     async def metrics_snapshot(self) -> StoreMetrics:
-        rows = await self._read(_METRICS)
+        rows = await self._read(_SQL["metrics"])
         return store_metrics((tuple(row) for row in rows), _dt_any)
 
     async def group_counts(
         self, user_id: str | None, container_group_id: str | None = None
     ) -> list[GroupCounts]:
-        where, params = _group_filters(user_id, container_group_id)
+        statement = _GROUP_COUNTS[user_id is not None, container_group_id is not None]
         rows = await self._read(
-            "SELECT container_group_id, status, count(*) FROM jobs"
-            f" WHERE {where} GROUP BY container_group_id, status ORDER BY container_group_id",
-            params,
+            statement, {"user_id": user_id, "container_group_id": container_group_id}
         )
         return group_counts(tuple(row) for row in rows)
 
     async def blocked_machines(
         self, user_id: str | None, container_group_id: str, limit: int = 100
     ) -> list[BlockedMachine]:
-        where, params = _group_filters(user_id, container_group_id, table="j")
-        rows = await self._read(_BLOCKED_MACHINES.format(where=where), {**params, "limit": limit})
+        statement = (
+            _SQL["blocked_machines"] if user_id is None else _SQL["blocked_machines_of_user"]
+        )
+        rows = await self._read(
+            statement,
+            {"user_id": user_id, "container_group_id": container_group_id, "limit": limit},
+        )
         return [BlockedMachine(row[0], int(row[1]), _dt(row[2]), bool(row[3])) for row in rows]
 
     async def group_activity(
@@ -2041,12 +1705,13 @@ class SqliteStore:
         bucket_seconds: float,
         buckets: int,
     ) -> list[ActivityBucket]:
-        where, params = _group_filters(user_id, container_group_id)
+        statement = _SQL["group_activity"] if user_id is None else _SQL["group_activity_of_user"]
         start = since.timestamp()
         rows = await self._read(
-            _GROUP_ACTIVITY.format(where=where),
+            statement,
             {
-                **params,
+                "user_id": user_id,
+                "container_group_id": container_group_id,
                 "since": start,
                 "until": start + bucket_seconds * buckets,
                 "width": bucket_seconds,
@@ -2068,7 +1733,7 @@ def _held_params(
 
 
 def _why_not_held(conn: sqlite3.Connection, params: Mapping[str, Any]) -> HeldOutcome:
-    row = _one(conn, f"SELECT 1 FROM jobs WHERE id = :job_id AND {_VISIBLE}", params)
+    row = _one(conn, _SQL["job_visible"], params)
     return HeldOutcome.NOT_FOUND if row is None else HeldOutcome.NOT_HOLDER
 
 
@@ -2081,16 +1746,30 @@ class _LabelPlan:
     jobs, checking every label)."""
 
 
-# Jobs carrying a label, counted up to a cap (an index range: cheap, and bounded).
-_LABEL_COUNT = "SELECT count(*) FROM (SELECT 1 FROM job_labels WHERE key = ? AND value = ? LIMIT ?)"
 # A label no more jobs than this carry is where a label filter starts.
 RARE_LABEL_JOBS = 2000
+
+# Where a list_jobs statement takes the conditions of its query's filters.
+_FILTERS_MARK = "{filters}"
+for _name in ("list_jobs_newest_first", "list_jobs_oldest_first"):
+    if _SQL[_name].count(_FILTERS_MARK) != 1:
+        raise QueryFileError(f"sqlite.sql: {_name} must hold {_FILTERS_MARK} once")
+
+
+def _with_filters(statement: str, conditions: Sequence[str]) -> str:
+    """The list_jobs statement with `WHERE` and the conditions (from `_job_filters`, a closed
+    set, never a value) in place of its mark, or nothing there when there are none."""
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    return statement.replace(_FILTERS_MARK, where)
 
 
 def _job_filters(
     query: JobQuery, labels: _LabelPlan | None = None
 ) -> tuple[list[str], dict[str, Any]]:
-    """Only the filters given, so that the planner picks the index that fits them."""
+    """The conditions of the filters given, and their parameters, for `_with_filters`: only
+    those, so that the planner picks the index that fits them. Each condition is one of the
+    closed set that the list_jobs statements of queries/sqlite.sql describe; values are always
+    parameters."""
     conditions: list[str] = []
     params: dict[str, Any] = {}
     filters: Iterable[tuple[str, str | None]] = (
@@ -2120,89 +1799,16 @@ def _job_filters(
 
 # -- operator views: the dashboard and /metrics (read-only) ---------------------------------
 
-# Every figure /metrics reads, in one statement so that they come from one snapshot. Jobs are
-# counted from the jobs_by_group_status index alone.
-_METRICS = """
-SELECT 'jobs' AS kind, container_group_id AS name, status AS detail, count(*) AS n, NULL AS at
-  FROM jobs GROUP BY container_group_id, status
-UNION ALL
-SELECT 'attempts', outcome, NULL, count(*), NULL FROM attempts GROUP BY outcome
-UNION ALL
-SELECT 'reallocations', NULL, NULL, count(*), NULL FROM machine_reallocations
-UNION ALL
-SELECT 'blocked_machines', NULL, NULL, count(DISTINCT machine_id), NULL FROM job_blocks
-UNION ALL
-SELECT 'webhook_backlog', NULL, NULL, count(*), min(created) FROM webhook_outbox
- WHERE delivered_at IS NULL AND dead_at IS NULL"""
-
-_BLOCKED_MACHINES = """
-SELECT b.machine_id, count(*) AS jobs, max(b.blocked_at) AS last_blocked,
-       max(EXISTS (SELECT 1 FROM machine_reallocations AS r
-                  WHERE r.machine_id = b.machine_id AND r.user_id = j.user_id))
-  FROM job_blocks AS b JOIN jobs AS j ON j.id = b.job_id
- WHERE {where}
- GROUP BY b.machine_id
- ORDER BY last_blocked DESC, b.machine_id
- LIMIT :limit"""
-
-# Counts behind a group's activity chart (see kelpie.store.overview.activity_series): the
-# group's jobs and attempts that overlap the window [since, until), alive before it, and
-# created, started and ended in each bucket of `width` seconds.
-_GROUP_ACTIVITY = """
-WITH g AS (
-    SELECT id, created, coalesce(completed, failed, canceled) AS ended FROM jobs
-     WHERE {where} AND created < :until
-       AND (coalesce(completed, failed, canceled) IS NULL
-            OR coalesce(completed, failed, canceled) >= :since)
-), a AS (
-    SELECT attempts.started, attempts.ended, attempts.outcome
-      FROM attempts JOIN g ON g.id = attempts.job_id
-     WHERE attempts.started < :until AND (attempts.ended IS NULL OR attempts.ended >= :since)
-)
-SELECT 'alive' AS kind, -1 AS bucket, count(*) AS n FROM g WHERE created < :since
-UNION ALL
-SELECT 'created', CAST((created - :since) / :width AS INTEGER) AS bucket, count(*)
-  FROM g WHERE created >= :since GROUP BY bucket
-UNION ALL
-SELECT 'ended', CAST((ended - :since) / :width AS INTEGER) AS bucket, count(*)
-  FROM g WHERE ended < :until GROUP BY bucket
-UNION ALL
-SELECT 'held', -1, count(*) FROM a WHERE started < :since
-UNION ALL
-SELECT 'started', CAST((started - :since) / :width AS INTEGER) AS bucket, count(*)
-  FROM a WHERE started >= :since GROUP BY bucket
-UNION ALL
-SELECT 'ended:' || outcome, CAST((ended - :since) / :width AS INTEGER) AS bucket, count(*)
-  FROM a WHERE ended < :until GROUP BY outcome, bucket"""
-
-
-def _group_filters(
-    user_id: str | None, container_group_id: str | None, table: str = "jobs"
-) -> tuple[str, dict[str, Any]]:
-    """Only the filters given, so that the planner picks the index that fits them."""
-    conditions, params = ["1 = 1"], {}
-    for column, value in (("user_id", user_id), ("container_group_id", container_group_id)):
-        if value is not None:
-            conditions.append(f"{table}.{column} = :{column}")
-            params[column] = value
-    return " AND ".join(conditions), params
+# A group's job counts by whether the caller is one user and whether it asks for one group:
+# a whole statement each, each planned on the index that fits it.
+_GROUP_COUNTS = {
+    (False, False): _SQL["group_counts"],
+    (True, False): _SQL["group_counts_of_user"],
+    (False, True): _SQL["group_counts_of_group"],
+    (True, True): _SQL["group_counts_of_user_in_group"],
+}
 
 
 def _dt_any(value: object) -> datetime:
     assert isinstance(value, int | float)
     return _dt(value)
-
-
-# The facts of the goodput ledger (kelpie.store.goodput) for the attempts of the jobs
-# matching {jobs} (j: jobs) that match {attempts} (a: an attempt), in unix seconds, with the
-# {identity} columns ATTEMPT_ROWS needs, or none (a group report).
-_GOODPUT = """
-WITH facts AS (
-    SELECT {identity} a.outcome, a.started,
-           coalesce(a.last_heartbeat, a.ended, :now) AS finish, a.command_started,
-           coalesce(a.upload_seconds, 0) AS upload_seconds, a.next_started, a.commits,
-           a.first_commit, a.last_commit, a.commit_seconds, a.timed_commits
-    FROM attempts AS a JOIN jobs AS j ON j.id = a.job_id
-    WHERE {jobs} AND {attempts}
-), {ledger}"""
-LEDGER_SQL = LEDGER.format(greatest="max", least="min")
