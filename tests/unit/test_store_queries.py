@@ -1,4 +1,5 @@
-"""The stores' named SQL statements: the file format, and no statement left unused."""
+"""The stores' named SQL statements: the file format, and code and files naming the same
+statements."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ def test_statements_are_read_whole_under_their_names() -> None:
         "-- what this file is\n\n"
         "-- first --\n-- what it does ($1 id)\nSELECT 1;\n\n"
         "-- second --\n-- one line\nWITH x AS (\n  -- kept: inside the statement\n  SELECT 2\n)\n"
-        "SELECT * FROM x\n"
+        "SELECT * FROM x;\n\n-- ---- a banner, not sent ----\n\n"
+        "-- third --\nSELECT 3\n"
     )
     assert dict(queries) == {
         "first": "SELECT 1",
         "second": "WITH x AS (\n  -- kept: inside the statement\n  SELECT 2\n)\nSELECT * FROM x",
+        "third": "SELECT 3",
     }
 
 
@@ -49,3 +52,4 @@ def test_every_statement_in_a_queries_file_is_used_by_its_store(
     used = set(re.findall(r"""_SQL\[["']([a-z0-9_]+)["']\]""", source))
     named = set(load_queries(dialect))
     assert named - used == set(), "statements no code runs"
+    assert used - named == set(), "names the code asks for that no statement has"

@@ -36,7 +36,6 @@ class Row(Protocol):
 
 
 NEW_JOBS_CHANNEL = "kelpie_new_jobs"
-API_KEY_COLUMNS = "id, user_id, created, org_name, project_name, revoked, bootstrap"
 
 # Job events the API writes with each state change, and those a holding worker may post.
 SERVER_EVENT_KINDS = (
@@ -136,22 +135,10 @@ def interrupted_message(machine_id: str, exit_code: int | None = None) -> str:
     return f"handed back by {machine_id} (its node is going away)"
 
 
-def interruption_limit_reason(count_sql: str) -> str:
-    """SQL of the `last_error` of a job that reached `max_interruptions` at `count_sql`
-    interruptions (the same text in both dialects)."""
-    return (
-        f"'interrupted ' || ({count_sql}) || ' times; max_interruptions is ' || max_interruptions"
-    )
-
-
 def ended_by_interruptions(message: str, reason: str) -> str:
     """The event of the interruption that used up a job's budget: what happened, and why the
-    job failed (`ended_by_interruptions_sql` writes the same in SQL)."""
+    job failed (the interrupt statements of `store/queries/*.sql` write the same in SQL)."""
     return f"{message}; {reason}, so the job failed"
-
-
-def ended_by_interruptions_sql(message_sql: str) -> str:
-    return f"{message_sql} || '; ' || last_error || ', so the job failed'"
 
 
 def interruption_event_data(exit_code: int | None) -> dict[str, Any] | None:

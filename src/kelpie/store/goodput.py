@@ -6,8 +6,8 @@ over 100,000 attempts reads 100,000 rows and nothing else: `started`, `ended`, `
 event), `upload_seconds` (its `outputs_uploaded` events), `next_started` (the claim of the
 job's next attempt), and its committed generations (`commits`, `first_commit`,
 `last_commit`, `commit_seconds`, `timed_commits`). Both stores read them, in unix seconds,
-into a `facts` CTE and turn them into a ledger with `LEDGER` below, the same SQL in both
-dialects:
+into a `facts` CTE and turn them into a ledger with the same `spans`/`ledger` CTEs in both
+dialects (the goodput statements of `store/queries/*.sql`):
 
 - end (`finish`): when the attempt's work ended: `ended`; for a lost attempt the holder's
   last heartbeat (it died then, the takeover came later); now while it runs.
@@ -38,60 +38,6 @@ from kelpie.store._common import Row, as_attempt_outcome
 from kelpie.store.models import AttemptOutcome, JobStatus
 
 INTERRUPTED_OUTCOMES: tuple[AttemptOutcome, ...] = ("interrupted", "lost")
-
-# The ledger of each attempt of `facts` (columns: outcome, started, finish (when its work
-# ended), command_started, upload_seconds (0 when none), next_started, commits, first_commit,
-# last_commit, commit_seconds, timed_commits, and for ATTEMPT_ROWS id, machine_id and ended;
-# times in unix seconds). `{greatest}`/`{least}`: the dialect's functions (never given a
-# NULL here).
-LEDGER = """
-spans AS (
-    SELECT f.*,
-           {greatest}(f.started, {least}(coalesce(f.command_started, f.started), f.finish))
-               AS run_from
-    FROM facts AS f
-), ledger AS (
-    SELECT s.*,
-           s.run_from - s.started AS downloading_s,
-           {least}(s.upload_seconds, s.finish - s.run_from) AS uploading_s,
-           s.finish - s.run_from - {least}(s.upload_seconds, s.finish - s.run_from)
-               AS running_s,
-           CASE WHEN s.outcome IN ('interrupted', 'lost', 'failed')
-                THEN {greatest}(0, s.finish
-                                   - {greatest}(s.run_from, coalesce(s.last_commit, s.run_from)))
-           END AS work_lost_s,
-           CASE WHEN s.outcome IN ('interrupted', 'lost') AND s.next_started IS NOT NULL
-                THEN {greatest}(0, s.next_started - s.finish)
-           END AS detection_delay_s
-    FROM spans AS s
-)"""
-
-# One row per attempt, oldest first.
-ATTEMPT_ROWS = """
-SELECT id, machine_id, outcome, started, ended, finish, downloading_s, running_s, uploading_s,
-       commits, last_commit, work_lost_s, detection_delay_s
-FROM ledger ORDER BY id"""
-
-# The sums behind a group report: one row.
-REPORT_SUMS = """
-SELECT count(*) AS attempts,
-       coalesce(sum(CASE WHEN outcome IN ('interrupted', 'lost') THEN 1 ELSE 0 END), 0)
-           AS interruptions,
-       coalesce(sum(CASE WHEN outcome = 'failed' THEN 1 ELSE 0 END), 0) AS failures,
-       coalesce(sum(downloading_s), 0) AS downloading_s,
-       coalesce(sum(running_s), 0) AS running_s,
-       coalesce(sum(uploading_s), 0) AS uploading_s,
-       coalesce(sum(CASE WHEN outcome IN ('interrupted', 'lost') THEN work_lost_s ELSE 0 END),
-                0) AS work_lost_s,
-       coalesce(sum(detection_delay_s), 0) AS detection_delay_s,
-       count(detection_delay_s) AS detections,
-       coalesce(sum(commits), 0) AS checkpoints,
-       coalesce(sum(CASE WHEN commits >= 2 THEN last_commit - first_commit ELSE 0 END), 0)
-           AS interval_sum,
-       coalesce(sum(CASE WHEN commits >= 2 THEN commits - 1 ELSE 0 END), 0) AS intervals,
-       coalesce(sum(commit_seconds), 0) AS cost_sum,
-       coalesce(sum(timed_commits), 0) AS costs
-FROM ledger"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +178,7 @@ def _optional_float(value: Any) -> float | None:
 
 
 def attempt_ledger(row: Row) -> AttemptLedger:
-    """An `ATTEMPT_ROWS` row (times in unix seconds, as both dialects give them)."""
+    """A row of the per-attempt ledger (times in unix seconds, as both dialects give them)."""
     return AttemptLedger(
         id=int(row["id"]),
         machine_id=row["machine_id"],
@@ -253,7 +199,7 @@ def attempt_ledger(row: Row) -> AttemptLedger:
 def group_ledger(
     container_group_id: str, since: datetime, until: datetime, row: Row
 ) -> GroupLedger:
-    """The `REPORT_SUMS` row of a group's attempts."""
+    """The one row of sums over a group's attempts' ledger."""
     return GroupLedger(
         container_group_id=container_group_id,
         since=since,

@@ -10,7 +10,8 @@ name, then comment lines saying what it does and what its parameters are:
 A store loads its file once at import (`load_queries`) and runs each statement by name, so a
 statement can be read, explained and tested exactly as it reaches the database. Names are
 lowercase with underscores, unique within a file; a name the code asks for and the file lacks
-fails at import, and `tests/unit/test_store_queries.py` fails on a statement no code uses.
+fails at import, and `tests/unit/test_store_queries.py` fails on a statement no code uses or a
+name no statement has.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class QueryFileError(ValueError):
 
 
 def parse_queries(text: str, source: str = "<queries>") -> Mapping[str, str]:
-    """The statements of a queries file by name; the text after each header up to the next
-    one, without its leading comment lines, trailing blank lines or a final `;`."""
+    """The statements of a queries file by name: the text after each header up to the next
+    one, without the comment and blank lines before and after it, nor its final `;`."""
     queries: dict[str, str] = {}
     name: str | None = None
     body: list[str] = []
@@ -42,6 +43,9 @@ def parse_queries(text: str, source: str = "<queries>") -> Mapping[str, str]:
             return
         while body and (not body[0].strip() or body[0].lstrip().startswith("--")):
             body.pop(0)
+        # comment lines after the statement (a banner before the next name) are not sent
+        while body and (not body[-1].strip() or body[-1].lstrip().startswith("--")):
+            body.pop()
         statement = "\n".join(body).strip().removesuffix(";").rstrip()
         if not statement:
             raise QueryFileError(f"{source}: statement {name!r} is empty")

@@ -229,8 +229,8 @@ FROM failed_job;
 -- (retry rules) or NULL, $7 the event's data): pending again, its attempt `interrupted`. At
 -- the job's last allowed interruption (max_interruptions IS NOT NULL AND num_interruptions +
 -- 1 >= max_interruptions) it fails instead, with the reason in last_error and the event
--- (the same text as kelpie.store._common.interruption_limit_reason and
--- ended_by_interruptions), and a `failed` webhook queued.
+-- (`interrupted N times; max_interruptions is M`, the same text in
+-- both dialects; kelpie.store._common.ended_by_interruptions writes the event's in Python), and a `failed` webhook queued.
 WITH interrupted_job AS (
     UPDATE jobs SET
         num_interruptions = num_interruptions + 1,
@@ -944,8 +944,7 @@ RETURNING holder;
 -- one row per attempt, oldest first. The facts of each attempt are read in unix seconds,
 -- once (MATERIALIZED: inlined, PostgreSQL would convert them again at every use) with
 -- date_part, whose float costs a fraction of extract's numeric; `spans` and `ledger` are
--- kelpie.store.goodput.LEDGER (the same SQL in both dialects), the final SELECT its
--- ATTEMPT_ROWS.
+-- the ledger of kelpie.store.goodput's docstring (the same SQL in both dialects).
 WITH facts AS MATERIALIZED (
     SELECT a.id, a.machine_id, date_part('epoch', a.ended) AS ended,
            a.outcome, date_part('epoch', a.started) AS started,
@@ -984,7 +983,7 @@ FROM ledger ORDER BY id;
 -- group_goodput --
 -- The sums behind the goodput report of the group $1 for the user $2 (NULL: everyone's),
 -- over the attempts that started within [$3, $4) (unix seconds): one row. The facts and
--- the ledger as in job_goodput; the final SELECT is kelpie.store.goodput.REPORT_SUMS. Run
+-- the ledger as in job_goodput; the final SELECT sums it. Run
 -- with custom_plan first: the plan a prepared statement settles on after five runs, made
 -- for any group, is several times slower.
 WITH facts AS MATERIALIZED (

@@ -376,8 +376,8 @@ WHERE b.machine_id = :machine_id AND j.user_id = :user_id;
 
 -- interrupt_held --
 -- The holder hands the job back at :now, if the caller holds it (as in heartbeat): pending
--- again, or failed at its last allowed interruption, with the reason as last_error (the text
--- of kelpie.store._common.interruption_limit_reason, the same in both dialects).
+-- again, or failed at its last allowed interruption, with the reason as last_error (`interrupted
+-- N times; max_interruptions is M`, the same text in both dialects).
 UPDATE jobs SET num_interruptions = num_interruptions + 1,
     status = CASE WHEN max_interruptions IS NOT NULL
                        AND num_interruptions + 1 >= max_interruptions
@@ -572,10 +572,11 @@ FROM job_events WHERE job_id = ? AND id > ?
 ORDER BY id LIMIT ?;
 
 -- job_goodput --
--- The goodput ledger (kelpie.store.goodput.LEDGER, with SQLite's max/min for greatest/least)
+-- The goodput ledger (rules in kelpie.store.goodput's docstring; SQLite's max/min for
+-- greatest/least)
 -- over `facts`: the attempts chosen, in unix seconds, as the ledger needs them.
 -- One ledger row per attempt of the job :job_id (if :user_id, NULL for anyone, may see it),
--- oldest first; :now ends the running attempt (goodput.ATTEMPT_ROWS).
+-- oldest first; :now ends the running attempt.
 WITH facts AS (
     SELECT a.id, a.machine_id, a.ended, a.outcome, a.started,
            coalesce(a.last_heartbeat, a.ended, :now) AS finish, a.command_started,
@@ -610,7 +611,7 @@ FROM ledger ORDER BY id;
 
 -- group_goodput --
 -- The goodput ledger as in job_goodput.
--- The sums behind a group report, one row (goodput.REPORT_SUMS): the attempts of :group's jobs
+-- The sums behind a group report, one row: the attempts of :group's jobs
 -- (those :user_id may see, NULL for anyone's) that started within [:since, :until); :now ends
 -- the running ones.
 WITH facts AS (
