@@ -225,10 +225,12 @@ def test_cancel_and_attempts(cli: Cli, group: str) -> None:
         assert client.poll_work("m2", group) is not None
 
     lines = cli.run("jobs", "attempts", job_id).stdout.splitlines()
-    assert lines[0].split() == ["MACHINE", "STARTED", "ENDED", "OUTCOME", "EXIT", "CODE"]
-    assert [(line.split()[0], line.split()[-2]) for line in lines[1:]] == [
-        ("m1", "interrupted"),
-        ("m2", "running"),
+    header = ["ATTEMPT", "MACHINE", "STARTED", "ENDED", "OUTCOME", "EXIT", "CODE"]
+    assert lines[0].split() == header
+    ids = [str(a["id"]) for a in cli.json("jobs", "attempts", job_id)]
+    assert [(line.split()[0], line.split()[1], line.split()[-2]) for line in lines[1:]] == [
+        (ids[0], "m1", "interrupted"),
+        (ids[1], "m2", "running"),
     ]
     assert cli.run("jobs", "cancel", job_id).stdout == "Job canceled\n"
     assert cli.json("jobs", "cancel", job_id) == {"message": "Job canceled"}

@@ -504,15 +504,17 @@ def cancel_job(api: Api, job_id: str) -> None:
 @click.argument("job_id")
 @with_api
 def job_attempts(api: Api, job_id: str) -> None:
-    """Every time a machine held the job, and how it ended."""
+    """Every time a machine held the job, and how it ended (the ATTEMPT column is what
+    `kelpie jobs logs --attempt` takes)."""
     attempts = api.client.list_attempts(job_id)
     if api.as_json:
         emit_json([attempt.model_dump(mode="json") for attempt in attempts])
         return
     emit_table(
-        ("MACHINE", "STARTED", "ENDED", "OUTCOME", "EXIT CODE"),
+        ("ATTEMPT", "MACHINE", "STARTED", "ENDED", "OUTCOME", "EXIT CODE"),
         (
             (
+                "-" if a.id is None else str(a.id),
                 a.machine_id,
                 when(a.started),
                 when(a.ended),
