@@ -348,7 +348,7 @@ async def test_a_postgres_claim_of_a_stalled_job_locks_no_pending_one(
         # A claim that has taken the stalled job and not committed yet...
         async with claimer.transaction():
             taken = await claimer.fetchrow(
-                kelpie.store.postgres._CLAIM, "m2", GROUP, None, "claimed", "lost"
+                kelpie.store.postgres._CLAIM, "m2", GROUP, None, "claimed", "lost", None
             )
             assert taken is not None and taken["id"] == stalled.id
             # ...leaves the oldest pending job to the next claimer.
