@@ -7,7 +7,9 @@
   (TRUNCATE) before each test: creating, migrating and dropping a database per test cost
   most of the store suite's time.
 - `empty_database_url`: a database with no schema at all, for the migration tests.
-- `store`: a migrated, open store on `database_url`, closed after the test.
+- `clock`: the time the `store` reads (tests/support/clock.py), standing still until the test
+  moves it: `clock.advance(60)` instead of waiting a minute or rewriting rows.
+- `store`: a migrated, open store on `database_url` with `clock`, closed after the test.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 
 from kelpie.store import Store, open_store
 from tests.support.api_fixtures import BACKENDS
+from tests.support.clock import ManualClock
 from tests.support.postgres import empty_every_table, run_sync
 
 
@@ -61,8 +64,13 @@ def empty_database_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    opened = open_store(database_url)
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def store(database_url: str, clock: ManualClock) -> AsyncIterator[Store]:
+    opened = open_store(database_url, clock=clock)
     await opened.open()
     try:
         yield opened

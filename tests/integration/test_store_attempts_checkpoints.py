@@ -1,7 +1,7 @@
 """Attempt tokens, checkpoint generations, job events and outage credit, on every Store.
 
-Time is moved by writing older timestamps into the database (a stalled lease, an outage of
-the API) instead of waiting for it.
+Time is moved by the store's clock (a stalled lease, an outage of the API) instead of waiting
+for it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import kelpie.store.postgres
 from kelpie.store import PostgresStore, Store
 from kelpie.store._common import MAX_WORKER_EVENTS_PER_ATTEMPT
 from kelpie.store.models import CommitOutcome, HeldOutcome, Job, ManifestEntry, NewJob, User
-from tests.support.store_time import run_sql, stall
+from tests.support.clock import ManualClock
 
 GROUP = "group-a"
 SPEC: dict[str, Any] = {"command": "python", "arguments": ["train.py"]}
@@ -66,12 +66,12 @@ async def test_claim_hands_out_the_attempt_id_listed_in_attempts(store: Store) -
 
 
 async def test_two_workers_on_one_machine_are_fenced_apart_by_attempt(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     user = await new_user(store)
     job = await submit(store, user)
     first = await claim(store, "node-1")
-    await stall(database_url, job.id)
+    clock.advance(60)  # the holder fell silent a minute ago
     second = await claim(store, "node-1")  # the other worker of the same node takes it over
     assert second.attempt_id != first.attempt_id
 
@@ -134,11 +134,11 @@ async def test_holder_commits_generations_that_only_go_forward(store: Store) -> 
     assert (await store.get_job(job.id, None) or job).checkpoint_generation == 3
 
 
-async def test_stale_attempt_cannot_commit(store: Store, database_url: str) -> None:
+async def test_stale_attempt_cannot_commit(store: Store, clock: ManualClock) -> None:
     user = await new_user(store)
     job = await submit(store, user)
     stale = await claim(store, "m1")
-    await stall(database_url, job.id)
+    clock.advance(60)  # the holder fell silent a minute ago
     current = await claim(store, "m2")
     assert stale.attempt_id is not None and current.attempt_id is not None
     manifest = files(("a", "ck/.kelpie/x/a", 1))
@@ -205,7 +205,7 @@ async def test_generations_beyond_keep_expire_objects_no_kept_one_uses(store: St
 
 
 async def test_state_changes_and_worker_reports_become_events(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     user = await new_user(store)
     job = await submit(store, user)
@@ -217,7 +217,7 @@ async def test_state_changes_and_worker_reports_become_events(
     assert added is HeldOutcome.DONE
     await store.fail_if_held(job.id, "m1", None, 3, "boom", first.attempt_id)
     second = await claim(store, "m2")
-    await stall(database_url, job.id)
+    clock.advance(60)  # the holder fell silent a minute ago
     third = await claim(store, "m3")
     assert second.attempt_id is not None and third.attempt_id is not None
     late = await store.add_worker_event(
@@ -267,17 +267,8 @@ async def test_worker_events_are_capped_per_attempt(store: Store) -> None:
 # -- the API's own outages --------------------------------------------------------------------
 
 
-async def outage(database_url: str, seconds: int) -> None:
-    """No API process reached the store for the last `seconds` s, and no heartbeat arrived."""
-    await run_sql(
-        database_url,
-        f"UPDATE api_liveness SET last_seen = last_seen - {seconds}",
-        f"UPDATE api_liveness SET last_seen = last_seen - interval '{seconds} s'",
-    )
-
-
 async def test_outage_of_the_api_moves_no_job_whose_holder_beats_again(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     user = await new_user(store)
     healthy = await submit(store, user)
@@ -285,11 +276,13 @@ async def test_outage_of_the_api_moves_no_job_whose_holder_beats_again(
     assert await store.note_api_alive() == 0.0
     await claim(store, "m-healthy")
     await claim(store, "m-dead")
-    # The API was unreachable for 60 s: the healthy holder's beats could not arrive. The
-    # other holder had been silent long before the outage began.
-    await outage(database_url, 60)
-    await stall(database_url, healthy.id, 59)
-    await stall(database_url, dead_before.id, 120)
+    # The other holder falls silent long before the outage begins; the healthy one beats on.
+    for _ in range(60):
+        clock.advance(1)
+        assert await store.heartbeat(healthy.id, "m-healthy", None) == "running"
+        assert await store.note_api_alive() == 0.0
+    # The API is unreachable for 60 s: the healthy holder's beats cannot arrive.
+    clock.advance(60)
 
     credited = await store.note_api_alive()
 
@@ -302,30 +295,29 @@ async def test_outage_of_the_api_moves_no_job_whose_holder_beats_again(
     assert await store.note_api_alive() == 0.0
 
 
-async def test_a_short_gap_is_not_an_outage(store: Store, database_url: str) -> None:
+async def test_a_short_gap_is_not_an_outage(store: Store, clock: ManualClock) -> None:
     user = await new_user(store)
     job = await submit(store, user)
     assert await store.note_api_alive() == 0.0
     await claim(store, "m1")
-    await outage(database_url, 1)
-    await stall(database_url, job.id, 30)
+    for _ in range(12):  # the holder falls silent; the API is alive, 2.5 s between signs
+        clock.advance(2.5)
+        assert await store.note_api_alive() == 0.0
 
-    assert await store.note_api_alive() == 0.0
     taken = await store.claim_job("m2", GROUP, None)
     assert taken is not None and taken.id == job.id
 
 
 async def test_first_start_counts_silence_since_the_newest_heartbeat(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     seconds = 10
     user = await new_user(store)
-    job = await submit(store, user)
+    await submit(store, user)
     await claim(store, "m1")
-    await run_sql(database_url, "DELETE FROM api_liveness", "DELETE FROM api_liveness")
-    await stall(database_url, job.id, seconds)  # upgraded while down: no liveness row yet
+    clock.advance(seconds)  # upgraded while down: no liveness row yet
 
-    assert await store.note_api_alive() >= seconds - 1
+    assert await store.note_api_alive() >= seconds
 
     assert await store.claim_job("m2", GROUP, None) is None
 
@@ -335,20 +327,21 @@ async def test_a_postgres_claim_of_a_stalled_job_locks_no_pending_one(
     fresh_postgres_url: Callable[[], str],
 ) -> None:
     url = fresh_postgres_url()
-    store = PostgresStore(url)
+    clock = ManualClock()
+    store = PostgresStore(url, clock=clock)
     await store.open()
     claimer, other = await asyncpg.connect(url), await asyncpg.connect(url)
     try:
         user = await new_user(store)
         stalled = await submit(store, user)
         await claim(store, "m1")
-        await stall(url, stalled.id)
+        clock.advance(60)
         pending = await submit(store, user)
 
         # A claim that has taken the stalled job and not committed yet...
         async with claimer.transaction():
             taken = await claimer.fetchrow(
-                kelpie.store.postgres._CLAIM, "m2", GROUP, None, "claimed", "lost"
+                kelpie.store.postgres._CLAIM, "m2", GROUP, None, "claimed", "lost", clock()
             )
             assert taken is not None and taken["id"] == stalled.id
             # ...leaves the oldest pending job to the next claimer.

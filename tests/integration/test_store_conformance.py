@@ -47,7 +47,7 @@ from kelpie.store.models import (
     User,
     WebhookEvent,
 )
-from tests.support.store_time import stall
+from tests.support.clock import ManualClock
 
 T = TypeVar("T")
 
@@ -310,10 +310,10 @@ async def test_unknown_job_is_not_found(store: Store) -> None:
     assert (await store.fail_if_held(missing, "m1", None, 1, "x")).outcome is HeldOutcome.NOT_FOUND
 
 
-async def test_list_jobs_pages_filters_and_orders(store: Store) -> None:
+async def test_list_jobs_pages_filters_and_orders(store: Store, clock: ManualClock) -> None:
     user, other = await new_user(store), await new_user(store)
     older = await submit(store, user, 3)
-    await asyncio.sleep(0.01)  # a distinct `created` for the second submission
+    clock.advance(0.01)  # a distinct `created` for the second submission
     newer = await submit(store, user, 2, group="group-b")
     [foreign] = await submit(store, other)
     claimed = await store.claim_job("m1", GROUP, user.id)
@@ -441,12 +441,14 @@ async def test_claim_is_isolated_by_group_and_user(store: Store) -> None:
     assert claimed_b is not None and claimed_b.id == other_group.id
 
 
-async def test_stalled_job_is_handed_to_next_machine(store: Store, database_url: str) -> None:
+async def test_stalled_job_is_handed_to_next_machine(store: Store, clock: ManualClock) -> None:
     user = await new_user(store)
     [job] = await submit(store, user, heartbeat_interval=1)
     assert await store.claim_job("m-old", GROUP, user.id) is not None
     assert await store.claim_job("m-new", GROUP, user.id) is None  # not stalled yet
-    await stall(database_url, job.id, 3)  # the holder fell silent 3 s ago
+    clock.advance(1.9)  # not quite two intervals of silence
+    assert await store.claim_job("m-new", GROUP, user.id) is None
+    clock.advance(1.1)  # the holder fell silent 3 s ago
 
     taken = await store.claim_job("m-new", GROUP, user.id)
 
@@ -468,7 +470,7 @@ async def test_stalled_job_is_handed_to_next_machine(store: Store, database_url:
 
 
 async def test_stalled_job_is_claimed_before_older_pending_job(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     user = await new_user(store)
     [older] = await submit(store, user, heartbeat_interval=3600)
@@ -476,7 +478,7 @@ async def test_stalled_job_is_claimed_before_older_pending_job(
     assert (await store.claim_job("m1", GROUP, None) or older).id == older.id
     assert (await store.claim_job("m2", GROUP, None) or older).id == stalling.id
     assert await store.interrupt_if_held(older.id, "m1", None) is HeldOutcome.DONE
-    await stall(database_url, stalling.id, 3)
+    clock.advance(3)
 
     taken = await store.claim_job("m3", GROUP, None)
 
@@ -502,22 +504,20 @@ async def test_claims_take_higher_priority_first_and_the_oldest_within_a_priorit
 
 
 async def test_stalled_job_is_claimed_before_a_pending_job_of_higher_priority(
-    store: Store,
+    store: Store, clock: ManualClock
 ) -> None:
     user = await new_user(store)
     [stalling] = await submit(store, user, heartbeat_interval=1, priority=-1000)
     assert (await store.claim_job("m1", GROUP, None) or stalling).machine_id == "m1"
     [urgent] = await submit(store, user, priority=1000)
+    # before the stalled one is due, the urgent job is the one claimed: put it back
+    ahead = await store.claim_job("m2", GROUP, None)
+    assert ahead is not None and ahead.id == urgent.id
+    assert await store.interrupt_if_held(urgent.id, "m2", None) is HeldOutcome.DONE
+    clock.advance(3)
 
-    async def claim_stalled() -> Job | None:
-        # the urgent job is claimable all along: put it back until the stalled one is due
-        job = await store.claim_job("m2", GROUP, None)
-        if job is not None and job.id == urgent.id:
-            assert await store.interrupt_if_held(job.id, "m2", None) is HeldOutcome.DONE
-            return None
-        return job
-
-    taken = await eventually(claim_stalled)
+    taken = await store.claim_job("m2", GROUP, None)
+    assert taken is not None
 
     assert taken.id == stalling.id and taken.priority == -1000
     next_job = await store.claim_job("m3", GROUP, None)
@@ -620,7 +620,7 @@ async def test_interrupt_requeues_without_counting_a_failure(store: Store) -> No
     assert await outcomes(store, job.id) == [("m1", "interrupted"), ("m1", "running")]
 
 
-async def test_attempts_record_every_hold(store: Store, database_url: str) -> None:
+async def test_attempts_record_every_hold(store: Store, clock: ManualClock) -> None:
     user = await new_user(store)
     [job] = await submit(store, user, heartbeat_interval=1)
     assert await store.claim_job("m1", GROUP, None) is not None
@@ -628,7 +628,7 @@ async def test_attempts_record_every_hold(store: Store, database_url: str) -> No
     assert await store.claim_job("m2", GROUP, None) is not None
     assert (await store.fail_if_held(job.id, "m2", None, 3, "bad")).outcome is HeldOutcome.DONE
     assert await store.claim_job("m3", GROUP, None) is not None
-    await stall(database_url, job.id, 3)
+    clock.advance(3)
     assert await store.claim_job("m4", GROUP, None) is not None
     assert await store.complete_if_held(job.id, "m4", None) is HeldOutcome.DONE
 
@@ -1154,7 +1154,9 @@ async def test_webhook_events_are_leased_retried_and_given_up(store: Store) -> N
     assert await store.pending_webhook_count() == 1
 
 
-async def test_finished_webhook_events_are_purged_and_pending_ones_kept(store: Store) -> None:
+async def test_finished_webhook_events_are_purged_and_pending_ones_kept(
+    store: Store, clock: ManualClock
+) -> None:
     user = await new_user(store)
     await submit(store, user, 3, webhook="https://example.com/hook")
     for machine in ("m1", "m2", "m3"):
@@ -1164,40 +1166,44 @@ async def test_finished_webhook_events_are_purged_and_pending_ones_kept(store: S
     assert await store.webhook_give_up(dead, "410 Gone")
     assert await store.webhook_retry_later(pending, 0, "503")
 
+    clock.advance(3599)
     assert await store.purge_finished_webhooks(older_than_seconds=3600) == 0
-    assert await store.purge_finished_webhooks(older_than_seconds=0) == 2
+    clock.advance(2)
+    assert await store.purge_finished_webhooks(older_than_seconds=3600) == 2
 
     [left] = await store.claim_webhook_events(10, 30)
     assert left.id == pending.id
     assert await store.pending_webhook_count() == 1
 
 
-async def lease_taken_over(store: Store) -> tuple[WebhookEvent, WebhookEvent]:
+async def lease_taken_over(store: Store, clock: ManualClock) -> tuple[WebhookEvent, WebhookEvent]:
     """One event leased for 0.2 s, then claimed again once that lease ran out: the first
     holder's view of it and the second's."""
     user = await new_user(store)
     await submit(store, user, webhook="https://example.com/hook")
     assert await store.claim_job("m1", GROUP, None) is not None
     [first] = await store.claim_webhook_events(10, 0.2)
+    clock.advance(0.1)
+    assert await store.claim_webhook_events(10, 30) == []  # still leased
+    clock.advance(0.1)
 
-    async def claim() -> list[WebhookEvent] | None:
-        return await store.claim_webhook_events(10, 30) or None
-
-    [second] = await eventually(claim)
+    [second] = await store.claim_webhook_events(10, 30)
     return first, second
 
 
-async def test_expired_webhook_lease_makes_the_event_due_again(store: Store) -> None:
-    leased, again = await lease_taken_over(store)
+async def test_expired_webhook_lease_makes_the_event_due_again(
+    store: Store, clock: ManualClock
+) -> None:
+    leased, again = await lease_taken_over(store, clock)
 
     assert again.id == leased.id and again.attempts == 0
     assert again.lease_token != leased.lease_token
 
 
 async def test_a_holder_past_its_lease_cannot_undo_the_next_holders_outcome(
-    store: Store,
+    store: Store, clock: ManualClock
 ) -> None:
-    stalled, taken_over = await lease_taken_over(store)
+    stalled, taken_over = await lease_taken_over(store, clock)
 
     # The stalled holder wakes up: none of its outcomes may clear the new holder's lease.
     assert not await store.webhook_retry_later(stalled, 0, "timeout")
@@ -1284,8 +1290,8 @@ async def test_a_postponed_event_is_released_without_counting_an_attempt(store: 
     assert await store.pending_webhook_count() == 1
 
 
-async def test_postponing_needs_the_lease(store: Store) -> None:
-    stalled, taken_over = await lease_taken_over(store)
+async def test_postponing_needs_the_lease(store: Store, clock: ManualClock) -> None:
+    stalled, taken_over = await lease_taken_over(store, clock)
 
     assert not await store.webhook_postpone(stalled, 0)
     assert await store.webhook_postpone(taken_over, 0)
@@ -1293,7 +1299,9 @@ async def test_postponing_needs_the_lease(store: Store) -> None:
     assert again.id == taken_over.id and again.attempts == 0
 
 
-async def test_pausing_a_receiver_holds_back_its_pending_events_only(store: Store) -> None:
+async def test_pausing_a_receiver_holds_back_its_pending_events_only(
+    store: Store, clock: ManualClock
+) -> None:
     paused, other = "https://down.example.com", "https://up.example.com"
     user = await new_user(store)
     await queue_events(store, user, f"{paused}/hook", 3)
@@ -1310,10 +1318,11 @@ async def test_pausing_a_receiver_holds_back_its_pending_events_only(store: Stor
     [recorded] = await store.claim_webhook_events(10, 30)
     assert recorded.id == in_flight.id
 
-    async def after_the_pause() -> list[WebhookEvent] | None:
-        return await store.claim_webhook_events(10, 30) or None
+    clock.advance(0.4)
+    assert await store.claim_webhook_events(10, 30) == []  # still paused
+    clock.advance(0.1)
 
-    [waited] = await eventually(after_the_pause)
+    [waited] = await store.claim_webhook_events(10, 30)
     assert waited.receiver == paused and waited.attempts == 0
     assert waited.id not in (in_flight.id, retrying.id)
 
@@ -1407,7 +1416,7 @@ async def test_concurrent_patches_never_leave_min_above_max(store: Store) -> Non
     assert rule is not None and rule.min_replicas <= rule.max_replicas
 
 
-async def test_count_active_jobs_includes_recently_ended(store: Store) -> None:
+async def test_count_active_jobs_includes_recently_ended(store: Store, clock: ManualClock) -> None:
     user, other = await new_user(store), await new_user(store)
     await submit(store, user, 4)
     await submit(store, user, group="group-b")
@@ -1423,23 +1432,24 @@ async def test_count_active_jobs_includes_recently_ended(store: Store) -> None:
 
     # one running, one pending, and two ended within the hour
     assert await store.count_active_jobs(user.id, GROUP, 3600) == 4
-    await asyncio.sleep(0.01)
+    clock.advance(0.01)
     assert await store.count_active_jobs(user.id, GROUP, 0) == 2
 
 
 # -- leases ---------------------------------------------------------------------------------
 
 
-async def test_lease_is_exclusive_until_it_expires(store: Store) -> None:
+async def test_lease_is_exclusive_until_it_expires(store: Store, clock: ManualClock) -> None:
     assert await store.try_lease("autoscaler", "api-1", 0.5) is True
     assert await store.try_lease("autoscaler", "api-2", 0.5) is False
+    clock.advance(0.3)
     assert await store.try_lease("autoscaler", "api-1", 0.5) is True  # renewal
     assert await store.try_lease("webhooks", "api-2", 0.5) is True  # another lease
+    clock.advance(0.3)
+    assert await store.try_lease("autoscaler", "api-2", 30) is False  # renewed: not yet
+    clock.advance(0.2)
 
-    async def take_over() -> bool | None:
-        return await store.try_lease("autoscaler", "api-2", 30) or None
-
-    assert await eventually(take_over) is True
+    assert await store.try_lease("autoscaler", "api-2", 30) is True
     assert await store.try_lease("autoscaler", "api-1", 30) is False
 
 

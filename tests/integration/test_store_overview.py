@@ -9,7 +9,7 @@ from typing import Any
 
 from kelpie.store import Store
 from kelpie.store.models import CancelOutcome, HeldOutcome, Job, NewJob, User
-from tests.support.store_time import stall
+from tests.support.clock import ManualClock
 
 SPEC: dict[str, Any] = {"command": "python", "arguments": ["train.py"]}
 
@@ -37,7 +37,7 @@ async def claim(store: Store, machine: str, group: str) -> Job:
 
 
 async def test_metrics_snapshot_counts_jobs_attempts_blocks_and_webhook_backlog(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     alice, bob = await new_user(store), await new_user(store)
     await submit(store, alice, "g1", 4)
@@ -53,7 +53,7 @@ async def test_metrics_snapshot_counts_jobs_attempts_blocks_and_webhook_backlog(
     canceled = await claim(store, "m4", "g2")
     assert await store.cancel_job(canceled.id, None) is CancelOutcome.CANCELED
     stalled = await claim(store, "m5", "g2")
-    await stall(database_url, stalled.id)
+    clock.advance(60)  # its holder fell silent a minute ago
     taken_over = await claim(store, "m6", "g2")
     assert taken_over.id == stalled.id
 

@@ -4,7 +4,6 @@ Store. Time is moved by writing older timestamps into the database, never by wai
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +22,7 @@ from kelpie.store.models import (
     User,
 )
 from kelpie.store.protocol import IdempotencyConflict
-from tests.support.store_sql import set_columns
+from tests.support.clock import ManualClock
 
 GROUP = "group-a"
 
@@ -62,14 +61,6 @@ async def current(store: Store, job_id: str) -> Job:
     job = await store.get_job(job_id, None)
     assert job is not None
     return job
-
-
-async def stall(database_url: str, job_id: str) -> None:
-    """The holder's last heartbeat was a minute ago: its lease has run out."""
-    past = time.time() - 60
-    await set_columns(
-        database_url, "jobs", {"id": job_id}, {"heartbeat": past, "lease_expires": past + 2}
-    )
 
 
 def ids(jobs: list[Job]) -> set[str]:
@@ -192,11 +183,11 @@ async def test_the_interruption_that_reaches_max_interruptions_fails_the_job(
     assert statuses == ["running", "running", "failed"]
 
 
-async def test_a_lost_attempt_counts_as_an_interruption(store: Store, database_url: str) -> None:
+async def test_a_lost_attempt_counts_as_an_interruption(store: Store, clock: ManualClock) -> None:
     user = await new_user(store)
     job = await submit(store, user, max_interruptions=5)
     await claim(store, "m1")
-    await stall(database_url, job.id)
+    clock.advance(60)  # the holder fell silent a minute ago
 
     taken = await claim(store, "m2")
 
@@ -205,7 +196,7 @@ async def test_a_lost_attempt_counts_as_an_interruption(store: Store, database_u
 
 
 async def test_a_stalled_job_out_of_interruptions_fails_instead_of_moving_on(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     user = await new_user(store)
     limited = await submit(store, user, max_interruptions=1, webhook="https://example.com/h")
@@ -213,8 +204,9 @@ async def test_a_stalled_job_out_of_interruptions_fails_instead_of_moving_on(
     await claim(store, "m1")
     await claim(store, "m2")
     assert await store.end_stalled_out_of_interruptions() == []  # both still beat
-    await stall(database_url, limited.id)
-    await stall(database_url, unlimited.id)
+    clock.advance(1.9)
+    assert await store.end_stalled_out_of_interruptions() == []  # not two intervals yet
+    clock.advance(60)
 
     # the unlimited job is handed on; the limited one is never claimed again
     assert (await claim(store, "m3")).id == unlimited.id
@@ -273,21 +265,23 @@ async def test_a_repeated_key_answers_the_first_requests_jobs(store: Store) -> N
 
 
 async def test_a_key_past_its_lifetime_is_taken_anew_and_then_forgotten(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     user = await new_user(store)
     old = IdempotentRequest("old-key", "fingerprint-a")
+    stale = IdempotentRequest("stale-key", "fingerprint-a")
     recent = IdempotentRequest("recent-key", "fingerprint-a")
     [first] = (await store.create_jobs_once(user.id, [new_job()], old)).jobs
+    await store.create_jobs_once(user.id, [new_job()], stale)
+    clock.advance(60)
     await store.create_jobs_once(user.id, [new_job()], recent)
-    expired = time.time() - IDEMPOTENCY_KEY_LIFETIME_S - 60
-    await set_columns(database_url, "idempotency_keys", {"key": "old-key"}, {"created": expired})
+    assert await store.purge_idempotency_keys() == 0
+    clock.advance(IDEMPOTENCY_KEY_LIFETIME_S - 30)  # the first two keys' lifetime is over
 
     reused = await store.create_jobs_once(user.id, [new_job()], IdempotentRequest("old-key", "b"))
     assert not reused.replayed and reused.jobs[0].id != first.id
 
-    await set_columns(database_url, "idempotency_keys", {"key": "old-key"}, {"created": expired})
-    assert await store.purge_idempotency_keys() == 1
+    assert await store.purge_idempotency_keys() == 1  # the stale key; the others live on
     assert (await store.create_jobs_once(user.id, [new_job()], recent)).replayed
 
 
@@ -331,12 +325,12 @@ async def test_racing_requests_with_one_key_create_the_jobs_once(database_url: s
 
 
 async def test_a_takeover_keeps_the_lost_holders_last_heartbeat(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     user = await new_user(store)
     job = await submit(store, user)
     await claim(store, "m1")
-    await stall(database_url, job.id)
+    clock.advance(60)
     beat = (await current(store, job.id)).heartbeat
     assert beat is not None
 
@@ -350,7 +344,7 @@ async def test_a_takeover_keeps_the_lost_holders_last_heartbeat(
 
 
 async def test_worker_events_mark_their_attempts_phases_even_beyond_the_cap(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     user = await new_user(store)
     job = await submit(store, user)
@@ -358,25 +352,14 @@ async def test_worker_events_mark_their_attempts_phases_even_beyond_the_cap(
     assert held.attempt_id is not None
     for i in range(205):  # fills the attempt's events past the cap
         await store.add_worker_event(job.id, "m1", None, held.attempt_id, "warning", f"w{i}", None)
+    clock.advance(10)  # the command starts 10 s after the claim
     await store.add_worker_event(job.id, "m1", None, held.attempt_id, "started", "started", None)
     for seconds in (1.5, 2.0):
         await store.add_worker_event(
             job.id, "m1", None, held.attempt_id, "outputs_uploaded", "up", {"seconds": seconds}
         )
+    clock.advance(90)  # the attempt ends 100 s after the claim
     assert await store.complete_if_held(job.id, "m1", None, held.attempt_id) is HeldOutcome.DONE
-    claimed_at = held.started
-    assert claimed_at is not None
-    # the command started 10 s after the claim; the attempt ended 100 s after
-    await set_columns(
-        database_url,
-        "attempts",
-        {"id": held.attempt_id},
-        {
-            "started": claimed_at.timestamp(),
-            "command_started": claimed_at.timestamp() + 10,
-            "ended": claimed_at.timestamp() + 100,
-        },
-    )
 
     ledger = await store.job_goodput(job.id, None)
 
@@ -389,20 +372,15 @@ async def test_worker_events_mark_their_attempts_phases_even_beyond_the_cap(
 
 
 async def test_a_repeated_started_event_does_not_move_the_commands_start(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     user = await new_user(store)
     job = await submit(store, user)
     held = await claim(store, "m1")
     assert held.attempt_id is not None
+    clock.advance(5)
     await store.add_worker_event(job.id, "m1", None, held.attempt_id, "started", "s", None)
-    minute_ago = time.time() - 60
-    await set_columns(
-        database_url,
-        "attempts",
-        {"id": held.attempt_id},
-        {"started": minute_ago, "command_started": minute_ago + 5},
-    )
+    clock.advance(55)
 
     await store.add_worker_event(job.id, "m1", None, held.attempt_id, "started", "again", None)
 

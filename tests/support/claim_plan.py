@@ -72,9 +72,11 @@ async def postgres_claim_plans(url: str, group: str, user_id: str | None) -> lis
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(
-            f"PREPARE kelpie_claim (text, text, text, text, text) AS {postgres._CLAIM}"
+            f"PREPARE kelpie_claim (text, text, text, text, text, timestamptz) AS {postgres._CLAIM}"
         )
-        arguments = ", ".join(_quote(v) for v in ("plan-probe", group, user_id, "claimed", "lost"))
+        # now: NULL, the database clock, as in production
+        values = ("plan-probe", group, user_id, "claimed", "lost", None)
+        arguments = ", ".join(_quote(v) for v in values)
         plans = []
         for mode in ("custom", "generic"):
             await conn.execute(f"SET plan_cache_mode = force_{mode}_plan")
@@ -113,8 +115,11 @@ def postgres_plan_problems(text: str) -> list[str]:
     for node in ("Sort", "Bitmap", "Seq Scan"):
         if re.search(rf"->\s+{node}|^\s*{node}", pending, re.MULTILINE):
             problems.append(f"the pending scan has a {node} node")
-    if RUNNING_INDEX not in sections.get("stalled", ""):
+    stalled = sections.get("stalled", "")
+    if RUNNING_INDEX not in stalled:
         problems.append(f"stalled jobs are not found through {RUNNING_INDEX}")
+    elif not re.search(r"Index Cond: .*lease_expires <", stalled):
+        problems.append(f"the lease's end is not a condition of the {RUNNING_INDEX} scan")
     if "Seq Scan on jobs" in text:
         problems.append("a full scan of the jobs")
     if "jobs_by_created" in text:

@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from kelpie.store.clock import Clock
     from kelpie.store.postgres import PostgresStore
     from kelpie.store.protocol import (
         AlreadyExists,
@@ -56,9 +57,11 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def open_store(database_url: str) -> Store:
+def open_store(database_url: str, *, clock: Clock | None = None) -> Store:
     """The store for a database URL, not yet connected: `await store.open()` connects and
     migrates, `await store.close()` disconnects.
+
+    `clock`: the time the store reads (kelpie.store.clock); None, production time.
 
     `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, `postgresql://…` or
     `postgres://…` (any libpq-style URL asyncpg accepts).
@@ -69,11 +72,11 @@ def open_store(database_url: str) -> Store:
             raise ValueError(f"a SQLite database URL needs a file path: {database_url!r}")
         from kelpie.store.sqlite import SqliteStore
 
-        return SqliteStore(path)
+        return SqliteStore(path, clock=clock)
     if database_url.startswith(("postgresql://", "postgres://")):
         from kelpie.store.postgres import PostgresStore
 
-        return PostgresStore(database_url)
+        return PostgresStore(database_url, clock=clock)
     raise ValueError(
         f"unsupported database URL {database_url!r}: use sqlite:///<path> or postgresql://…"
     )

@@ -6,7 +6,8 @@ with the attempt, block and webhook outbox writes as data-modifying CTEs of the 
 statement, so they commit or vanish together in one round trip. Submissions are one
 statement too; they are announced to the other API processes (LISTEN/NOTIFY) right after
 they commit. Times come from the database clock (`now()`: the start of the statement's
-transaction).
+transaction), unless the store was given a clock (kelpie.store.clock): every statement that
+reads the time takes it as its last parameter, NULL for the database's.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from kelpie.store._common import (
     webhook_payload,
 )
 from kelpie.store._connection_pool import UNREACHABLE_ERRORS, ConnectionPool
+from kelpie.store.clock import Clock
 from kelpie.store.goodput import (
     GroupLedger,
     JobLedger,
@@ -286,8 +288,16 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
 class PostgresStore:
     """The Store on one PostgreSQL database; any number of processes may share it."""
 
-    def __init__(self, url: str, *, min_connections: int = 2, max_connections: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_connections: int = 2,
+        max_connections: int = 10,
+        clock: Clock | None = None,
+    ) -> None:
         self._url = url
+        self._clock = clock
         self._min_connections = min_connections
         self._max_connections = max_connections
         self._pool: ConnectionPool | None = None
@@ -297,6 +307,11 @@ class PostgresStore:
         self._unannounced: set[str] = set()
         self._announcing: asyncio.Task[None] | None = None
         self._closing = False
+
+    def _now(self) -> datetime | None:
+        """The time the statements take as their last parameter: the store's clock, else
+        NULL, for the database clock (`now()`, the start of the transaction)."""
+        return None if self._clock is None else self._clock()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -428,6 +443,7 @@ class PostgresStore:
 
     # -- users and keys ----------------------------------------------------------------
     async def ensure_admin(self, username: str, key_hash: str) -> User:
+        now = self._now()
         async with self._transaction() as conn:
             await conn.execute(
                 _ENSURE_ADMIN_USER,
@@ -435,10 +451,11 @@ class PostgresStore:
                 username,
                 new_webhook_secret(),
                 new_webhook_token(),
+                now,
             )
             row = await conn.fetchrow(_MAKE_ADMIN, username)
             assert row is not None  # inserted or already there, inside this transaction
-            await conn.execute(_ADD_BOOTSTRAP_KEY, new_id(), key_hash, row["id"])
+            await conn.execute(_ADD_BOOTSTRAP_KEY, new_id(), key_hash, row["id"], now)
             await conn.execute(_REVOKE_OTHER_BOOTSTRAP_KEYS, key_hash)
         return _decode.user(row)
 
@@ -451,6 +468,7 @@ class PostgresStore:
                 is_admin,
                 new_webhook_secret(),
                 new_webhook_token(),
+                self._now(),
             )
         except asyncpg.UniqueViolationError as exc:
             raise AlreadyExists(f"username {username!r} is taken") from exc
@@ -472,6 +490,7 @@ class PostgresStore:
                 user_id,
                 org_name,
                 project_name,
+                self._now(),
             )
         except asyncpg.ForeignKeyViolationError as exc:
             raise NotFound(f"no user {user_id}") from exc
@@ -503,7 +522,9 @@ class PostgresStore:
     async def create_jobs(self, user_id: str, jobs: Sequence[NewJob]) -> list[Job]:
         ids = [new_id() for _ in jobs]
         try:
-            rows = await self._connected().fetch(_CREATE_JOBS, user_id, *_job_columns(ids, jobs))
+            rows = await self._connected().fetch(
+                _CREATE_JOBS, user_id, *_job_columns(ids, jobs), self._now()
+            )
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise StoreError(f"batch rejected, no job stored: {exc}") from exc
         self._announce_new_jobs(job.container_group_id for job in jobs)
@@ -514,6 +535,7 @@ class PostgresStore:
         self, user_id: str, jobs: Sequence[NewJob], request: IdempotentRequest
     ) -> Submitted:
         ids = [new_id() for _ in jobs]
+        now = self._now()
         try:
             async with self._transaction() as conn:
                 taken = await conn.fetchval(
@@ -524,10 +546,11 @@ class PostgresStore:
                     request.status_code,
                     ids,
                     IDEMPOTENCY_KEY_LIFETIME_S,
+                    now,
                 )
                 if not taken:
                     return await self._replay(conn, user_id, request)
-                rows = await conn.fetch(_CREATE_JOBS, user_id, *_job_columns(ids, jobs))
+                rows = await conn.fetch(_CREATE_JOBS, user_id, *_job_columns(ids, jobs), now)
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise StoreError(f"batch rejected, no job stored: {exc}") from exc
         self._announce_new_jobs(job.container_group_id for job in jobs)
@@ -554,7 +577,7 @@ class PostgresStore:
 
     async def purge_idempotency_keys(self) -> int:
         status: str = await self._connected().execute(
-            _PURGE_IDEMPOTENCY_KEYS, IDEMPOTENCY_KEY_LIFETIME_S
+            _PURGE_IDEMPOTENCY_KEYS, IDEMPOTENCY_KEY_LIFETIME_S, self._now()
         )
         return int(status.rsplit(" ", 1)[1])
 
@@ -620,7 +643,7 @@ class PostgresStore:
 
     async def cancel_job(self, job_id: str, user_id: str | None) -> CancelOutcome:
         pool = self._connected()
-        if await pool.fetchrow(_CANCEL, job_id, user_id, CANCELED_MESSAGE) is not None:
+        if await pool.fetchrow(_CANCEL, job_id, user_id, CANCELED_MESSAGE, self._now()) is not None:
             return CancelOutcome.CANCELED
         status = await pool.fetchval(_JOB_STATUS, job_id, user_id)
         if status is None:
@@ -635,7 +658,9 @@ class PostgresStore:
             # Lock the group's live jobs first: claims skip them and workers' reports wait,
             # so no job slips from pending to running (or back) between delete and cancel.
             await conn.execute(_LOCK_LIVE_JOBS_OF_GROUP, user_id, container_group_id)
-            touched = await conn.fetchval(_PURGE_GROUP, user_id, container_group_id, PURGED_MESSAGE)
+            touched = await conn.fetchval(
+                _PURGE_GROUP, user_id, container_group_id, PURGED_MESSAGE, self._now()
+            )
         return int(touched)
 
     async def delete_all_jobs(self) -> None:
@@ -663,6 +688,7 @@ class PostgresStore:
             user_id,
             claimed_message(machine_id),
             lost_message(machine_id),
+            self._now(),
         )
         return None if row is None else _decode.job(row)
 
@@ -678,7 +704,7 @@ class PostgresStore:
         if progress is not None:
             if await self._beat_with_progress(job_id, machine_id, user_id, attempt_id, progress):
                 return "running"
-        elif await pool.fetchval(_HEARTBEAT, job_id, machine_id, user_id, attempt_id):
+        elif await pool.fetchval(_HEARTBEAT, job_id, machine_id, user_id, attempt_id, self._now()):
             return "running"
         status = await pool.fetchval(_JOB_STATUS, job_id, user_id)
         if status is None:
@@ -697,16 +723,17 @@ class PostgresStore:
         """The holder's beat that brings the job's progress: recorded (with a new stall
         deadline) when it changed, and a `progress` event at a milestone. False when the
         caller does not hold the job."""
+        now = self._now()
         async with self._transaction() as conn:
             held = await conn.fetchrow(
-                _HEARTBEAT_WITH_PROGRESS, job_id, machine_id, user_id, attempt_id
+                _HEARTBEAT_WITH_PROGRESS, job_id, machine_id, user_id, attempt_id, now
             )
             if held is None:
                 return False
             previous = held["progress"]
             if previous == progress:
                 return True
-            await conn.execute(_RECORD_PROGRESS, job_id, dict(progress))
+            await conn.execute(_RECORD_PROGRESS, job_id, dict(progress), now)
             if progress_milestone(previous, progress):
                 await conn.execute(
                     _ADD_PROGRESS_EVENT,
@@ -715,6 +742,7 @@ class PostgresStore:
                     machine_id,
                     progress_message(progress),
                     dict(progress),
+                    now,
                 )
         return True
 
@@ -726,7 +754,13 @@ class PostgresStore:
         attempt_id: int | None = None,
     ) -> HeldOutcome:
         row = await self._connected().fetchrow(
-            _COMPLETE, job_id, machine_id, user_id, attempt_id, completed_message(machine_id)
+            _COMPLETE,
+            job_id,
+            machine_id,
+            user_id,
+            attempt_id,
+            completed_message(machine_id),
+            self._now(),
         )
         if row is not None:
             return HeldOutcome.DONE
@@ -755,6 +789,7 @@ class PostgresStore:
             failure_message(machine_id, exit_code, error, ended=False),
             {"exit_code": exit_code, "error": error},
             fail_now,
+            self._now(),
         )
         if row is None:
             return FailureResult(await self._why_not_held(job_id, user_id))
@@ -780,30 +815,34 @@ class PostgresStore:
             interrupted_message(machine_id, exit_code),
             exit_code,
             interruption_event_data(exit_code),
+            self._now(),
         )
         if row is not None:
             return HeldOutcome.DONE
         return await self._why_not_held(job_id, user_id)
 
     async def end_stalled_out_of_interruptions(self) -> list[Job]:
-        rows = await self._connected().fetch(_END_STALLED_OUT_OF_INTERRUPTIONS, STALLED_MESSAGE)
+        rows = await self._connected().fetch(
+            _END_STALLED_OUT_OF_INTERRUPTIONS, STALLED_MESSAGE, self._now()
+        )
         return [_decode.job(row) for row in rows]
 
     async def end_stalled_jobs(self) -> list[Job]:
         pool = self._connected()
-        if not await pool.fetchval(_ANY_STALLED_JOB):
+        if not await pool.fetchval(_ANY_STALLED_JOB, self._now()):
             return []
         stopped: list[Job] = []
+        now = self._now()
         async with self._transaction() as conn:
-            found = await conn.fetch(_LOCK_STALLED_JOBS)
+            found = await conn.fetch(_LOCK_STALLED_JOBS, now)
             for held in found:
                 reason = stalled_reason(held["stall_timeout"])
-                row = await conn.fetchrow(_FAIL_STALLED, held["id"], reason)
+                row = await conn.fetchrow(_FAIL_STALLED, held["id"], reason, now)
                 assert row is not None  # locked since the read
                 job = _decode.job(row)
                 machine_id = held["machine_id"]
-                await conn.execute(_BLOCK_MACHINE, job.id, machine_id)
-                await conn.execute(_FAIL_RUNNING_ATTEMPT, job.id)
+                await conn.execute(_BLOCK_MACHINE, job.id, machine_id, now)
+                await conn.execute(_FAIL_RUNNING_ATTEMPT, job.id, now)
                 await conn.execute(
                     _ADD_STALLED_EVENT,
                     job.id,
@@ -811,6 +850,7 @@ class PostgresStore:
                     machine_id,
                     stalled_message(machine_id, reason, ended=job.status == "failed"),
                     {"exit_code": None, "error": reason, "stall_timeout": job.stall_timeout},
+                    now,
                 )
                 if job.status == "failed" and job.webhook is not None:
                     await conn.execute(
@@ -818,6 +858,7 @@ class PostgresStore:
                         job.user_id,
                         job.webhook,
                         webhook_payload("failed", job.id, machine_id, job.container_group_id),
+                        now,
                     )
                 stopped.append(job)
         return stopped
@@ -826,6 +867,7 @@ class PostgresStore:
     async def note_workers_seen(self, sightings: Sequence[WorkerSighting]) -> None:
         if not sightings:
             return
+        now = self._now()
         async with self._transaction() as conn:
             await conn.executemany(
                 _NOTE_WORKER,
@@ -837,6 +879,7 @@ class PostgresStore:
                         seen.any_user,
                         seen.version,
                         seen.polled,
+                        now,
                     )
                     for seen in sightings
                 ],
@@ -846,7 +889,7 @@ class PostgresStore:
         self, user_id: str | None, container_group_id: str | None, seen_within_seconds: float
     ) -> list[Worker]:
         rows = await self._connected().fetch(
-            _LIST_WORKERS, user_id, container_group_id, seen_within_seconds
+            _LIST_WORKERS, user_id, container_group_id, seen_within_seconds, self._now()
         )
         return [_decode.worker(row) for row in rows]
 
@@ -854,7 +897,12 @@ class PostgresStore:
         if job.status != "pending":
             return None
         row = await self._connected().fetchrow(
-            _PENDING_REASON, job.id, job.user_id, job.container_group_id, RECENT_WORKER_SECONDS
+            _PENDING_REASON,
+            job.id,
+            job.user_id,
+            job.container_group_id,
+            RECENT_WORKER_SECONDS,
+            self._now(),
         )
         if row is None or not row["found"]:
             return None  # deleted meanwhile
@@ -869,36 +917,45 @@ class PostgresStore:
         job = await self.get_job(job_id, user_id)
         if job is None:
             return None
-        rows = await self._connected().fetch(_JOB_GOODPUT, job_id, user_id)
+        rows = await self._connected().fetch(_JOB_GOODPUT, job_id, user_id, self._now())
         return JobLedger(job.id, job.status, [attempt_ledger(row) for row in rows])
 
     async def group_goodput(
         self, user_id: str | None, container_group_id: str, since: datetime, until: datetime
     ) -> GroupLedger:
+        now = self._now()
         async with self._transaction() as conn:
             # Planned for this group and window each time: the plan a prepared statement
             # settles on after five runs, made for any group, is several times slower.
             await conn.execute(_CUSTOM_PLAN)
             row = await conn.fetchrow(
-                _GROUP_GOODPUT, container_group_id, user_id, since.timestamp(), until.timestamp()
+                _GROUP_GOODPUT,
+                container_group_id,
+                user_id,
+                since.timestamp(),
+                until.timestamp(),
+                now,
             )
         assert row is not None  # an aggregate always answers one row
         return group_ledger(container_group_id, since, until, row)
 
     async def note_api_alive(self) -> float:
+        now = self._now()
         async with self._transaction() as conn:
             # The row lock makes processes that come back together credit one outage once.
             last_seen = await conn.fetchval(_LOCK_API_LIVENESS)
             if last_seen is None:
                 # First start on this database (or after an upgrade): the last sign of life
                 # is the newest heartbeat heard.
-                last_seen = await conn.fetchval(_NEWEST_HEARTBEAT)
-            gap: float = await conn.fetchval(_SECONDS_SINCE, last_seen)
+                last_seen = await conn.fetchval(_NEWEST_HEARTBEAT, now)
+            gap: float = await conn.fetchval(_SECONDS_SINCE, last_seen, now)
             if gap > OUTAGE_GAP_SECONDS:
                 # Nobody could hear heartbeats since `last_seen`: a job whose lease was still
                 # good then gets a full lease from now, to beat again.
-                await conn.execute(_EXTEND_LEASES_AFTER_OUTAGE, last_seen, OUTAGE_GRACE_SECONDS)
-            await conn.execute(_NOTE_API_ALIVE)
+                await conn.execute(
+                    _EXTEND_LEASES_AFTER_OUTAGE, last_seen, OUTAGE_GRACE_SECONDS, now
+                )
+            await conn.execute(_NOTE_API_ALIVE, now)
         return gap if gap > OUTAGE_GAP_SECONDS else 0.0
 
     # -- checkpoints and events --------------------------------------------------------
@@ -914,6 +971,7 @@ class PostgresStore:
     ) -> CommitResult:
         stored = manifest_to_json(manifest)
         size = sum(entry.size for entry in manifest)
+        now = self._now()
         async with self._transaction() as conn:
             # The job's row lock orders commits (and claims) of one job.
             job = await conn.fetchrow(_LOCK_JOB_FOR_COMMIT, job_id, user_id)
@@ -948,9 +1006,10 @@ class PostgresStore:
                 size,
                 stored,
                 upload_seconds,
+                now,
             )
             await conn.execute(_SET_CHECKPOINT_GENERATION, job_id, generation)
-            await conn.execute(_COUNT_COMMIT, attempt_id, upload_seconds)
+            await conn.execute(_COUNT_COMMIT, attempt_id, upload_seconds, now)
             kept_rows = await conn.fetch(_KEPT_MANIFESTS, job_id)
             keep = job["checkpoint_keep"]
             dropped = kept_rows[keep:]
@@ -967,6 +1026,7 @@ class PostgresStore:
                 machine_id,
                 checkpoint_message(generation, len(manifest), size),
                 {"generation": generation, "files": len(manifest), "bytes": size},
+                now,
             )
         checkpoint = Checkpoint(
             job_id, generation, attempt_id, machine_id, created, len(manifest), size, True
@@ -1008,6 +1068,7 @@ class PostgresStore:
             None if data is None else dict(data),
             MAX_WORKER_EVENTS_PER_ATTEMPT,
             upload_seconds_of(data) if kind == "outputs_uploaded" else None,
+            self._now(),
         )
         if added:
             return HeldOutcome.DONE
@@ -1024,7 +1085,9 @@ class PostgresStore:
     async def claim_reallocation(
         self, user_id: str, machine_id: str, threshold: int
     ) -> Blocked | None:
-        row = await self._connected().fetchrow(_CLAIM_REALLOCATION, user_id, machine_id, threshold)
+        row = await self._connected().fetchrow(
+            _CLAIM_REALLOCATION, user_id, machine_id, threshold, self._now()
+        )
         if row is None:
             return None
         return Blocked(
@@ -1054,6 +1117,7 @@ class PostgresStore:
             list(listed),
             list(listed.values()),
             limit if per_receiver is None else per_receiver,
+            self._now(),
         )
         events = [
             WebhookEvent(
@@ -1086,7 +1150,7 @@ class PostgresStore:
 
     async def postpone_receiver_webhooks(self, receiver: str, delay_seconds: float) -> int:
         status: str = await self._connected().execute(
-            _POSTPONE_RECEIVER_WEBHOOKS, receiver, delay_seconds
+            _POSTPONE_RECEIVER_WEBHOOKS, receiver, delay_seconds, self._now()
         )
         return int(status.rsplit(" ", 1)[1])
 
@@ -1094,17 +1158,20 @@ class PostgresStore:
         self, statement: str, event: WebhookEvent, *args: object
     ) -> bool:
         """Runs one of the statements that end a claim of the event ($1 id, $2 lease token,
-        then `args`): true when the claim still held the lease."""
+        then `args`, then now): true when the claim still held the lease."""
         status: str = await self._connected().execute(
             statement,
             event.id,
             event.lease_token,
             *args,
+            self._now(),
         )
         return status == "UPDATE 1"
 
     async def purge_finished_webhooks(self, older_than_seconds: float) -> int:
-        status: str = await self._connected().execute(_PURGE_FINISHED_WEBHOOKS, older_than_seconds)
+        status: str = await self._connected().execute(
+            _PURGE_FINISHED_WEBHOOKS, older_than_seconds, self._now()
+        )
         return int(status.rsplit(" ", 1)[1])
 
     async def pending_webhook_count(self) -> int:
@@ -1123,6 +1190,7 @@ class PostgresStore:
                 rule.idle_threshold_seconds,
                 rule.org_name,
                 rule.project_name,
+                self._now(),
             )
         except asyncpg.UniqueViolationError as exc:
             raise AlreadyExists(f"a scaling rule for {rule.container_group_id!r} exists") from exc
@@ -1152,6 +1220,7 @@ class PostgresStore:
             patch.min_replicas,
             patch.max_replicas,
             patch.idle_threshold_seconds,
+            self._now(),
         )
         if not rows and await pool.fetchval(_SCALING_RULE_EXISTS, user_id, container_group_id):
             raise InvalidChange("min_replicas must not be greater than max_replicas")
@@ -1173,6 +1242,7 @@ class PostgresStore:
             user_id,
             container_group_id,
             idle_threshold_seconds,
+            self._now(),
         )
         return int(count)
 
@@ -1182,6 +1252,7 @@ class PostgresStore:
             name,
             holder,
             ttl_seconds,
+            self._now(),
         )
         return row is not None
 

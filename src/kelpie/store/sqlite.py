@@ -11,8 +11,9 @@ SQLite has no cross-process notification, so `listen_for_new_jobs` watches the f
 NEW_JOBS_CHECK_S it asks `PRAGMA data_version` (in shared memory, no I/O) whether any other
 connection has committed, and only then reads the jobs added since it last looked.
 
-Times are REAL unix epoch seconds (UTC) taken from this process's clock inside the write
-transaction, so they follow the order in which writers hold the lock.
+Times are REAL unix epoch seconds (UTC) taken inside the write transaction, so they follow
+the order in which writers hold the lock: from this process's wall clock, or from the clock
+the store was given (kelpie.store.clock: tests move it instead of waiting).
 
 Every statement the store runs is in queries/sqlite.sql, whole and named, and is run by its
 name from `_SQL`; the connections' settings (the PRAGMAs run when each connection opens) are
@@ -73,6 +74,7 @@ from kelpie.store._common import (
     webhook_payload,
 )
 from kelpie.store._group_commit import GroupCommitWriter, execute_when_not_busy
+from kelpie.store.clock import Clock
 from kelpie.store.goodput import (
     GroupLedger,
     JobLedger,
@@ -444,14 +446,20 @@ class SqliteStore:
         path: str | os.PathLike[str],
         *,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        clock: Clock | None = None,
     ) -> None:
         # FULL: a commit (the 202 of a submission) survives power loss, not just a crash.
         self._path = os.fspath(path)
         self._synchronous = synchronous
+        self._clock = clock
         self._writer: GroupCommitWriter | None = None
         self._reader: aiosqlite.Connection | None = None
         self._new_job_listeners: list[Callable[[str], None]] = []
         self._watcher: asyncio.Task[None] | None = None
+
+    def _time(self) -> float:
+        """Now, in unix seconds: the store's clock, else the wall clock."""
+        return time.time() if self._clock is None else self._clock().timestamp()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -601,14 +609,14 @@ class SqliteStore:
                 conn.execute(statement)
             conn.execute(
                 _SQL["record_migration"],
-                (migration.version, time.time()),
+                (migration.version, time.time()),  # when it really ran, whatever the clock
             )
             logger.info("applied migration %s to %s", migration.name, self._path)
 
     # -- users and keys ----------------------------------------------------------------
     async def ensure_admin(self, username: str, key_hash: str) -> User:
         def ensure(conn: sqlite3.Connection) -> User:
-            now = time.time()
+            now = self._time()
             conn.execute(
                 _SQL["insert_admin"],
                 (new_id(), username, now, new_webhook_secret(), new_webhook_token()),
@@ -633,7 +641,7 @@ class SqliteStore:
                 (
                     new_id(),
                     username,
-                    time.time(),
+                    self._time(),
                     int(is_admin),
                     new_webhook_secret(),
                     new_webhook_token(),
@@ -661,7 +669,7 @@ class SqliteStore:
                 row = _one(
                     conn,
                     _SQL["add_api_key"],
-                    (new_id(), key_hash, user_id, org_name, project_name, time.time()),
+                    (new_id(), key_hash, user_id, org_name, project_name, self._time()),
                 )
             except sqlite3.IntegrityError as exc:
                 raise AlreadyExists("an API key with this hash exists") from exc
@@ -709,7 +717,7 @@ class SqliteStore:
         specs = [json.dumps(dict(job.spec)) for job in jobs]
 
         def insert(conn: sqlite3.Connection) -> float:
-            now = time.time()
+            now = self._time()
             _insert_jobs(conn, user_id, ids, jobs, specs, now)
             return now
 
@@ -726,7 +734,7 @@ class SqliteStore:
         specs = [json.dumps(dict(job.spec)) for job in jobs]
 
         def insert(conn: sqlite3.Connection) -> Submitted:
-            now = time.time()
+            now = self._time()
             earlier = _one(
                 conn,
                 _SQL["idempotency_key"],
@@ -767,7 +775,7 @@ class SqliteStore:
             raise StoreError(f"batch rejected, no job stored: {exc}") from exc
 
     async def purge_idempotency_keys(self) -> int:
-        cutoff = time.time() - IDEMPOTENCY_KEY_LIFETIME_S
+        cutoff = self._time() - IDEMPOTENCY_KEY_LIFETIME_S
 
         def purge(conn: sqlite3.Connection) -> int:
             return conn.execute(_SQL["purge_idempotency_keys"], (cutoff,)).rowcount
@@ -809,7 +817,7 @@ class SqliteStore:
         params = {"job_id": job_id, "user_id": user_id}
 
         def cancel(conn: sqlite3.Connection) -> CancelOutcome:
-            now = time.time()
+            now = self._time()
             canceled = _all(
                 conn,
                 _SQL["cancel_job"],
@@ -833,7 +841,7 @@ class SqliteStore:
         params = {"user_id": user_id, "group": container_group_id}
 
         def purge(conn: sqlite3.Connection) -> int:
-            now = time.time()
+            now = self._time()
             canceled = _all(
                 conn,
                 _SQL["cancel_running_of_group"],
@@ -871,7 +879,7 @@ class SqliteStore:
         self, machine_id: str, container_group_id: str, user_id: str | None
     ) -> Job | None:
         def claim(conn: sqlite3.Connection) -> Job | None:
-            now = time.time()
+            now = self._time()
             # one statement picks and takes the job, under the file's write lock
             row = _one(
                 conn,
@@ -932,7 +940,7 @@ class SqliteStore:
         params = _held_params(job_id, machine_id, user_id, attempt_id)
 
         def beat(conn: sqlite3.Connection) -> JobStatus | None:
-            now = time.time()
+            now = self._time()
             beaten = _all(
                 conn,
                 _SQL["heartbeat"],
@@ -960,7 +968,7 @@ class SqliteStore:
         params = _held_params(job_id, machine_id, user_id, attempt_id)
 
         def complete(conn: sqlite3.Connection) -> HeldOutcome:
-            now = time.time()
+            now = self._time()
             row = _one(
                 conn,
                 _SQL["complete_held"],
@@ -989,7 +997,7 @@ class SqliteStore:
         params = _held_params(job_id, machine_id, user_id, attempt_id)
 
         def fail(conn: sqlite3.Connection) -> FailureResult:
-            now = time.time()
+            now = self._time()
             row = _one(
                 conn,
                 _SQL["fail_held"],
@@ -1040,7 +1048,7 @@ class SqliteStore:
         params = _held_params(job_id, machine_id, user_id, attempt_id)
 
         def interrupt(conn: sqlite3.Connection) -> HeldOutcome:
-            now = time.time()
+            now = self._time()
             row = _one(
                 conn,
                 _SQL["interrupt_held"],
@@ -1069,11 +1077,11 @@ class SqliteStore:
     async def end_stalled_out_of_interruptions(self) -> list[Job]:
         # Asked every second by every API process: the common answer, none, is read without
         # taking the file's write lock.
-        if not await self._read(_SQL["any_out_of_interruptions"], {"now": time.time()}):
+        if not await self._read(_SQL["any_out_of_interruptions"], {"now": self._time()}):
             return []
 
         def end(conn: sqlite3.Connection) -> list[Job]:
-            now = time.time()
+            now = self._time()
             rows = _all(
                 conn,
                 _SQL["end_out_of_interruptions"],
@@ -1102,11 +1110,11 @@ class SqliteStore:
     async def end_stalled_jobs(self) -> list[Job]:
         # Asked every second by every API process: the common answer, none, is read without
         # taking the file's write lock.
-        if not await self._read(_SQL["any_stalled"], {"now": time.time()}):
+        if not await self._read(_SQL["any_stalled"], {"now": self._time()}):
             return []
 
         def end(conn: sqlite3.Connection) -> list[Job]:
-            now = time.time()
+            now = self._time()
             found = _all(conn, _SQL["stalled_jobs"], {"now": now})
             stopped: list[Job] = []
             for held in found:
@@ -1144,7 +1152,7 @@ class SqliteStore:
             return
 
         def note(conn: sqlite3.Connection) -> None:
-            now = time.time()
+            now = self._time()
             conn.executemany(
                 _SQL["note_worker"],
                 [
@@ -1171,7 +1179,7 @@ class SqliteStore:
             {
                 "user_id": user_id,
                 "group": container_group_id,
-                "since": time.time() - seen_within_seconds,
+                "since": self._time() - seen_within_seconds,
             },
         )
         return [_decode.worker(row) for row in rows]
@@ -1183,7 +1191,7 @@ class SqliteStore:
             "job_id": job.id,
             "user_id": job.user_id,
             "group": job.container_group_id,
-            "since": time.time() - RECENT_WORKER_SECONDS,
+            "since": self._time() - RECENT_WORKER_SECONDS,
         }
         machines = await self._read_one(_SQL["recent_machines"], params)
         ahead = await self._read_one(_SQL["jobs_ahead"], params)
@@ -1209,7 +1217,7 @@ class SqliteStore:
         size = sum(entry.size for entry in manifest)
 
         def commit(conn: sqlite3.Connection) -> CommitResult:
-            now = time.time()
+            now = self._time()
             job_row = _one(
                 conn,
                 _SQL["checkpoint_state"],
@@ -1322,7 +1330,7 @@ class SqliteStore:
         def add(conn: sqlite3.Connection) -> HeldOutcome:
             if _one(conn, _SQL["is_held"], params) is None:
                 return _why_not_held(conn, params)
-            now = time.time()
+            now = self._time()
             _record_phase(conn, attempt_id, kind, data, now)
             count = _one(
                 conn,
@@ -1363,7 +1371,7 @@ class SqliteStore:
             return None
         rows = await self._read(
             _SQL["job_goodput"],
-            {"job_id": job_id, "user_id": user_id, "now": time.time()},
+            {"job_id": job_id, "user_id": user_id, "now": self._time()},
         )
         return JobLedger(job.id, job.status, [attempt_ledger(row) for row in rows])
 
@@ -1377,14 +1385,14 @@ class SqliteStore:
                 "user_id": user_id,
                 "since": since.timestamp(),
                 "until": until.timestamp(),
-                "now": time.time(),
+                "now": self._time(),
             },
         )
         return group_ledger(container_group_id, since, until, rows[0])
 
     async def note_api_alive(self) -> float:
         def note(conn: sqlite3.Connection) -> float:
-            now = time.time()
+            now = self._time()
             row = _one(conn, _SQL["api_last_seen"])
             if row is None:
                 # First start on this database (or after an upgrade): the last sign of life
@@ -1422,7 +1430,7 @@ class SqliteStore:
             inserted = _all(
                 conn,
                 _SQL["insert_reallocation"],
-                {**params, "now": time.time()},
+                {**params, "now": self._time()},
             )
             if not inserted:
                 return None
@@ -1461,7 +1469,7 @@ class SqliteStore:
         }
 
         def lease(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-            now = time.time()
+            now = self._time()
             return _all(
                 conn,
                 _SQL["claim_webhook_events"],
@@ -1504,7 +1512,7 @@ class SqliteStore:
             cursor = conn.execute(
                 _SQL["webhook_postpone"],
                 {
-                    "now": time.time(),
+                    "now": self._time(),
                     "delay": delay_seconds,
                     "id": event.id,
                     "token": event.lease_token,
@@ -1516,7 +1524,7 @@ class SqliteStore:
 
     async def postpone_receiver_webhooks(self, receiver: str, delay_seconds: float) -> int:
         def postpone(conn: sqlite3.Connection) -> int:
-            now = time.time()
+            now = self._time()
             cursor = conn.execute(
                 _SQL["postpone_receiver_webhooks"],
                 {"receiver": receiver, "until": now + delay_seconds, "now": now},
@@ -1533,14 +1541,14 @@ class SqliteStore:
         def record(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
                 statement,
-                {**params, "now": time.time(), "id": event.id, "token": event.lease_token},
+                {**params, "now": self._time(), "id": event.id, "token": event.lease_token},
             )
             return cursor.rowcount == 1
 
         return await self._write(record)
 
     async def purge_finished_webhooks(self, older_than_seconds: float) -> int:
-        cutoff = time.time() - older_than_seconds
+        cutoff = self._time() - older_than_seconds
 
         def purge(conn: sqlite3.Connection) -> int:
             cursor = conn.execute(_SQL["purge_finished_webhooks"], (cutoff,))
@@ -1556,7 +1564,7 @@ class SqliteStore:
     # -- scaling rules -----------------------------------------------------------------
     async def create_scaling_rule(self, rule: ScalingRule) -> ScalingRule:
         def insert(conn: sqlite3.Connection) -> sqlite3.Row | None:
-            now = time.time()
+            now = self._time()
             return _one(
                 conn,
                 _SQL["create_scaling_rule"],
@@ -1615,7 +1623,7 @@ class SqliteStore:
             rows = _all(
                 conn,
                 _SQL["update_scaling_rule"],
-                {**params, "now": time.time()},
+                {**params, "now": self._time()},
             )
             if not rows and _one(
                 conn,
@@ -1652,7 +1660,7 @@ class SqliteStore:
             {
                 "user_id": user_id,
                 "group": container_group_id,
-                "since": time.time() - idle_threshold_seconds,
+                "since": self._time() - idle_threshold_seconds,
             },
         )
         assert row is not None
@@ -1660,7 +1668,7 @@ class SqliteStore:
 
     async def try_lease(self, name: str, holder: str, ttl_seconds: float) -> bool:
         def take(conn: sqlite3.Connection) -> bool:
-            now = time.time()
+            now = self._time()
             return bool(
                 _all(
                     conn,
