@@ -1,9 +1,8 @@
 """Progress, stall timeouts, the machines seen and why a pending job waits, on every Store.
-Time is moved by writing older timestamps into the database, never by waiting."""
+Time is moved by advancing the store's clock, never by waiting."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -16,7 +15,7 @@ from kelpie.store.models import (
     User,
     WorkerSighting,
 )
-from tests.support.store_sql import set_columns
+from tests.support.clock import ManualClock
 
 GROUP = "group-a"
 
@@ -161,20 +160,17 @@ async def test_a_machine_that_does_not_hold_the_job_cannot_set_its_progress(stor
 # -- stall_timeout ----------------------------------------------------------------------------
 
 
-async def stall_deadline_passed(database_url: str, job_id: str) -> None:
-    """The attempt's stall deadline went by a second ago."""
-    await set_columns(database_url, "jobs", {"id": job_id}, {"stall_deadline": time.time() - 1})
-
-
 async def test_a_job_without_progress_for_its_stall_timeout_is_stopped_as_a_failure(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     user = await new_user(store)
     job = await submit(store, user, stall_timeout=60)
     held = await claim(store, "m1")
     assert await store.end_stalled_jobs() == []  # a fresh attempt has its whole timeout
+    clock.advance(59)
+    assert await store.end_stalled_jobs() == []
 
-    await stall_deadline_passed(database_url, job.id)
+    clock.advance(2)
     [stopped] = await store.end_stalled_jobs()
 
     assert stopped.id == job.id
@@ -201,11 +197,11 @@ async def test_a_job_without_progress_for_its_stall_timeout_is_stopped_as_a_fail
     assert stalled.data["exit_code"] is None
 
 
-async def test_a_stalled_job_at_max_failures_fails(store: Store, database_url: str) -> None:
+async def test_a_stalled_job_at_max_failures_fails(store: Store, clock: ManualClock) -> None:
     user = await new_user(store)
     job = await submit(store, user, stall_timeout=60, max_failures=1, webhook="https://x.test/h")
     await claim(store, "m1")
-    await stall_deadline_passed(database_url, job.id)
+    clock.advance(61)
 
     [stopped] = await store.end_stalled_jobs()
 
@@ -214,36 +210,38 @@ async def test_a_stalled_job_at_max_failures_fails(store: Store, database_url: s
     assert await store.pending_webhook_count() == 2  # running, then failed
 
 
-async def test_progress_pushes_the_stall_deadline_back(store: Store, database_url: str) -> None:
+async def test_progress_pushes_the_stall_deadline_back(store: Store, clock: ManualClock) -> None:
     user = await new_user(store)
     job = await submit(store, user, stall_timeout=60)
     held = await claim(store, "m1")
-    await stall_deadline_passed(database_url, job.id)
-
+    clock.advance(59)
     await store.heartbeat(job.id, "m1", None, held.attempt_id, {"step": 1})
 
+    clock.advance(59)  # 118 s after the claim, 59 s after the progress
     assert await store.end_stalled_jobs() == []
-    await stall_deadline_passed(database_url, job.id)
-    # the same progress again is no progress: the deadline stays passed
+    clock.advance(2)
+    # the same progress again is no progress: the deadline stays where it was
     await store.heartbeat(job.id, "m1", None, held.attempt_id, {"step": 1})
     assert [j.id for j in await store.end_stalled_jobs()] == [job.id]
 
 
-async def test_a_job_without_stall_timeout_never_stalls(store: Store, database_url: str) -> None:
+async def test_a_job_without_stall_timeout_never_stalls(store: Store, clock: ManualClock) -> None:
     user = await new_user(store)
     job = await submit(store, user)
-    await claim(store, "m1")
-    await set_columns(database_url, "jobs", {"id": job.id}, {"heartbeat": time.time() - 3600})
+    held = await claim(store, "m1")
+    clock.advance(3600)
+    await store.heartbeat(job.id, "m1", None, held.attempt_id, {"step": 1})
+    clock.advance(3600)
 
     assert await store.end_stalled_jobs() == []
     assert (await current(store, job.id)).status == "running"
 
 
-async def test_a_new_attempt_gets_a_whole_stall_timeout(store: Store, database_url: str) -> None:
+async def test_a_new_attempt_gets_a_whole_stall_timeout(store: Store, clock: ManualClock) -> None:
     user = await new_user(store)
     job = await submit(store, user, stall_timeout=60)
     held = await claim(store, "m1")
-    await stall_deadline_passed(database_url, job.id)
+    clock.advance(61)
     # handed back before upkeep looked: the next claim starts the clock again
     assert await store.interrupt_if_held(job.id, "m1", None, held.attempt_id) is HeldOutcome.DONE
 
@@ -289,13 +287,12 @@ async def test_machines_seen_are_listed_per_user_with_their_job_and_blocks(store
 
 
 async def test_machines_not_seen_within_the_window_are_not_listed(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     user = await new_user(store)
-    await store.note_workers_seen([seen(user, "old"), seen(user, "new")])
-    await set_columns(
-        database_url, "workers", {"machine_id": "old"}, {"last_seen": time.time() - 7200}
-    )
+    await store.note_workers_seen([seen(user, "old")])
+    clock.advance(7200)
+    await store.note_workers_seen([seen(user, "new")])
 
     assert [w.machine_id for w in await store.list_workers(user.id, None, 3600)] == ["new"]
 
@@ -304,7 +301,7 @@ async def test_machines_not_seen_within_the_window_are_not_listed(
 
 
 async def test_with_no_machine_seen_a_pending_job_waits_for_workers(
-    store: Store, database_url: str
+    store: Store, clock: ManualClock
 ) -> None:
     user, other = await new_user(store), await new_user(store)
     job = await submit(store, user)
@@ -312,13 +309,9 @@ async def test_with_no_machine_seen_a_pending_job_waits_for_workers(
     assert reason is not None and reason.code == "no_workers"
 
     # another user's machine cannot take it; one seen too long ago does not count
-    await store.note_workers_seen([seen(other, "theirs"), seen(user, "gone")])
-    await set_columns(
-        database_url,
-        "workers",
-        {"machine_id": "gone"},
-        {"last_seen": time.time() - RECENT_WORKER_SECONDS - 5},
-    )
+    await store.note_workers_seen([seen(user, "gone")])
+    clock.advance(RECENT_WORKER_SECONDS + 5)
+    await store.note_workers_seen([seen(other, "theirs")])
     reason = await store.pending_reason(job)
     assert reason is not None and (reason.code, reason.machines) == ("no_workers", 0)
 
