@@ -9,6 +9,7 @@ from typing import Any
 from kelpie.store import Store
 from kelpie.store.models import (
     RECENT_WORKER_SECONDS,
+    WORKER_RETENTION_SECONDS,
     HeldOutcome,
     Job,
     NewJob,
@@ -295,6 +296,22 @@ async def test_machines_not_seen_within_the_window_are_not_listed(
     await store.note_workers_seen([seen(user, "new")])
 
     assert [w.machine_id for w in await store.list_workers(user.id, None, 3600)] == ["new"]
+
+
+async def test_machines_not_heard_from_for_the_retention_period_are_forgotten(
+    store: Store, clock: ManualClock
+) -> None:
+    user = await new_user(store)
+    await store.note_workers_seen([seen(user, "gone"), seen(user, "back")])
+    clock.advance(WORKER_RETENTION_SECONDS - 60)
+    await store.note_workers_seen([seen(user, "back")])
+    assert await store.purge_workers() == 0  # "gone" was heard from 30 days less a minute ago
+
+    clock.advance(120)
+
+    assert await store.purge_workers() == 1
+    everything = 2 * WORKER_RETENTION_SECONDS
+    assert [w.machine_id for w in await store.list_workers(user.id, None, everything)] == ["back"]
 
 
 # -- why a pending job waits ------------------------------------------------------------------

@@ -43,6 +43,7 @@ from kelpie.api.upkeep import (
     run_idempotency_retention,
     run_interruption_budgets,
     run_stall_timeouts,
+    run_worker_retention,
 )
 from kelpie.backoff import Backoff
 from kelpie.config import ServerSettings
@@ -87,6 +88,7 @@ def _background_loops() -> list[tuple[str, BackgroundLoop]]:
         ("interruption-budgets", run_interruption_budgets),
         ("stall-timeouts", run_stall_timeouts),
         ("idempotency-retention", run_idempotency_retention),
+        ("worker-retention", run_worker_retention),
     ]
 
 

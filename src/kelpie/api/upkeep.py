@@ -5,7 +5,8 @@ idempotent statement, so processes never step on each other):
   no longer take them;
 - running jobs whose progress has not changed for their `stall_timeout` are stopped as
   failures (the holder's next heartbeat is refused, so it kills the command);
-- idempotency keys past their lifetime are forgotten.
+- idempotency keys past their lifetime are forgotten;
+- machines not heard from for 30 days are forgotten.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ log = logging.getLogger("kelpie.api.upkeep")
 INTERRUPTION_CHECK_SECONDS = 1.0
 STALL_CHECK_SECONDS = 1.0
 IDEMPOTENCY_RETENTION_CHECK_SECONDS = 3600.0
+WORKER_RETENTION_CHECK_SECONDS = 3600.0
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
@@ -54,6 +56,16 @@ async def run_stall_timeouts(state: AppState, stop: asyncio.Event) -> None:
         if any(job.webhook for job in stopped):
             state.webhooks_due.set()
         await _pause(stop, STALL_CHECK_SECONDS)
+
+
+async def run_worker_retention(state: AppState, stop: asyncio.Event) -> None:
+    """Hourly, forget the machines not heard from for 30 days (WORKER_RETENTION_SECONDS):
+    on SaladCloud machines come and go by the thousand, and no list looks back further."""
+    while not stop.is_set():
+        removed = await state.store.purge_workers()
+        if removed:
+            log.info("forgot %d machines not heard from for 30 days", removed)
+        await _pause(stop, WORKER_RETENTION_CHECK_SECONDS)
 
 
 async def run_idempotency_retention(state: AppState, stop: asyncio.Event) -> None:

@@ -135,6 +135,8 @@ class Job:
 
 # A machine counts toward a pending job's reason while it was heard from this recently.
 RECENT_WORKER_SECONDS = 120.0
+# A machine not heard from for this long is forgotten (no list of machines looks back further).
+WORKER_RETENTION_SECONDS = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)

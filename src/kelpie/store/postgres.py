@@ -72,6 +72,7 @@ from kelpie.store.goodput import (
 from kelpie.store.migrations import load_migrations
 from kelpie.store.models import (
     RECENT_WORKER_SECONDS,
+    WORKER_RETENTION_SECONDS,
     ApiKey,
     Attempt,
     Blocked,
@@ -194,6 +195,7 @@ _ATTEMPT_WARNINGS = _SQL["attempt_warnings"]
 _LIST_CHECKPOINTS = _SQL["list_checkpoints"]
 _LIST_JOB_EVENTS = _SQL["list_job_events"]
 _LIST_WORKERS = _SQL["list_workers"]
+_PURGE_WORKERS = _SQL["purge_workers"]
 _PENDING_REASON = _SQL["pending_reason"]
 # users and keys
 _ENSURE_ADMIN_USER = _SQL["ensure_admin_user"]
@@ -884,6 +886,12 @@ class PostgresStore:
                     for seen in sightings
                 ],
             )
+
+    async def purge_workers(self) -> int:
+        status: str = await self._connected().execute(
+            _PURGE_WORKERS, WORKER_RETENTION_SECONDS, self._now()
+        )
+        return int(status.rsplit(" ", 1)[1])
 
     async def list_workers(
         self, user_id: str | None, container_group_id: str | None, seen_within_seconds: float

@@ -264,6 +264,10 @@ class Store(Protocol):
         """Records that these machines were heard from now (a poll also sets `last_poll`;
         a version given replaces the one known)."""
 
+    async def purge_workers(self) -> int:
+        """Forgets the machines not heard from for WORKER_RETENTION_SECONDS (on SaladCloud
+        machines come and go by the thousand); returns how many."""
+
     async def list_workers(
         self, user_id: str | None, container_group_id: str | None, seen_within_seconds: float
     ) -> list[Worker]:

@@ -85,6 +85,7 @@ from kelpie.store.goodput import (
 from kelpie.store.migrations import load_migrations
 from kelpie.store.models import (
     RECENT_WORKER_SECONDS,
+    WORKER_RETENTION_SECONDS,
     ApiKey,
     Attempt,
     Blocked,
@@ -1170,6 +1171,14 @@ class SqliteStore:
             )
 
         await self._write(note)
+
+    async def purge_workers(self) -> int:
+        cutoff = self._time() - WORKER_RETENTION_SECONDS
+
+        def purge(conn: sqlite3.Connection) -> int:
+            return conn.execute(_SQL["purge_workers"], (cutoff,)).rowcount
+
+        return await self._write(purge)
 
     async def list_workers(
         self, user_id: str | None, container_group_id: str | None, seen_within_seconds: float

@@ -11,11 +11,13 @@ from kelpie.api.convert import worker_body
 from kelpie.api.deps import CurrentPrincipal, StoreDep, scope
 from kelpie.api.errors import error_responses
 from kelpie.schemas import NO_NUL, WorkerList
+from kelpie.store.models import WORKER_RETENTION_SECONDS
 
 router = APIRouter(tags=["workers"])
 
 DEFAULT_SEEN_WITHIN_SECONDS = 24 * 3600
-MAX_SEEN_WITHIN_SECONDS = 30 * 24 * 3600
+# Machines not seen for longer are forgotten (the `workers` retention upkeep).
+MAX_SEEN_WITHIN_SECONDS = int(WORKER_RETENTION_SECONDS)
 
 
 @router.get(

@@ -698,6 +698,11 @@ WHERE job_id = $1 AND id > $2
 ORDER BY id
 LIMIT $3;
 
+-- purge_workers --
+-- The machines not heard from for $1 seconds ($2 now) are forgotten (workers_by_last_seen).
+DELETE FROM workers
+WHERE last_seen < coalesce($2::timestamptz, now()) - $1::float8 * interval '1 s';
+
 -- list_workers --
 -- Machines seen within $3 seconds of now ($4) through $1's keys (NULL: anyone's), in $2 (NULL:
 -- all), with the job each holds in its group and how many of its user's jobs it is blocked from.

@@ -473,6 +473,10 @@ SET last_seen = excluded.last_seen, any_user = excluded.any_user,
     last_poll = coalesce(excluded.last_poll, workers.last_poll),
     version = coalesce(excluded.version, workers.version);
 
+-- purge_workers --
+-- The machines not heard from since ? are forgotten (workers_by_last_seen).
+DELETE FROM workers WHERE last_seen < ?;
+
 -- list_workers --
 -- Machines seen since :since through :user_id's keys (NULL: anyone's), in :group (NULL: all),
 -- with the job each holds in its group and how many of its user's jobs it is blocked from.
