@@ -1,3 +1,3 @@
-from kelpie.cli import main
+from kelpie.cli import run
 
-main()
+run()

@@ -13,7 +13,7 @@ Exit codes:
 """
 
 from kelpie.cli import admin, checkpoints, goodput, jobs, logs, processes, scaling, workers
-from kelpie.cli.base import main
+from kelpie.cli.base import main, run
 
 __all__ = [
     "admin",
@@ -23,6 +23,7 @@ __all__ = [
     "logs",
     "main",
     "processes",
+    "run",
     "scaling",
     "workers",
 ]

@@ -7,9 +7,13 @@ command runs.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import json
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +38,44 @@ EXIT_API_ERROR = 1
 @click.version_option(package_name="kelpie")
 def main() -> None:
     """kelpie shepherds long-running jobs to completion on interruptible nodes."""
+
+
+def run() -> None:
+    """The `kelpie` program (`python -m kelpie` and the installed script): the command, then
+    the process's end.
+
+    A command that moved objects (obstore: `jobs logs`, `checkpoints download`, the worker)
+    leaves the tokio threads of obstore's Rust runtime alive, and one of them waking while
+    Python finalizes aborts the process: a command that printed everything then died of
+    SIGABRT, seen in about one run of seven on a loaded machine (a known race of
+    pyo3-async-runtimes, which has no shutdown). So such a process ends once its output is
+    flushed and its exit handlers have run, without the interpreter's finalization, whose
+    only remaining work is freeing memory the OS takes back anyway. Click's own `main` is
+    left as it is, for tests that call it in-process."""
+    try:
+        main()
+    except SystemExit as ended:
+        code = _exit_status(ended.code)
+    else:
+        code = 0
+    if "obstore" not in sys.modules:
+        raise SystemExit(code)
+    for stream in (sys.stdout, sys.stderr):
+        # a reader gone (`| head`), or the stream closed: nothing more can be said
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    atexit._run_exitfuncs()  # logging's flush among them
+    os._exit(code)
+
+
+def _exit_status(code: object) -> int:
+    """The status SystemExit(code) gives the process (a message goes to stderr: 1)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 # -- plumbing shared by the API commands ----------------------------------------------------
